@@ -1,0 +1,179 @@
+"""The model interface, defined once.
+
+Everything that two stages must agree on lives in `ModelSpec`: the
+architecture and labels, the preprocessing, the tensor and model names, and
+the batching limits. Training saves it in the checkpoint, export copies it
+into the ONNX metadata, and the model repository, clients and benchmarks are
+rendered from it. Nothing else hard-codes these values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from resnet_triton.errors import UserError
+
+ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SpecError(UserError, ValueError):
+    """A spec field holds a value the pipeline cannot use."""
+
+
+def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SpecError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Eval-time transform: shorter side to `resize_size`, center crop, normalize."""
+
+    resize_size: int = 256
+    crop_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def validate(self) -> None:
+        if self.crop_size < 1 or self.resize_size < self.crop_size:
+            raise SpecError(
+                f"preprocessing.resize_size ({self.resize_size}) must be >= "
+                f"preprocessing.crop_size ({self.crop_size}) >= 1"
+            )
+        check_choice("preprocessing.interpolation", self.interpolation, INTERPOLATIONS)
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3:
+                raise SpecError(f"preprocessing.{name} needs 3 values (R, G, B), got {values!r}")
+        if min(self.std) <= 0:
+            raise SpecError(f"preprocessing.std must be positive, got {self.std!r}")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, self.crop_size, self.crop_size)
+
+    def to_params(self) -> dict[str, str]:
+        """As Triton model config parameters: strings as they are, the rest JSON."""
+        return {
+            k: v if isinstance(v, str) else json.dumps(v)
+            for k, v in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_params(cls, params: dict[str, str]) -> Preprocessing:
+        defaults = cls()
+        values = {
+            f.name: params[f.name]
+            if isinstance(getattr(defaults, f.name), str)
+            else json.loads(params[f.name])
+            for f in dataclasses.fields(cls)
+            if f.name in params
+        }
+        cfg = cls(**_fields_of(cls, values, "preprocessing parameters"))
+        cfg.validate()
+        return cfg
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Server-side batching: Triton's max_batch_size and dynamic batcher settings."""
+
+    max_batch_size: int = 32
+    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
+    max_queue_delay_us: int = 2000
+
+    def validate(self) -> None:
+        if self.max_batch_size < 1:
+            raise SpecError(f"batching.max_batch_size must be >= 1, got {self.max_batch_size}")
+        too_big = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if too_big:
+            raise SpecError(
+                f"batching.preferred_batch_sizes {too_big} lie outside 1..max_batch_size "
+                f"({self.max_batch_size})"
+            )
+        if self.max_queue_delay_us < 0:
+            raise SpecError(
+                f"batching.max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}"
+            )
+
+
+@dataclass(frozen=True)
+class Names:
+    """Model and tensor names shared by ONNX, config.pbtxt files and clients."""
+
+    ensemble: str = "resnet_ensemble"
+    preprocess: str = "preprocess"
+    classifier: str = "classifier"
+    image: str = "IMAGE"  # encoded image bytes, TYPE_STRING [1]
+    pixels: str = "PIXELS"  # preprocessed image, FP32 [3, crop, crop]
+    scores: str = "SCORES"  # softmax probabilities, FP32 [num_classes]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    labels: tuple[str, ...]
+    arch: str = "resnet50"
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    batching: Batching = field(default_factory=Batching)
+    names: Names = field(default_factory=Names)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def validate(self) -> None:
+        check_choice("architecture", self.arch, ARCHITECTURES)
+        if len(self.labels) < 2:
+            raise SpecError(f"a classifier needs at least 2 labels, got {list(self.labels)}")
+        if len(set(self.labels)) != len(self.labels):
+            raise SpecError(f"labels must be unique, got {list(self.labels)}")
+        bad = [label for label in self.labels if not label or "\n" in label]
+        if bad:
+            raise SpecError(f"labels must be non-empty single lines, got {bad!r}")
+        self.preprocessing.validate()
+        self.batching.validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelSpec:
+        """Rebuild a spec, naming any unknown or malformed field."""
+        kwargs = _fields_of(cls, data, "spec")
+        for key, part in (
+            ("preprocessing", Preprocessing),
+            ("batching", Batching),
+            ("names", Names),
+        ):
+            if key in kwargs:
+                kwargs[key] = part(**_fields_of(part, kwargs[key], key))
+        if "labels" not in kwargs:
+            raise SpecError("spec has no labels")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        return cls.from_dict(json.loads(text))
+
+
+def _fields_of(cls, data, where: str) -> dict:
+    """The keyword arguments for `cls`; JSON lists become the tuples frozen fields hold."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{where} must be a mapping, got {type(data).__name__}")
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise SpecError(f"unknown field(s) {unknown} in {where}; valid: {sorted(valid)}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
