@@ -1,0 +1,78 @@
+"""Shared fixtures: real images from installed packages, a small trained model,
+and the real Triton server on free ports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import skimage
+import sklearn
+
+from resnet_triton import build
+from resnet_triton.data import write_digits
+from resnet_triton.server import Ports, TritonServer
+from resnet_triton.train import TrainConfig
+from resnet_triton.train import run as train
+
+SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
+SKLEARN_IMAGES = Path(sklearn.__file__).parent / "datasets" / "images"
+# Real photographs of several sizes, colour modes and formats.
+PHOTOS = [
+    SKIMAGE_DATA / "astronaut.png",  # 512x512 RGB
+    SKIMAGE_DATA / "coffee.png",  # 600x400 RGB, landscape
+    SKIMAGE_DATA / "chelsea.png",  # 451x300 RGB
+    SKIMAGE_DATA / "rocket.jpg",  # 427x640 JPEG, portrait
+    SKIMAGE_DATA / "camera.png",  # 512x512 grayscale
+    SKLEARN_IMAGES / "china.jpg",  # 640x427 JPEG
+    SKLEARN_IMAGES / "flower.jpg",
+]
+
+# The integration model: the digits at a small input size, so that training
+# takes seconds; serving code reads every size from the spec.
+SMALL = {"resize_size": 72, "crop_size": 64}
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("digits")
+    write_digits(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def checkpoint(digits, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train")
+    config = TrainConfig(
+        data=str(digits),
+        out=str(out),
+        arch="resnet18",
+        weights="none",
+        epochs=3,
+        lr=3e-3,
+        hflip=False,
+        workers=0,
+        **SMALL,
+    )
+    train(config)
+    return out / "checkpoint.pt"
+
+
+@pytest.fixture(scope="session")
+def repository(checkpoint, digits, tmp_path_factory) -> Path:
+    """A published model repository (export, accuracy gate, render)."""
+    root = tmp_path_factory.mktemp("published")
+    build.run(checkpoint, root / "model_repository", root / "build", images=digits / "val")
+    return root / "model_repository"
+
+
+@pytest.fixture(scope="session")
+def triton(repository, tmp_path_factory):
+    log = tmp_path_factory.mktemp("triton") / "triton.log"
+    # A short exit timeout: Triton would wait 30 s for the tests' idle connections.
+    server = TritonServer(repository, Ports.free(), log_path=log, exit_timeout_s=3).start()
+    try:
+        server.wait_ready(["resnet_ensemble"], timeout=180)
+        yield server
+    finally:
+        server.stop()
