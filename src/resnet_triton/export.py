@@ -1,0 +1,95 @@
+"""Checkpoint -> one self-contained ONNX file with a dynamic batch dimension.
+
+The exported graph ends in a softmax, so what Triton serves (and what its
+classification extension ranks) are probabilities. The model spec and a hash
+of the source checkpoint travel in the ONNX metadata, so a model file found
+on its own still says what it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from resnet_triton.errors import UserError
+from resnet_triton.spec import ModelSpec
+
+OPSET = 18  # supported by ONNX Runtime >= 1.14 and TensorRT >= 8.6
+
+
+class ExportError(UserError, RuntimeError):
+    """The ONNX model could not be written or does not check."""
+
+
+class WithSoftmax(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(pixels), dim=1)  # (N, num_classes)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, checkpoint: Path) -> Path:
+    """Write `path`, check it with onnx.checker and return it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = WithSoftmax(model.float().eval())
+    example = torch.zeros(2, *spec.preprocessing.input_shape)  # (2, 3, crop, crop)
+    batch = torch.export.Dim("batch", min=1, max=spec.batching.max_batch_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter
+        program = torch.onnx.export(
+            wrapped,
+            (example,),
+            dynamo=True,
+            input_names=[spec.names.pixels],
+            output_names=[spec.names.scores],
+            dynamic_shapes=({0: batch},),
+            opset_version=OPSET,
+            verbose=False,
+        )
+    proto = program.model_proto
+    # Exporter names the symbolic dimension after the Dim; keep it readable.
+    onnx.helper.set_model_props(
+        proto,
+        {
+            "resnet_triton.spec": spec.to_json(),
+            "resnet_triton.checkpoint_sha256": file_sha256(checkpoint),
+        },
+    )
+    # One file: Triton and ONNX Runtime must not depend on a side `.data` file.
+    onnx.save_model(proto, path, save_as_external_data=False)
+    check_onnx(path)
+    return path
+
+
+def check_onnx(path: Path) -> onnx.ModelProto:
+    """Load and run onnx.checker; the error names the file."""
+    try:
+        model = onnx.load(path)
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError
+        raise ExportError(f"{path} is not a valid ONNX model: {exc}") from None
+    return model
+
+
+def spec_from_onnx(path: Path) -> ModelSpec:
+    props = {p.key: p.value for p in check_onnx(path).metadata_props}
+    if "resnet_triton.spec" not in props:
+        raise ExportError(
+            f"{path} carries no resnet_triton.spec metadata; export it from a checkpoint"
+        )
+    return ModelSpec.from_json(props["resnet_triton.spec"])

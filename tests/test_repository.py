@@ -1,0 +1,65 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnet_triton.demo import demo_spec
+from resnet_triton.repository import (
+    DEFAULT_ENV_PATH,
+    classifier_config,
+    ensemble_config,
+    env_path_for,
+    preprocess_config,
+    read_config,
+    render,
+    rendered_files,
+)
+from resnet_triton.spec import Batching, ModelSpec, Preprocessing
+
+COMMITTED = Path(__file__).parent.parent / "model_repository"
+
+
+@pytest.mark.parametrize("relative", sorted(rendered_files(demo_spec())))
+def test_committed_repository_equals_a_fresh_render(relative):
+    expected = rendered_files(demo_spec())[relative]
+    assert (COMMITTED / relative).read_text() == expected, (
+        f"model_repository/{relative} is stale: run `resnet-triton render --demo`"
+    )
+
+
+def test_every_value_comes_from_the_spec(tmp_path):
+    spec = ModelSpec(
+        labels=("cat", "dog", "owl"),
+        preprocessing=Preprocessing(resize_size=160, crop_size=128),
+        batching=Batching(max_batch_size=4, preferred_batch_sizes=(2, 4), max_queue_delay_us=500),
+    )
+    render(spec, tmp_path, env_path="/opt/venv")
+    pre = read_config(tmp_path / "preprocess" / "config.pbtxt")
+    cls = read_config(tmp_path / "classifier" / "config.pbtxt")
+    ens = read_config(tmp_path / "resnet_ensemble" / "config.pbtxt")
+    assert pre == preprocess_config(spec, "/opt/venv")
+    assert cls == classifier_config(spec, "/opt/venv")
+    assert ens == ensemble_config(spec)
+    for config in (pre, cls, ens):
+        assert config.max_batch_size == 4
+    for config in (pre, cls):
+        assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
+        assert config.dynamic_batching.max_queue_delay_microseconds == 500
+        assert config.parameters["EXECUTION_ENV_PATH"].string_value == "/opt/venv"
+    assert list(pre.output[0].dims) == list(cls.input[0].dims) == [3, 128, 128]
+    assert pre.parameters["crop_size"].string_value == "128"
+    assert list(cls.output[0].dims) == list(ens.output[0].dims) == [3]
+    assert ens.output[0].label_filename == "labels.txt"
+    assert (tmp_path / "resnet_ensemble" / "labels.txt").read_text() == "cat\ndog\nowl\n"
+    steps = ens.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["preprocess", "classifier"]
+    assert steps[0].output_map["PIXELS"] == steps[1].input_map["PIXELS"]
+
+
+def test_env_path_is_relative_only_where_it_resolves_to_this_venv(tmp_path):
+    venv = Path(sys.prefix).resolve()
+    project = tmp_path / "project"
+    (project / "model_repository").mkdir(parents=True)
+    (project / ".venv").symlink_to(venv)
+    assert env_path_for(project / "model_repository") == DEFAULT_ENV_PATH
+    assert env_path_for(tmp_path / "elsewhere") == str(venv)
