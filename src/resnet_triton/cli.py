@@ -1,0 +1,48 @@
+"""`resnet-triton <command>`: one entry point for every stage of the pipeline."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from resnet_triton.errors import UserError
+
+# command -> (module with get_args_parser() and main(args), one-line help)
+COMMANDS = {
+    "train": ("resnet_triton.train", "fine-tune a ResNet on an ImageFolder dataset"),
+    "build": ("resnet_triton.build", "export ONNX, run the accuracy gate, publish to the repo"),
+    "render": ("resnet_triton.repository", "write the model repository configs from a spec"),
+    "serve": ("resnet_triton.server", "run the local Triton server on the model repository"),
+    "classify": ("resnet_triton.client", "classify image files through the Triton ensemble"),
+    "demo": ("resnet_triton.demo", "the whole pipeline on scikit-learn's digits"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: resnet-triton <command> [options]   (<command> --help for its options)", ""]
+    lines += [f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    args = module.get_args_parser().parse_args(rest)
+    try:
+        return module.main(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

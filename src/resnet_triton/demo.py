@@ -1,0 +1,134 @@
+"""The whole pipeline on real images that ship with scikit-learn.
+
+Writes the 1,797 handwritten digits as an ImageFolder (fixed stratified
+split), fine-tunes a ResNet from random weights (nothing can be downloaded
+here), exports and gates the ONNX model, publishes it to the model
+repository, starts the real Triton server, classifies the whole validation
+split through the ensemble over gRPC, stops the server and writes
+`<out>/report.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from resnet_triton import build
+from resnet_triton.client import Classifier
+from resnet_triton.data import EvalTransform, image_folder, write_digits
+from resnet_triton.errors import UserError
+from resnet_triton.resnet import load_checkpoint
+from resnet_triton.server import Ports, TritonServer
+from resnet_triton.spec import ModelSpec
+from resnet_triton.train import TrainConfig, predict
+from resnet_triton.train import run as train
+
+DEMO_ARCH = "resnet18"  # small enough to train from scratch on 2 cores in minutes
+DIGIT_LABELS = tuple(str(d) for d in range(10))
+
+
+def demo_spec() -> ModelSpec:
+    """The spec the demo's training produces; the committed repository is rendered from it."""
+    return ModelSpec(labels=DIGIT_LABELS, arch=DEMO_ARCH)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnet-triton demo", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("artifacts/demo"))
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--concurrency", type=int, default=8, help="client requests in flight")
+    return parser
+
+
+def run(out: Path, repository: Path, epochs: int = 5, lr: float = 2e-3, concurrency: int = 8):
+    seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(name: str):
+        print(f"== {name}", flush=True)
+        start = time.perf_counter()
+        yield
+        seconds[name] = round(time.perf_counter() - start, 2)
+
+    data = out / "digits"
+    with stage("data"):
+        shutil.rmtree(data, ignore_errors=True)
+        counts = write_digits(data)
+        print(f"wrote {counts['train']} train and {counts['val']} val images to {data}")
+    with stage("train"):
+        config = TrainConfig(
+            data=str(data),
+            out=str(out / "train"),
+            arch=DEMO_ARCH,
+            weights="none",
+            epochs=epochs,
+            lr=lr,
+            hflip=False,  # a mirrored digit is another glyph
+        )
+        train(config)
+    checkpoint = out / "train" / "checkpoint.pt"
+    with stage("build"):
+        gate = build.run(checkpoint, repository, out / "build", images=data / "val")
+
+    with stage("pytorch_reference"):
+        spec, model, _ = load_checkpoint(checkpoint)
+        val_set = image_folder(data / "val", EvalTransform(spec.preprocessing))
+        reference = predict(model, DataLoader(val_set, batch_size=32), torch.device("cpu"))
+        reference = reference.argmax(1)
+    targets = np.array(val_set.targets)
+    paths = [Path(p) for p, _ in val_set.samples]
+
+    server = None
+    try:
+        with stage("server_start"):
+            server = TritonServer(repository, Ports.free(), log_path=out / "triton.log").start()
+            server.wait_ready([spec.names.ensemble])
+        with stage("classify"):
+            url = f"localhost:{server.ports.grpc}"
+            with Classifier(url, "grpc", spec.names.ensemble) as classifier:
+                results = classifier.classify_files(paths, top_k=1, concurrency=concurrency)
+    finally:
+        if server is not None:
+            with stage("server_stop"):
+                server.stop()
+
+    served = np.array([r.top1.index if r.top1 else -1 for r in results])
+    failed = [{"image": r.source, "error": r.error} for r in results if r.error]
+    report = {
+        "images": len(paths),
+        "failed_requests": len(failed),
+        "failures": failed[:10],
+        "pytorch_top1_accuracy": float(np.mean(reference == targets)),
+        "served_top1_accuracy": float(np.mean(served == targets)),
+        "served_vs_pytorch_agreement": float(np.mean(served == reference)),
+        "polygraphy_max_abs_error": gate.max_abs_error,
+        "polygraphy_max_rel_error": gate.max_rel_error,
+        "polygraphy_tolerance": {"atol": gate.tolerance.atol, "rtol": gate.tolerance.rtol},
+        "stage_seconds": seconds,
+        "total_seconds": round(sum(seconds.values()), 2),
+        "checkpoint": str(checkpoint),
+        "repository": str(repository),
+    }
+    path = out / "report.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nreport: {path}  (total {report['total_seconds']:.0f} s)")
+    for key in ("pytorch_top1_accuracy", "served_top1_accuracy", "served_vs_pytorch_agreement"):
+        print(f"{key:<28} {report[key]:.4f}")
+    if failed:
+        raise UserError(f"{len(failed)} of {len(paths)} requests failed, first: {failed[0]}")
+    return report
+
+
+def main(args: argparse.Namespace) -> int:
+    run(args.out, args.repository, args.epochs, args.lr, args.concurrency)
+    return 0

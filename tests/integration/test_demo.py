@@ -1,0 +1,32 @@
+"""The demo end to end, one epoch: the same code path as `make demo`."""
+
+import json
+
+import pytest
+
+from resnet_triton.demo import run
+from resnet_triton.repository import read_config
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_writes_the_report(tmp_path, capsys):
+    repository = tmp_path / "model_repository"
+    report = run(tmp_path / "demo", repository, epochs=1)
+
+    saved = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert saved == report
+    assert report["images"] == 360
+    assert report["failed_requests"] == 0
+    # Served and PyTorch run the same weights on the same pixels.
+    assert report["served_vs_pytorch_agreement"] >= 0.99
+    assert abs(report["served_top1_accuracy"] - report["pytorch_top1_accuracy"]) <= 0.01
+    assert report["polygraphy_max_abs_error"] <= report["polygraphy_tolerance"]["atol"]
+    assert set(report["stage_seconds"]) == {
+        "data", "train", "build", "pytorch_reference", "server_start", "classify", "server_stop",
+    }  # fmt: skip
+    assert read_config(repository / "resnet_ensemble" / "config.pbtxt").max_batch_size == 32
+    last_lines = capsys.readouterr().out.splitlines()[-3:]
+    assert [line.split()[0] for line in last_lines] == [
+        "pytorch_top1_accuracy", "served_top1_accuracy", "served_vs_pytorch_agreement",
+    ]  # fmt: skip

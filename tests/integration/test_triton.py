@@ -1,0 +1,125 @@
+"""Against the real Triton server (nvidia-pytriton's tritonserver 2.51) on free ports."""
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from resnet_triton.client import Classifier, ClientError
+from resnet_triton.data import image_folder
+from resnet_triton.preprocess import load_image, preprocess
+from resnet_triton.resnet import load_checkpoint
+from resnet_triton.verify import TorchRunner
+
+pytestmark = pytest.mark.integration
+
+
+def val_images(digits, count=32):
+    samples = image_folder(digits / "val").samples
+    picks = np.linspace(0, len(samples) - 1, count).astype(int)
+    return [samples[i] for i in picks]
+
+
+def clients(triton):
+    return {
+        "grpc": Classifier(f"localhost:{triton.ports.grpc}", "grpc"),
+        "http": Classifier(f"localhost:{triton.ports.http}", "http"),
+    }
+
+
+def assert_ready(triton):
+    client = httpclient.InferenceServerClient(f"localhost:{triton.ports.http}")
+    assert client.is_server_live()
+    for model in ("resnet_ensemble", "preprocess", "classifier"):
+        assert client.is_model_ready(model), model
+
+
+def test_grpc_and_http_agree_with_local_pytorch(triton, digits, checkpoint):
+    samples = val_images(digits)
+    payloads = [Path(path).read_bytes() for path, _ in samples]
+    spec, model, _ = load_checkpoint(checkpoint)
+    pixels = np.stack([preprocess(load_image(path), spec.preprocessing) for path, _ in samples])
+    reference = TorchRunner(model, spec).infer_impl({spec.names.pixels: pixels})[spec.names.scores]
+
+    answers = {}
+    for protocol, classifier in clients(triton).items():
+        rows = classifier.classify_bytes(payloads, top_k=3)  # one request, batch of 32
+        answers[protocol] = rows
+        for row, ref in zip(rows, reference, strict=True):
+            assert [p.index for p in row] == list(np.argsort(ref)[::-1][:3])
+            assert [p.label for p in row] == [spec.labels[p.index] for p in row]
+            np.testing.assert_allclose([p.score for p in row], np.sort(ref)[::-1][:3], atol=1e-4)
+    assert answers["grpc"] == answers["http"]
+    accuracy = np.mean(
+        [row[0].index == target for row, (_, target) in zip(answers["grpc"], samples, strict=True)]
+    )
+    assert accuracy >= 0.9
+
+
+def test_long_batch_beyond_max_batch_size_is_refused(triton, digits):
+    classifier = clients(triton)["grpc"]
+    payload = Path(val_images(digits, 1)[0][0]).read_bytes()
+    with pytest.raises(ClientError, match="batch-size must be <= 32 for 'resnet_ensemble'"):
+        classifier.classify_bytes([payload] * 33)
+    assert_ready(triton)
+
+
+def test_corrupt_image_fails_alone_in_a_dynamic_batch(triton, digits):
+    samples = val_images(digits, 24)
+    payloads = [Path(path).read_bytes() for path, _ in samples]
+    bad_index = 11
+    payloads[bad_index] = payloads[bad_index][: len(payloads[bad_index]) // 2]  # truncated PNG
+    classifier = clients(triton)["grpc"]
+
+    def one(payload):
+        try:
+            return classifier.classify_bytes([payload])[0][0]
+        except ClientError as exc:
+            return exc
+
+    before = preprocess_batches(triton)
+    with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
+        answers = list(pool.map(one, payloads))
+    error = answers[bad_index]
+    assert isinstance(error, ClientError)
+    assert "image 0: corrupt image" in str(error)
+    good = [a for i, a in enumerate(answers) if i != bad_index]
+    assert all(not isinstance(a, Exception) for a in good)
+    targets = [target for i, (_, target) in enumerate(samples) if i != bad_index]
+    assert np.mean([a.index == t for a, t in zip(good, targets, strict=True)]) >= 0.9
+    # Triton put several requests into one execution: the batch survived the bad image.
+    stats = preprocess_batches(triton)
+    assert stats["requests"] - before["requests"] == len(payloads)
+    assert stats["executions"] - before["executions"] < len(payloads)
+    assert_ready(triton)
+
+
+def preprocess_batches(triton):
+    client = httpclient.InferenceServerClient(f"localhost:{triton.ports.http}")
+    stats = client.get_inference_statistics("preprocess")["model_stats"][0]
+    return {
+        "requests": stats["inference_stats"]["success"]["count"]
+        + stats["inference_stats"]["fail"]["count"],
+        "executions": stats["execution_count"],
+    }
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_wrong_dtype_is_refused_and_server_stays_ready(triton, protocol):
+    module = grpcclient if protocol == "grpc" else httpclient
+    port = triton.ports.grpc if protocol == "grpc" else triton.ports.http
+    client = module.InferenceServerClient(f"localhost:{port}")
+    wrong = module.InferInput("IMAGE", [1, 1], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 1), dtype=np.float32))
+    with pytest.raises(InferenceServerException, match="(?i)data.?type|datatype|FP32"):
+        client.infer("resnet_ensemble", [wrong])
+    assert_ready(triton)
+
+
+def test_unknown_model_is_named(triton):
+    with pytest.raises(ClientError, match="model 'nope' is not ready|nope"):
+        Classifier(f"localhost:{triton.ports.grpc}", "grpc", model="nope")
