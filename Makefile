@@ -7,8 +7,9 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# perf_analyzer (from tritonclient) links against libb64.
-OS_PACKAGES := libb64-0d
+# perf_analyzer (from tritonclient) links against libb64; docker-compose validates
+# docker-compose.yml offline in the tests.
+OS_PACKAGES := libb64-0d docker-compose
 
 .PHONY: setup demo test lint serve bench clean
 
