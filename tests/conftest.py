@@ -12,9 +12,11 @@ import sklearn
 from resnet_triton import build
 from resnet_triton.data import write_digits
 from resnet_triton.server import Ports, TritonServer
+from resnet_triton.spec import Names
 from resnet_triton.train import TrainConfig
 from resnet_triton.train import run as train
 
+NAMES = Names()
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 SKLEARN_IMAGES = Path(sklearn.__file__).parent / "datasets" / "images"
 # Real photographs of several sizes, colour modes and formats.
@@ -72,7 +74,7 @@ def triton(repository, tmp_path_factory):
     # A short exit timeout: Triton would wait 30 s for the tests' idle connections.
     server = TritonServer(repository, Ports.free(), log_path=log, exit_timeout_s=3).start()
     try:
-        server.wait_ready(["resnet_ensemble"], timeout=180)
+        server.wait_ready([NAMES.ensemble], timeout=180)
         yield server
     finally:
         server.stop()

@@ -62,7 +62,6 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, checkpoint: Path)
             verbose=False,
         )
     proto = program.model_proto
-    # Exporter names the symbolic dimension after the Dim; keep it readable.
     onnx.helper.set_model_props(
         proto,
         {

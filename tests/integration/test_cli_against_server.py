@@ -8,6 +8,7 @@ import time
 
 import pytest
 import tritonclient.http as httpclient
+from conftest import NAMES
 
 from resnet_triton.cli import main
 from resnet_triton.server import Ports
@@ -54,11 +55,11 @@ def test_serve_waits_for_ready_and_stops_cleanly_on_sigterm(repository):
     try:
         deadline = time.monotonic() + 180
         for line in process.stdout:
-            if line.startswith("ready: resnet_ensemble"):
+            if line.startswith(f"ready: {NAMES.ensemble}"):
                 break
             assert time.monotonic() < deadline, "serve did not become ready"
         client = httpclient.InferenceServerClient(f"localhost:{ports.http}")
-        assert client.is_model_ready("resnet_ensemble")
+        assert client.is_model_ready(NAMES.ensemble)
         client.close()  # Triton waits for open connections before it exits
         process.send_signal(signal.SIGTERM)
         rest = process.communicate(timeout=90)[0]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from conftest import NAMES
 from tritonclient.utils import InferenceServerException
 
 from resnet_triton.client import Classifier, ClientError
@@ -34,7 +35,7 @@ def clients(triton):
 def assert_ready(triton):
     client = httpclient.InferenceServerClient(f"localhost:{triton.ports.http}")
     assert client.is_server_live()
-    for model in ("resnet_ensemble", "preprocess", "classifier"):
+    for model in (NAMES.ensemble, NAMES.preprocess, NAMES.classifier):
         assert client.is_model_ready(model), model
 
 
@@ -100,7 +101,7 @@ def test_corrupt_image_fails_alone_in_a_dynamic_batch(triton, digits):
 
 def preprocess_batches(triton):
     client = httpclient.InferenceServerClient(f"localhost:{triton.ports.http}")
-    stats = client.get_inference_statistics("preprocess")["model_stats"][0]
+    stats = client.get_inference_statistics(NAMES.preprocess)["model_stats"][0]
     return {
         "requests": stats["inference_stats"]["success"]["count"]
         + stats["inference_stats"]["fail"]["count"],
@@ -113,10 +114,10 @@ def test_wrong_dtype_is_refused_and_server_stays_ready(triton, protocol):
     module = grpcclient if protocol == "grpc" else httpclient
     port = triton.ports.grpc if protocol == "grpc" else triton.ports.http
     client = module.InferenceServerClient(f"localhost:{port}")
-    wrong = module.InferInput("IMAGE", [1, 1], "FP32")
+    wrong = module.InferInput(NAMES.image, [1, 1], "FP32")
     wrong.set_data_from_numpy(np.zeros((1, 1), dtype=np.float32))
     with pytest.raises(InferenceServerException, match="(?i)data.?type|datatype|FP32"):
-        client.infer("resnet_ensemble", [wrong])
+        client.infer(NAMES.ensemble, [wrong])
     assert_ready(triton)
 
 
