@@ -13,8 +13,8 @@ from resnet_triton import build
 from resnet_triton.data import write_digits
 from resnet_triton.server import Ports, TritonServer
 from resnet_triton.spec import Names
-from resnet_triton.train import TrainConfig
-from resnet_triton.train import run as train
+from resnet_triton.training import TrainConfig
+from resnet_triton.training import run as train
 
 NAMES = Names()
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"

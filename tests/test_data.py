@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_triton.data import DataError, image_folder, load_splits, write_digits
+from resnet_triton.data import Augmentation, DataError, image_folder, load_splits, write_digits
 from resnet_triton.spec import Preprocessing
 
 
@@ -11,6 +11,10 @@ def make_folder(root, classes, per_class=2):
         (root / name).mkdir(parents=True)
         for i in range(per_class):
             Image.new("RGB", (10, 10), (i, 0, 0)).save(root / name / f"{i}.png")
+
+
+def splits(root, **kwargs):
+    return load_splits(root, Preprocessing(36, 32), Augmentation(), **kwargs)
 
 
 def test_digits_are_written_as_a_fixed_stratified_split(tmp_path):
@@ -25,15 +29,50 @@ def test_digits_are_written_as_a_fixed_stratified_split(tmp_path):
     assert np.bincount(val.targets).min() >= 35  # stratified: every digit is in val
 
 
+def test_one_folder_is_split_by_ratio_stratified_and_seeded(tmp_path):
+    make_folder(tmp_path, ["a", "b", "c"], per_class=10)
+    first = splits(tmp_path, val_split=0.3, seed=1)
+    again = splits(tmp_path, val_split=0.3, seed=1)
+    other = splits(tmp_path, val_split=0.3, seed=2)
+    assert (len(first.train), len(first.val), first.test) == (21, 9, None)
+    assert np.bincount(first.val.targets).tolist() == [3, 3, 3]
+    assert first.val.samples == again.val.samples
+    assert first.val.samples != other.val.samples
+    assert not set(first.train.samples) & set(first.val.samples)
+    assert first.train.transform is not first.val.transform  # augmentation on train only
+
+
+def test_train_val_and_test_folders(tmp_path):
+    for split in ("train", "val", "test"):
+        make_folder(tmp_path / split, ["a", "b"])
+    result = splits(tmp_path)
+    assert (len(result.train), len(result.val), len(result.test)) == (4, 4, 4)
+
+
+@pytest.mark.parametrize("on_bad_image", ["fail", "skip"])
+def test_undecodable_images_are_listed(tmp_path, on_bad_image):
+    make_folder(tmp_path, ["a", "b"], per_class=5)
+    (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (tmp_path / "b" / "notes.txt").write_text("not an image")
+    if on_bad_image == "fail":
+        with pytest.raises(DataError, match=r"1 image\(s\) do not decode .*a/broken.png: "):
+            splits(tmp_path, on_bad_image="fail")
+        return
+    result = splits(tmp_path, on_bad_image="skip")
+    assert len(result.bad_images) == 1 and "a/broken.png: " in result.bad_images[0]
+    assert len(result.train) + len(result.val) == 10
+    assert result.ignored_files == [str(tmp_path / "b" / "notes.txt")]
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(DataError, match=r"data folder .*nowhere does not exist"):
-        load_splits(tmp_path / "nowhere", Preprocessing(), hflip=False)
+        splits(tmp_path / "nowhere")
 
 
 def test_missing_val_split(tmp_path):
     make_folder(tmp_path / "train", ["a", "b"])
-    with pytest.raises(DataError, match="lacks val/"):
-        load_splits(tmp_path, Preprocessing(), hflip=False)
+    with pytest.raises(DataError, match="has train/ but no val/"):
+        splits(tmp_path)
 
 
 def test_empty_folder(tmp_path):
@@ -45,6 +84,7 @@ def test_empty_folder(tmp_path):
 def test_class_folder_without_images(tmp_path):
     make_folder(tmp_path, ["a", "b"])
     (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "readme.txt").write_text("no images here")
     with pytest.raises(DataError, match="Found no valid file for the classes c"):
         image_folder(tmp_path)
 
@@ -61,4 +101,4 @@ def test_train_and_val_classes_must_match(tmp_path):
     make_folder(tmp_path / "train", ["a", "b"])
     make_folder(tmp_path / "val", ["a", "c"])
     with pytest.raises(DataError, match=r"only in train \['b'\], only in val \['c'\]"):
-        load_splits(tmp_path, Preprocessing(), hflip=False)
+        splits(tmp_path)

@@ -9,7 +9,7 @@ from resnet_triton.errors import UserError
 
 # command -> (module with get_args_parser() and main(args), one-line help)
 COMMANDS = {
-    "train": ("resnet_triton.train", "fine-tune a ResNet on an ImageFolder dataset"),
+    "train": ("resnet_triton.training", "fine-tune a ResNet on an ImageFolder dataset"),
     "build": ("resnet_triton.build", "export ONNX, run the accuracy gate, publish to the repo"),
     "render": ("resnet_triton.repository", "write the model repository configs from a spec"),
     "serve": ("resnet_triton.server", "run the local Triton server on the model repository"),

@@ -1,7 +1,17 @@
-"""ImageFolder datasets read through the shared decoder, and the digits demo set."""
+"""ImageFolder datasets read through the shared decoder, and the digits demo set.
+
+Layouts accepted by `load_splits`:
+    root/train/<class>/*, root/val/<class>/*  (and optionally root/test/<class>/*)
+    root/<class>/*   split into train and val by ratio: stratified and seeded
+Every image is decoded once before training: a file that fails is listed by
+path and either stops the run or is skipped, never dropped silently.
+"""
 
 from __future__ import annotations
 
+import copy
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +19,10 @@ import torch
 from PIL import Image
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from resnet_triton.errors import UserError
-from resnet_triton.preprocess import load_image, preprocess
+from resnet_triton.preprocess import ImageDecodeError, load_image, preprocess
 from resnet_triton.spec import Preprocessing
 
 SPLITS = ("train", "val")
@@ -19,6 +30,50 @@ SPLITS = ("train", "val")
 
 class DataError(UserError, ValueError):
     """A data folder that cannot be trained or evaluated on."""
+
+
+class EvalTransform:
+    """Dataset transform: PIL image -> (3, crop, crop) float tensor, via the shared `preprocess`."""
+
+    def __init__(self, cfg: Preprocessing):
+        self.cfg = cfg
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(preprocess(image, self.cfg))
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    rrc_scale: tuple[float, float] = (0.35, 1.0)
+    hflip: bool = True
+    color_jitter: float = 0.0
+    rotation: float = 0.0
+    blur: float = 0.0
+    auto_augment: str = "none"
+
+
+def train_transform(cfg: Preprocessing, aug: Augmentation) -> transforms.Compose:
+    """Augmentation ending in the same tensor layout and normalization as `EvalTransform`."""
+    interpolation = transforms.InterpolationMode(cfg.interpolation)
+    steps = [
+        transforms.RandomResizedCrop(cfg.crop_size, aug.rrc_scale, interpolation=interpolation)
+    ]
+    if aug.hflip:
+        steps.append(transforms.RandomHorizontalFlip())
+    if aug.rotation:
+        steps.append(transforms.RandomRotation(aug.rotation, interpolation=interpolation))
+    if aug.color_jitter:
+        j = aug.color_jitter
+        steps.append(transforms.ColorJitter(brightness=j, contrast=j, saturation=j))
+    if aug.blur:
+        blur = transforms.GaussianBlur(kernel_size=5, sigma=(0.1, 2.0))
+        steps.append(transforms.RandomApply([blur], p=aug.blur))
+    if aug.auto_augment == "autoaugment":
+        steps.append(transforms.AutoAugment(interpolation=interpolation))
+    elif aug.auto_augment == "randaugment":
+        steps.append(transforms.RandAugment(interpolation=interpolation))
+    steps += [transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)]
+    return transforms.Compose(steps)
 
 
 def image_folder(root: Path, transform=None) -> ImageFolder:
@@ -38,50 +93,107 @@ def image_folder(root: Path, transform=None) -> ImageFolder:
     return dataset
 
 
-class EvalTransform:
-    """Dataset transform: PIL image -> (3, crop, crop) float tensor, via the shared `preprocess`."""
-
-    def __init__(self, cfg: Preprocessing):
-        self.cfg = cfg
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return torch.from_numpy(preprocess(image, self.cfg))
-
-
-def train_transform(cfg: Preprocessing, hflip: bool) -> transforms.Compose:
-    """Light augmentation ending in the same tensor layout as `EvalTransform`."""
-    steps = [
-        transforms.RandomResizedCrop(
-            cfg.crop_size,
-            scale=(0.35, 1.0),
-            interpolation=transforms.InterpolationMode(cfg.interpolation),
-        )
-    ]
-    if hflip:
-        steps.append(transforms.RandomHorizontalFlip())
-    steps += [transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)]
-    return transforms.Compose(steps)
+@dataclass
+class Splits:
+    train: ImageFolder
+    val: ImageFolder
+    test: ImageFolder | None
+    classes: list[str]
+    bad_images: list[str]  # path: reason, for every skipped file
+    ignored_files: list[str]  # files without an image extension
 
 
-def load_splits(root: Path, cfg: Preprocessing, hflip: bool) -> tuple[ImageFolder, ImageFolder]:
-    """`root/train` with augmentation and `root/val` with the eval transform."""
+def _restrict(dataset: ImageFolder, samples: list[tuple[str, int]], transform) -> ImageFolder:
+    subset = copy.copy(dataset)
+    subset.samples = subset.imgs = samples
+    subset.targets = [target for _, target in samples]
+    subset.transform = transform
+    return subset
+
+
+def find_bad_images(paths: list[str], workers: int = 4) -> dict[str, str]:
+    """path -> reason, for every file the shared decoder refuses."""
+
+    def check(path: str) -> str | None:
+        try:
+            load_image(path)
+        except ImageDecodeError as exc:
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow decodes without the GIL
+        reasons = pool.map(check, paths)
+    return {path: reason for path, reason in zip(paths, reasons, strict=True) if reason}
+
+
+def load_splits(
+    root: Path,
+    cfg: Preprocessing,
+    aug: Augmentation,
+    val_split: float = 0.2,
+    seed: int = 0,
+    on_bad_image: str = "fail",
+) -> Splits:
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
-    missing = [split for split in SPLITS if not (root / split).is_dir()]
-    if missing:
-        raise DataError(
-            f"data folder {root} lacks {', '.join(missing)}/; expected {root}/train/<class>/* "
-            f"and {root}/val/<class>/*"
+    evaluate = EvalTransform(cfg)
+    if (root / "train").is_dir():
+        if not (root / "val").is_dir():
+            raise DataError(
+                f"{root} has train/ but no val/; add {root}/val/<class>/*, or put the class "
+                f"folders directly in {root} to split by --val-split"
+            )
+        train = image_folder(root / "train", train_transform(cfg, aug))
+        val = image_folder(root / "val", evaluate)
+        test = image_folder(root / "test", evaluate) if (root / "test").is_dir() else None
+        for name, other in (("val", val), ("test", test)):
+            if other is not None and other.classes != train.classes:
+                raise DataError(
+                    f"train and {name} have different classes: only in train "
+                    f"{sorted(set(train.classes) - set(other.classes))}, only in {name} "
+                    f"{sorted(set(other.classes) - set(train.classes))}"
+                )
+    else:
+        from sklearn.model_selection import train_test_split
+
+        full = image_folder(root)
+        counts = np.bincount(full.targets, minlength=len(full.classes))
+        if counts.min() < 2:
+            few = [c for c, n in zip(full.classes, counts, strict=True) if n < 2]
+            raise DataError(f"classes {few} have fewer than 2 images; cannot split by ratio")
+        train_idx, val_idx = train_test_split(
+            np.arange(len(full)), test_size=val_split, stratify=full.targets, random_state=seed
         )
-    train = image_folder(root / "train", train_transform(cfg, hflip))
-    val = image_folder(root / "val", EvalTransform(cfg))
-    if train.classes != val.classes:
-        raise DataError(
-            f"train and val have different classes: only in train "
-            f"{sorted(set(train.classes) - set(val.classes))}, only in val "
-            f"{sorted(set(val.classes) - set(train.classes))}"
+        train = _restrict(
+            full, [full.samples[i] for i in sorted(train_idx)], train_transform(cfg, aug)
         )
-    return train, val
+        val = _restrict(full, [full.samples[i] for i in sorted(val_idx)], evaluate)
+        test = None
+
+    datasets = [d for d in (train, val, test) if d is not None]
+    bad = find_bad_images([p for d in datasets for p, _ in d.samples])
+    if bad and on_bad_image == "fail":
+        listing = "; ".join(f"{p}: {r}" for p, r in list(bad.items())[:5])
+        raise DataError(
+            f"{len(bad)} image(s) do not decode (use --on-bad-image skip to leave them out): "
+            f"{listing}"
+        )
+    for dataset in datasets:
+        kept = [(p, t) for p, t in dataset.samples if p not in bad]
+        if not kept:
+            raise DataError(f"no decodable images left in {dataset.root}")
+        dataset.samples = dataset.imgs = kept
+        dataset.targets = [t for _, t in kept]
+    ignored = sorted(
+        str(p)
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in IMG_EXTENSIONS
+    )
+    return Splits(train, val, test, train.classes, [f"{p}: {r}" for p, r in bad.items()], ignored)
+
+
+def class_counts(dataset: ImageFolder) -> np.ndarray:
+    return np.bincount(dataset.targets, minlength=len(dataset.classes))
 
 
 def write_digits(root: Path, val_fraction: float = 0.2, seed: int = 0) -> dict[str, int]:

@@ -28,8 +28,8 @@ from resnet_triton.errors import UserError
 from resnet_triton.resnet import load_checkpoint
 from resnet_triton.server import Ports, TritonServer
 from resnet_triton.spec import ModelSpec
-from resnet_triton.train import TrainConfig, predict
-from resnet_triton.train import run as train
+from resnet_triton.training import TrainConfig, predict
+from resnet_triton.training import run as train
 
 DEMO_ARCH = "resnet18"  # small enough to train from scratch on 2 cores in minutes
 DIGIT_LABELS = tuple(str(d) for d in range(10))

@@ -31,7 +31,8 @@ def build_model(spec: ModelSpec, weights: str = "none") -> nn.Module:
         _load_backbone(model, _imagenet_state_dict(spec.arch), f"ImageNet {spec.arch}")
     elif weights != "none":
         _load_backbone(model, _local_state_dict(Path(weights)), f"{weights}")
-    model.fc = nn.Linear(model.fc.in_features, spec.num_classes)
+    head = nn.Linear(model.fc.in_features, spec.num_classes)
+    model.fc = nn.Sequential(nn.Dropout(spec.head_dropout), head) if spec.head_dropout else head
     return model
 
 
@@ -51,7 +52,7 @@ def _local_state_dict(path: Path) -> dict:
         raise CheckpointError(
             f"weights file {path} does not exist; --weights takes imagenet, none or a file path"
         )
-    state = _torch_load(path)
+    state = read_torch_file(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # one of our checkpoints, or a Lightning-style file
     if not isinstance(state, dict):
@@ -92,7 +93,7 @@ def load_checkpoint(path: str | Path) -> tuple[ModelSpec, nn.Module, dict]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    payload = _torch_load(path)
+    payload = read_torch_file(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not a resnet-triton checkpoint (no format {CHECKPOINT_FORMAT!r}); "
@@ -113,7 +114,7 @@ def load_checkpoint(path: str | Path) -> tuple[ModelSpec, nn.Module, dict]:
     return spec, model.eval(), payload
 
 
-def _torch_load(path: Path):
+def read_torch_file(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file

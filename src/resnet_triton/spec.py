@@ -119,6 +119,7 @@ class Names:
 class ModelSpec:
     labels: tuple[str, ...]
     arch: str = "resnet50"
+    head_dropout: float = 0.0  # > 0: the head is Dropout + Linear (changes state_dict keys)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     batching: Batching = field(default_factory=Batching)
     names: Names = field(default_factory=Names)
@@ -132,6 +133,8 @@ class ModelSpec:
 
     def validate(self) -> None:
         check_choice("architecture", self.arch, ARCHITECTURES)
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise SpecError(f"head_dropout must lie in [0, 1), got {self.head_dropout}")
         if len(self.labels) < 2:
             raise SpecError(f"a classifier needs at least 2 labels, got {list(self.labels)}")
         if len(set(self.labels)) != len(self.labels):

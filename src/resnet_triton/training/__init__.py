@@ -1,0 +1,15 @@
+"""Fine-tuning: `resnet-triton train` (see config.py for every option, loop.py for outputs)."""
+
+from __future__ import annotations
+
+import argparse
+
+from resnet_triton.training.config import TrainConfig, config_from_args, get_args_parser
+from resnet_triton.training.loop import predict, run
+
+__all__ = ["TrainConfig", "get_args_parser", "main", "predict", "run"]
+
+
+def main(args: argparse.Namespace) -> int:
+    run(config_from_args(args))
+    return 0

@@ -1,0 +1,275 @@
+"""Training configuration: a frozen dataclass built from defaults, YAML and flags.
+
+Precedence: dataclass defaults < `--config file.yaml` < command-line flags.
+The resolved configuration is written to `<out>/config.yaml`, which is itself
+a valid `--config` file, and stored in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from resnet_triton.spec import ARCHITECTURES, SpecError, check_choice
+
+STRATEGIES = ("linear-probe", "staged", "full")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "step", "plateau")
+CLASS_BALANCE = ("none", "loss", "sampler")
+AUTO_AUGMENT = ("none", "autoaugment", "randaugment")
+ON_BAD_IMAGE = ("fail", "skip")
+MONITORS = ("val_top1", "val_loss")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    data: str
+    out: str = "artifacts/train"
+    val_split: float = 0.2
+    on_bad_image: str = "fail"
+    workers: int = 2
+    seed: int = 0
+    # model
+    arch: str = "resnet50"
+    weights: str = "imagenet"
+    head_dropout: float = 0.0
+    resize_size: int = 256
+    crop_size: int = 224
+    # strategy
+    strategy: str = "full"
+    stage_epochs: tuple[int, ...] = (2, 2)
+    freeze_bn: bool = False
+    # optimization
+    epochs: int = 10
+    batch_size: int = 32
+    accumulate: int = 1
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    head_lr: float | None = None
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.05
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    step_size: int = 3
+    gamma: float = 0.1
+    plateau_patience: int = 2
+    label_smoothing: float = 0.0
+    clip_grad_norm: float = 0.0
+    class_balance: str = "none"
+    ema_decay: float = 0.0
+    amp: bool = True
+    channels_last: bool = True
+    # augmentation
+    rrc_scale: tuple[float, float] = (0.35, 1.0)
+    hflip: bool = True
+    color_jitter: float = 0.0
+    rotation: float = 0.0
+    blur: float = 0.0
+    auto_augment: str = "none"
+    # early stopping, checkpoints
+    monitor: str = "val_top1"
+    patience: int = 0
+    resume: str | None = None
+    stop_after: int | None = None
+
+    @property
+    def head_learning_rate(self) -> float:
+        return self.lr if self.head_lr is None else self.head_lr
+
+    def validate(self) -> None:
+        for what, value, choices in (
+            ("architecture", self.arch, ARCHITECTURES),
+            ("strategy", self.strategy, STRATEGIES),
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("schedule", self.schedule, SCHEDULES),
+            ("class balance", self.class_balance, CLASS_BALANCE),
+            ("auto augment", self.auto_augment, AUTO_AUGMENT),
+            ("on_bad_image", self.on_bad_image, ON_BAD_IMAGE),
+            ("monitor", self.monitor, MONITORS),
+        ):
+            check_choice(what, value, choices)
+        for name in ("epochs", "batch_size", "accumulate"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.val_split < 1.0:
+            raise SpecError(f"--val-split must lie in (0, 1), got {self.val_split}")
+        if self.strategy == "staged" and (
+            len(self.stage_epochs) != 2 or sum(self.stage_epochs) >= self.epochs
+        ):
+            raise SpecError(
+                f"--stage-epochs takes 2 numbers (epochs training layer4, then layer3+layer4) "
+                f"that leave epochs for the last stage (all layers): got "
+                f"{list(self.stage_epochs)} with --epochs {self.epochs}"
+            )
+        if not 0.0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1.0:
+            raise SpecError(f"--rrc-scale needs 0 < min <= max <= 1, got {list(self.rrc_scale)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise SpecError(f"--ema-decay must lie in [0, 1), got {self.ema_decay}")
+
+    def to_yaml(self) -> str:
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in self.as_dict().items()}
+        return yaml.safe_dump(data, sort_keys=False)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(name: str, value, hint):
+    """A YAML or flag value as the field's type; the error names the field."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType):  # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    try:
+        if origin is tuple:
+            if not isinstance(value, list | tuple):
+                value = [value]
+            return tuple(args[0](v) for v in value)
+        if hint is bool and not isinstance(value, bool):
+            raise TypeError("expected true or false")
+        return hint(value)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"config field {name}: cannot use {value!r} ({exc})") from None
+
+
+def resolve(yaml_path: Path | None, overrides: dict) -> TrainConfig:
+    """Defaults < YAML file < overrides (the flags given on the command line)."""
+    values = {}
+    if yaml_path is not None:
+        try:
+            loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SpecError(f"cannot read config {yaml_path}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise SpecError(f"config {yaml_path} must be a mapping of option: value")
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    values.update(overrides)
+    hints = typing.get_type_hints(TrainConfig)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise SpecError(f"unknown config field(s) {unknown}; valid: {sorted(hints)}")
+    if "data" not in values:
+        raise SpecError("no data folder: pass --data or set data: in the config file")
+    config = TrainConfig(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+    config.validate()
+    return config
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnet-triton train",
+        description="Fine-tune a torchvision ResNet on an ImageFolder. Options come from the "
+        "defaults, then --config FILE.yaml (keys are the option names), then the flags.",
+        argument_default=argparse.SUPPRESS,  # only flags actually given override the YAML
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=STRATEGY_HELP,
+    )
+    d = TrainConfig(data="")
+    parser.add_argument("--config", type=Path, default=None, help="YAML file of options")
+
+    def add(group, name, help, **kwargs):
+        default = getattr(d, name)
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        group.add_argument(f"--{_flag(name)}", help=f"{help} (default: {shown})", **kwargs)
+
+    def flag(group, name, help):
+        add(group, name, help, action=argparse.BooleanOptionalAction)
+
+    g = parser.add_argument_group("data")
+    add(g, "data", "ImageFolder root: train/ and val/ (and optional test/) class folders, "
+        "or class folders directly, split by --val-split")  # fmt: skip
+    add(g, "out", "output folder")
+    add(g, "val_split", "validation fraction when data has no train/ folder (stratified, seeded)",
+        type=float)  # fmt: skip
+    add(g, "on_bad_image", f"images that fail to decode: {' or '.join(ON_BAD_IMAGE)}")
+    add(g, "workers", "data loader processes", type=int)
+    add(g, "seed", "seed for initialisation, shuffling, augmentation and splits", type=int)
+
+    g = parser.add_argument_group("model")
+    add(g, "arch", f"one of {', '.join(ARCHITECTURES)}")
+    add(g, "weights", "imagenet (torchvision, downloads once), none, or a state_dict file")
+    add(g, "head_dropout", "dropout before the linear head; 0 = Linear head only", type=float)
+    add(g, "resize_size", "eval resize of the shorter side", type=int)
+    add(g, "crop_size", "model input size", type=int)
+
+    g = parser.add_argument_group("strategy")
+    add(g, "strategy", f"one of {', '.join(STRATEGIES)} (see below)")
+    add(g, "stage_epochs", "staged: epochs for layer4, then layer3+4; the rest trains all",
+        type=int, nargs=2)  # fmt: skip
+    flag(g, "freeze_bn", "keep every BatchNorm's statistics and affine parameters fixed")
+
+    g = parser.add_argument_group("optimization")
+    add(g, "epochs", "epochs in all", type=int)
+    add(g, "batch_size", "images per optimizer step and micro-batch, over all processes",
+        type=int)  # fmt: skip
+    add(g, "accumulate", "micro-batches per optimizer step (gradient accumulation)", type=int)
+    add(g, "optimizer", f"one of {', '.join(OPTIMIZERS)}")
+    add(g, "lr", "peak learning rate of the backbone", type=float)
+    add(g, "head_lr", "peak learning rate of the head (default: --lr)", type=float)
+    add(g, "momentum", "SGD momentum", type=float)
+    flag(g, "nesterov", "SGD with Nesterov momentum")
+    add(g, "weight_decay", "weight decay; never applied to norm weights and biases", type=float)
+    add(g, "schedule", f"one of {', '.join(SCHEDULES)}")
+    add(g, "warmup_epochs", "linear warmup (cosine and step schedules)", type=float)
+    add(g, "step_size", "step schedule: epochs between decays", type=int)
+    add(g, "gamma", "step and plateau schedules: decay factor", type=float)
+    add(g, "plateau_patience", "plateau schedule: epochs without improvement", type=int)
+    add(g, "label_smoothing", "cross-entropy label smoothing", type=float)
+    add(g, "clip_grad_norm", "clip the gradient norm to this; 0 = off", type=float)
+    add(g, "class_balance", f"imbalanced classes: {', '.join(CLASS_BALANCE)}")
+    add(g, "ema_decay", "exponential moving average of weights, e.g. 0.999; 0 = off",
+        type=float)  # fmt: skip
+    flag(g, "amp", "mixed precision: fp16 + loss scaling on CUDA, bf16 on CPU")
+    flag(g, "channels_last", "channels_last memory format")
+
+    g = parser.add_argument_group(
+        "augmentation (train split only; eval is the serving preprocessing)"
+    )
+    add(g, "rrc_scale", "RandomResizedCrop area range", type=float, nargs=2)
+    flag(g, "hflip", "random horizontal flips (off for text, digits, asymmetric classes)")
+    add(g, "color_jitter", "brightness/contrast/saturation strength; 0 = off", type=float)
+    add(g, "rotation", "random rotation range in degrees; 0 = off", type=float)
+    add(g, "blur", "probability of a Gaussian blur", type=float)
+    add(g, "auto_augment", f"one of {', '.join(AUTO_AUGMENT)}")
+
+    g = parser.add_argument_group("early stopping and checkpoints")
+    add(g, "monitor", f"metric choosing the best epoch: {', '.join(MONITORS)}")
+    add(g, "patience", "stop after this many epochs without improvement; 0 = off", type=int)
+    add(g, "resume", "continue from this last.pt (same architecture and classes)")
+    add(g, "stop_after", "stop after this many epochs of this run (a time slot); resume later",
+        type=int)  # fmt: skip
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    return resolve(args.config, overrides)
+
+
+STRATEGY_HELP = """\
+strategies:
+  linear-probe  only the new head trains; the backbone, BatchNorm statistics
+                included, stays frozen. Little data (tens of images per
+                class) with ImageNet weights, or a fast baseline.
+  staged        layer4 + head first, then layer3 too, then everything
+                (--stage-epochs). A few hundred images per class: the
+                pretrained low-level features are kept while the head settles.
+  full          everything trains from the start. Plenty of data, data far
+                from ImageNet, and always from random weights. --freeze-bn
+                keeps BatchNorm fixed, for small batches.
+"""

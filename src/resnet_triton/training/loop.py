@@ -1,0 +1,415 @@
+"""The training loop: one process, or one of several under torchrun.
+
+Outputs in `cfg.out` (rank 0 writes, the others only compute):
+  checkpoint.pt   the best epoch by `cfg.monitor` (EMA weights when EMA is on),
+                  with the spec; what `resnet-triton build` takes
+  last.pt         the last epoch with optimizer, schedule, scaler, EMA and
+                  loop state, for --resume
+  metrics.json    every epoch; config.yaml the resolved configuration
+  evaluation.json per-class precision/recall/F1 of the best checkpoint on the
+                  test split (val when there is none)
+  curves.png, confusion_matrix.png
+
+Reproducibility: every epoch reseeds Python, NumPy and PyTorch (and the
+shuffling and worker seeds) from (seed, epoch, rank), so a resumed run draws
+exactly the random numbers an uninterrupted one would, on any number of
+processes; no generator state has to travel in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    Subset,
+    WeightedRandomSampler,
+)
+from tqdm import tqdm
+
+from resnet_triton.data import Augmentation, class_counts, load_splits
+from resnet_triton.resnet import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    read_torch_file,
+    save_checkpoint,
+)
+from resnet_triton.spec import ModelSpec, Preprocessing, SpecError
+from resnet_triton.training import distributed, report, strategy
+from resnet_triton.training.config import TrainConfig
+from resnet_triton.training.optim import Schedule, build_ema, build_optimizer
+
+
+@dataclass
+class LoopState:
+    """What besides weights and optimizer a resumed run needs."""
+
+    epoch: int = 0
+    best: dict | None = None
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def seed_epoch(cfg: TrainConfig, epoch: int, rank: int) -> None:
+    seed = cfg.seed + 1000 * epoch + rank
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def improved(cfg: TrainConfig, record: dict, best: dict | None) -> bool:
+    if best is None:
+        return True
+    if cfg.monitor == "val_loss":
+        return record["val_loss"] < best["val_loss"]
+    return record["val_top1"] > best["val_top1"]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
+    """Softmax probabilities (N, num_classes) in float32, the dtype that is exported."""
+    model.eval()
+    out = []
+    for images, _ in loader:
+        images = images.to(device, memory_format=torch.channels_last)
+        out.append(torch.softmax(model(images).float(), dim=1).cpu())
+    return torch.cat(out).numpy()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, ctx: distributed.Context):
+        self.cfg, self.ctx = cfg, ctx
+        if cfg.batch_size % ctx.world_size:
+            raise SpecError(
+                f"--batch-size {cfg.batch_size} must divide by the {ctx.world_size} processes"
+            )
+        if cfg.class_balance == "sampler" and ctx.distributed:
+            raise SpecError("--class-balance sampler needs one process; use loss under torchrun")
+        self.out = Path(cfg.out)
+        torch.manual_seed(cfg.seed)  # the same initial weights in every process
+        prep = Preprocessing(resize_size=cfg.resize_size, crop_size=cfg.crop_size)
+        aug = Augmentation(
+            cfg.rrc_scale, cfg.hflip, cfg.color_jitter, cfg.rotation, cfg.blur, cfg.auto_augment
+        )
+        self.splits = load_splits(
+            Path(cfg.data), prep, aug, cfg.val_split, cfg.seed, cfg.on_bad_image
+        )
+        self.spec = ModelSpec(
+            labels=tuple(self.splits.classes),
+            arch=cfg.arch,
+            head_dropout=cfg.head_dropout,
+            preprocessing=prep,
+        )
+        memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.memory_format = memory
+        self.model = build_model(self.spec, cfg.weights).to(ctx.device, memory_format=memory)
+        self.optimizer = build_optimizer(strategy.parameter_groups(self.model, cfg), cfg)
+        self.micro_batch = cfg.batch_size // ctx.world_size
+        self.train_loader, self.sampler = self._train_loader()
+        self.steps_per_epoch = max(1, len(self.train_loader) // cfg.accumulate)
+        self.schedule = Schedule(self.optimizer, cfg, self.steps_per_epoch)
+        cuda = ctx.device.type == "cuda"
+        self.amp_dtype = torch.float16 if cuda else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and cuda)
+        self.ema = build_ema(self.model, cfg)
+        weights = None
+        if cfg.class_balance == "loss":
+            counts = class_counts(self.splits.train)
+            weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)))
+            weights = weights.float().to(ctx.device)
+        self.loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+        self.state = LoopState()
+        self.net = self.model  # what forward goes through: DDP-wrapped under torchrun
+
+    def _train_loader(self):
+        cfg, ctx, train = self.cfg, self.ctx, self.splits.train
+        self.shuffle_generator = torch.Generator()
+        if ctx.distributed:
+            sampler = DistributedSampler(
+                train, ctx.world_size, ctx.rank, seed=cfg.seed, drop_last=True
+            )
+        elif cfg.class_balance == "sampler":
+            counts = class_counts(train)
+            weights = 1.0 / counts[np.array(train.targets)]
+            sampler = WeightedRandomSampler(
+                weights, len(train), replacement=True, generator=self.shuffle_generator
+            )
+        else:
+            sampler = RandomSampler(train, generator=self.shuffle_generator)
+        self.loader_generator = torch.Generator()
+        loader = DataLoader(
+            train,
+            batch_size=self.micro_batch,
+            sampler=sampler,
+            drop_last=len(train) >= self.micro_batch * ctx.world_size,
+            num_workers=cfg.workers,
+            generator=self.loader_generator,  # seeds the workers' augmentation
+            pin_memory=ctx.device.type == "cuda",
+        )
+        return loader, sampler
+
+    def _eval_loader(self, dataset) -> DataLoader:
+        # Each process predicts every world_size-th image; results are gathered,
+        # so metrics cover the whole split exactly once.
+        shard = Subset(dataset, range(self.ctx.rank, len(dataset), self.ctx.world_size))
+        return DataLoader(shard, batch_size=self.micro_batch, num_workers=self.cfg.workers)
+
+    def log(self, message: str) -> None:
+        if self.ctx.is_main:
+            tqdm.write(message)
+
+    # -- checkpoints -------------------------------------------------------
+
+    def _eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def save_last(self) -> None:
+        training = {
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "loop": vars(self.state),
+        }
+        save_checkpoint(
+            self.out / "last.pt",
+            self.model,
+            self.spec,
+            metrics=self.state.history[-1],
+            config=self.cfg.as_dict(),
+            training=training,
+        )
+
+    def resume(self, path: Path) -> None:
+        payload = read_torch_file(path) if path.is_file() else None
+        if not isinstance(payload, dict) or "training" not in payload:
+            raise CheckpointError(f"--resume {path} is not a last.pt written by this trainer")
+        saved = ModelSpec.from_dict(payload["spec"])
+        if (saved.arch, saved.labels) != (self.spec.arch, self.spec.labels):
+            raise CheckpointError(
+                f"--resume {path} is {saved.arch} with classes {list(saved.labels)}; this run "
+                f"is {self.spec.arch} with classes {list(self.spec.labels)}"
+            )
+        self.model.load_state_dict(payload["state_dict"])
+        training = payload["training"]
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.schedule.load_state_dict(training["schedule"])
+        self.scaler.load_state_dict(training["scaler"])
+        if self.ema is not None and training["ema"] is not None:
+            self.ema.load_state_dict(training["ema"])
+        self.state = LoopState(**training["loop"])
+        self.log(f"resumed from {path} after epoch {self.state.epoch}")
+
+    # -- one epoch ---------------------------------------------------------
+
+    def set_stage(self, stage: int) -> None:
+        trainable = strategy.apply_stage(self.model, self.cfg, stage)
+        blocks = strategy.trainable_blocks(self.cfg, stage)
+        what = "all layers" if blocks is None else " + ".join([*blocks, strategy.HEAD])
+        self.log(f"stage {stage + 1}: training {what} ({trainable:,} parameters)")
+        if self.ctx.distributed:
+            # DDP records which parameters need gradients when it wraps the model.
+            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, stepping: bool) -> float:
+        """One micro-batch: forward, backward, and the optimizer step when `stepping`."""
+        cfg = self.cfg
+        images = images.to(self.ctx.device, memory_format=self.memory_format)
+        labels = labels.to(self.ctx.device)
+        # Under DDP, gradients are all-reduced only on the micro-batch that steps.
+        sync = nullcontext() if stepping or not self.ctx.distributed else self.net.no_sync()
+        with sync:
+            with torch.autocast(self.ctx.device.type, dtype=self.amp_dtype, enabled=cfg.amp):
+                loss = self.loss_fn(self.net(images), labels)
+            self.scaler.scale(loss / cfg.accumulate).backward()
+        if stepping:
+            if cfg.clip_grad_norm:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(
+                    [p for p in self.model.parameters() if p.grad is not None],
+                    cfg.clip_grad_norm,
+                )
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.schedule.after_step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+        return loss.item()
+
+    def train_epoch(self, epoch: int, stage: int) -> tuple[float, int]:
+        cfg = self.cfg
+        strategy.set_train_mode(self.model, cfg, stage)
+        self.shuffle_generator.manual_seed(cfg.seed + epoch)
+        self.loader_generator.manual_seed(cfg.seed + 1000 * epoch + self.ctx.rank)
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+        micro_steps = self.steps_per_epoch * cfg.accumulate  # whole optimizer steps only
+        losses, seen = [], 0
+        bar = tqdm(
+            self.train_loader,
+            total=micro_steps,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            leave=False,
+            disable=None if self.ctx.is_main else True,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, (images, labels) in enumerate(bar):
+            if i == micro_steps:
+                break
+            stepping = (i + 1) % cfg.accumulate == 0
+            loss = self.step(images, labels, stepping)
+            losses.append(loss)
+            seen += len(images)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        mean = float(np.mean(losses)) if losses else float("nan")
+        return distributed.mean_over_ranks(self.ctx, mean, len(losses)), seen * self.ctx.world_size
+
+    def evaluate(self, model: nn.Module, dataset) -> np.ndarray:
+        """Probabilities for every image of `dataset`, in dataset order, on every rank."""
+        probs = predict(model, self._eval_loader(dataset), self.ctx.device)
+        parts = distributed.gather(self.ctx, probs)
+        full = np.empty((len(dataset), self.spec.num_classes), dtype=np.float32)
+        for rank, part in enumerate(parts):
+            full[rank :: self.ctx.world_size] = part
+        return full
+
+    # -- the run -----------------------------------------------------------
+
+    def fit(self) -> dict:
+        cfg, ctx = self.cfg, self.ctx
+        if ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(cfg.to_yaml())
+            self._report_data()
+        if cfg.resume:
+            self.resume(Path(cfg.resume))
+        targets = np.array(self.splits.val.targets)
+        first = self.state.epoch + 1
+        last = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, first + cfg.stop_after - 1)
+        stage = None
+        epochs = tqdm(range(first, last + 1), desc="epochs", disable=None if ctx.is_main else True)
+        for epoch in epochs:
+            seed_epoch(cfg, epoch, ctx.rank)
+            if strategy.stage_for_epoch(cfg, epoch) != stage:
+                stage = strategy.stage_for_epoch(cfg, epoch)
+                self.set_stage(stage)
+            start = time.perf_counter()
+            train_loss, images = self.train_epoch(epoch, stage)
+            train_seconds = time.perf_counter() - start
+            probs = self.evaluate(self._eval_model(), self.splits.val)
+            picked = probs[np.arange(len(targets)), targets]
+            record = {
+                "epoch": epoch,
+                "stage": stage + 1,
+                "lr_head": self.optimizer.param_groups[0]["lr"],
+                "lr_backbone": self.optimizer.param_groups[-1]["lr"],
+                "train_loss": train_loss,
+                "val_loss": float(-np.mean(np.log(picked + 1e-12))),
+                "val_top1": float(np.mean(probs.argmax(1) == targets)),
+                "train_images_per_s": round(images / train_seconds, 1),
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+            self.schedule.after_epoch(record)
+            self.state.epoch = epoch
+            self.state.history.append(record)
+            better = improved(cfg, record, self.state.best)
+            if better:
+                self.state.best, self.state.bad_epochs = record, 0
+            else:
+                self.state.bad_epochs += 1
+            self.log(
+                f"epoch {epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f}, "
+                f"val loss {record['val_loss']:.4f}, val top-1 {record['val_top1']:.4f} "
+                f"({record['seconds']:.0f} s, {record['train_images_per_s']:.0f} img/s)"
+                + (" *" if better else "")
+            )
+            if ctx.is_main:
+                if better:
+                    save_checkpoint(
+                        self.out / "checkpoint.pt",
+                        self._eval_model(),
+                        self.spec,
+                        metrics=record,
+                        config=cfg.as_dict(),
+                    )
+                self.save_last()
+                self._write_metrics()
+            if self._stopped_early():
+                self.log(f"early stop: {cfg.monitor} did not improve for {cfg.patience} epochs")
+                break
+        result = {"best": self.state.best, "history": self.state.history}
+        finished = self.state.epoch == cfg.epochs or self._stopped_early()
+        if finished and ctx.is_main:  # not after --stop-after: the run goes on later
+            result["evaluation"] = self.final_evaluation()
+        return result
+
+    def _stopped_early(self) -> bool:
+        return bool(self.cfg.patience) and self.state.bad_epochs >= self.cfg.patience
+
+    def _report_data(self) -> None:
+        s = self.splits
+        counts = class_counts(s.train)
+        self.log(
+            f"training {self.cfg.arch} ({self.cfg.strategy}, weights={self.cfg.weights}) on "
+            f"{self.ctx.world_size} x {self.ctx.device.type}: {len(s.train)} train / "
+            f"{len(s.val)} val" + (f" / {len(s.test)} test" if s.test else "") + " images, "
+            f"{len(s.classes)} classes ({counts.min()}..{counts.max()} train images per class)"
+        )
+        for line in s.bad_images:
+            self.log(f"skipped (does not decode): {line}")
+        if s.ignored_files:
+            shown = ", ".join(s.ignored_files[:5])
+            self.log(f"ignored {len(s.ignored_files)} file(s) without an image extension: {shown}")
+
+    def _write_metrics(self) -> None:
+        metrics = {"best": self.state.best, "history": self.state.history}
+        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        report.plot_curves(self.state.history, self.out / "curves.png")
+
+    def final_evaluation(self) -> dict:
+        """The best checkpoint on the test split (val when there is none)."""
+        split = "test" if self.splits.test is not None else "val"
+        dataset = self.splits.test if self.splits.test is not None else self.splits.val
+        _, model, _ = load_checkpoint(self.out / "checkpoint.pt")
+        model.to(self.ctx.device, memory_format=self.memory_format)
+        loader = DataLoader(dataset, batch_size=self.micro_batch, num_workers=self.cfg.workers)
+        preds = predict(model, loader, self.ctx.device).argmax(1)
+        result = report.classification_report(
+            np.array(dataset.targets), preds, list(self.spec.labels)
+        )
+        result["split"] = split
+        (self.out / "evaluation.json").write_text(json.dumps(result, indent=2))
+        report.plot_confusion(
+            result["confusion_matrix"],
+            list(self.spec.labels),
+            self.out / "confusion_matrix.png",
+            f"{split}: top-1 {result['top1']:.4f}, macro F1 {result['macro_f1']:.4f}",
+        )
+        self.log(
+            f"best epoch {self.state.best['epoch']} on {split}: top-1 {result['top1']:.4f}, "
+            f"macro F1 {result['macro_f1']:.4f} -> {self.out / 'checkpoint.pt'}"
+        )
+        return result
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train with `cfg` in this process (one of several under torchrun)."""
+    ctx = distributed.setup()
+    try:
+        return Trainer(cfg, ctx).fit()
+    finally:
+        distributed.teardown(ctx)

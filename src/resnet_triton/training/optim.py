@@ -1,0 +1,72 @@
+"""Optimizers, learning-rate schedules and the weight EMA."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from resnet_triton.training.config import TrainConfig
+
+
+def build_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+class Schedule:
+    """One object for the three schedules, stepped where each one needs it.
+
+    cosine: linear warmup, then cosine decay to 0, per optimizer step.
+    step:   linear warmup, then x gamma every `step_size` epochs, per optimizer step.
+    plateau: x gamma after `plateau_patience` epochs without improvement of
+             the monitored metric, per epoch (no warmup).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        self.cfg = cfg
+        self.per_step = cfg.schedule != "plateau"
+        if self.per_step:
+            total = cfg.epochs * steps_per_epoch
+            warmup = min(total, max(1, round(cfg.warmup_epochs * steps_per_epoch)))
+
+            def factor(step: int) -> float:
+                if step < warmup:
+                    return (step + 1) / warmup
+                if cfg.schedule == "step":
+                    return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+                progress = (step - warmup) / max(1, total - warmup)
+                return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer,
+                mode="max" if cfg.monitor == "val_top1" else "min",
+                factor=cfg.gamma,
+                patience=cfg.plateau_patience,
+            )
+
+    def after_step(self) -> None:
+        if self.per_step:
+            self.scheduler.step()
+
+    def after_epoch(self, metrics: dict) -> None:
+        if not self.per_step:
+            self.scheduler.step(metrics[self.cfg.monitor])
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state)
+
+
+def build_ema(model: nn.Module, cfg: TrainConfig) -> AveragedModel | None:
+    """EMA of weights and BatchNorm buffers; evaluated and exported instead of the raw model."""
+    if not cfg.ema_decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)

@@ -1,0 +1,68 @@
+"""Final evaluation figures and plots: per-class precision/recall/F1, confusion matrix, curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    ConfusionMatrixDisplay,
+    confusion_matrix,
+    precision_recall_fscore_support,  # noqa: E402
+)
+
+
+def classification_report(targets: np.ndarray, preds: np.ndarray, labels: list[str]) -> dict:
+    indices = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        targets, preds, labels=indices, zero_division=0
+    )
+    return {
+        "images": int(len(targets)),
+        "top1": float(np.mean(targets == preds)),
+        "macro_f1": float(np.mean(f1)),
+        "per_class": {
+            label: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, label in enumerate(labels)
+        },
+        "confusion_matrix": confusion_matrix(targets, preds, labels=indices).tolist(),
+    }
+
+
+def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, title: str) -> None:
+    size = max(5.0, 0.45 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(np.array(matrix), display_labels=labels).plot(
+        ax=ax, colorbar=False, xticks_rotation=45 if len(labels) > 8 else "horizontal"
+    )
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    epochs = [r["epoch"] for r in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_ax.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
+    loss_ax.plot(epochs, [r["val_loss"] for r in history], marker="o", label="val")
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
+    loss_ax.legend()
+    acc_ax.plot(epochs, [r["val_top1"] for r in history], marker="o", color="tab:green")
+    acc_ax.set(xlabel="epoch", ylabel="top-1", title="validation accuracy", ylim=(0, 1.02))
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

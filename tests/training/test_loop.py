@@ -1,0 +1,139 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnet_triton.resnet import CheckpointError, build_model, load_checkpoint
+from resnet_triton.spec import ModelSpec
+from resnet_triton.training import TrainConfig, run
+from resnet_triton.training.config import resolve
+from resnet_triton.training.distributed import Context
+from resnet_triton.training.loop import Trainer
+
+# Small and fast: 32x32 inputs; the digits are still learnt in a few epochs.
+TINY = {
+    "resize_size": 36,
+    "crop_size": 32,
+    "workers": 0,
+    "weights": "none",
+    "arch": "resnet18",
+    "hflip": False,
+    "lr": 3e-3,
+}
+TIMING = ("seconds", "train_images_per_s")
+
+
+def test_trained_checkpoint_carries_spec_metrics_and_config(checkpoint):
+    spec, _, payload = load_checkpoint(checkpoint)
+    assert spec.labels == tuple(str(d) for d in range(10))
+    assert spec.preprocessing.crop_size == 64
+    assert payload["config"]["epochs"] == 3
+    metrics = json.loads((checkpoint.parent / "metrics.json").read_text())
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3]
+    assert payload["metrics"] == metrics["best"]
+    # 3 epochs from random weights at 64x64 px: the digits are easy enough.
+    assert metrics["best"]["val_top1"] >= 0.9
+
+
+def test_outputs_are_written(checkpoint):
+    out = checkpoint.parent
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["split"] == "val" and evaluation["images"] == 360
+    assert set(evaluation["per_class"]) == {str(d) for d in range(10)}
+    assert sum(c["support"] for c in evaluation["per_class"].values()) == 360
+    assert np.array(evaluation["confusion_matrix"]).sum() == 360
+    best = json.loads((out / "metrics.json").read_text())["best"]
+    assert evaluation["top1"] == pytest.approx(best["val_top1"], abs=1e-9)
+    for name in ("curves.png", "confusion_matrix.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and min(image.size) > 300
+    assert resolve(out / "config.yaml", {}).epochs == 3
+    assert (out / "last.pt").is_file()
+
+
+def history(out):
+    records = json.loads((out / "metrics.json").read_text())["history"]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def test_resume_gives_the_uninterrupted_result(digits, tmp_path):
+    """Tolerance: losses within 1e-5, accuracies equal. Seen: identical to print precision."""
+    base = {"data": str(digits), "epochs": 3, "ema_decay": 0.9, "head_dropout": 0.2, **TINY}
+    run(TrainConfig(out=str(tmp_path / "straight"), **base))
+    run(TrainConfig(out=str(tmp_path / "split"), stop_after=1, **base))
+    assert len(history(tmp_path / "split")) == 1
+    assert not (tmp_path / "split" / "evaluation.json").exists()  # not finished yet
+    last = tmp_path / "split" / "last.pt"
+    run(TrainConfig(out=str(tmp_path / "split"), resume=str(last), **base))
+
+    straight, resumed = history(tmp_path / "straight"), history(tmp_path / "split")
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    for a, b in zip(straight, resumed, strict=True):
+        assert a["val_top1"] == b["val_top1"]
+        for key in ("train_loss", "val_loss", "lr_head", "lr_backbone"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+
+
+def test_resume_refuses_another_class_set(digits, tmp_path):
+    spec = ModelSpec(labels=("cat", "dog"), arch="resnet18")
+    from resnet_triton.resnet import save_checkpoint
+
+    save_checkpoint(tmp_path / "last.pt", build_model(spec), spec, training={})
+    cfg = TrainConfig(
+        data=str(digits), out=str(tmp_path / "o"), resume=str(tmp_path / "last.pt"), **TINY
+    )
+    with pytest.raises(
+        CheckpointError, match=r"is resnet18 with classes \['cat', 'dog'\]; this run"
+    ):
+        run(cfg)
+
+
+def test_early_stopping_stops_when_the_metric_stalls(digits, tmp_path):
+    # lr 0: the weights never change, so val top-1 never improves after epoch 1.
+    cfg = TrainConfig(
+        data=str(digits), out=str(tmp_path), epochs=5, patience=2, **{**TINY, "lr": 0.0}
+    )
+    result = run(cfg)
+    assert [r["epoch"] for r in result["history"]] == [1, 2, 3]
+    assert result["best"]["epoch"] == 1
+    assert result["evaluation"]["split"] == "val"
+
+
+def imbalanced(root, counts):
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (12, 12), (10 * i, 0, 0)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_class_balance(tmp_path):
+    data = imbalanced(tmp_path / "data", {"common": 60, "rare": 15})
+    base = {"data": str(data), "out": str(tmp_path / "o"), "val_split": 0.2, **TINY}
+    trainer = Trainer(TrainConfig(class_balance="loss", **base), Context())
+    # 48 and 12 train images after the stratified 80/20 split: weight n / (k * count).
+    assert trainer.loss_fn.weight.tolist() == pytest.approx([60 / (2 * 48), 60 / (2 * 12)])
+
+    trainer = Trainer(TrainConfig(class_balance="sampler", **base), Context())
+    trainer.shuffle_generator.manual_seed(0)
+    drawn = np.array(trainer.splits.train.targets)[list(trainer.sampler)]
+    assert len(drawn) == 60
+    assert 0.35 <= drawn.mean() <= 0.65  # the rare class drawn about half the time
+
+
+def test_accumulation_takes_one_optimizer_step_per_group(tmp_path):
+    data = imbalanced(tmp_path / "data", {"a": 20, "b": 20})
+    cfg = TrainConfig(
+        data=str(data), out=str(tmp_path / "o"), batch_size=4, accumulate=3, epochs=1,
+        optimizer="sgd", nesterov=True, schedule="step", clip_grad_norm=1.0,
+        label_smoothing=0.1, color_jitter=0.3, rotation=10, blur=0.5,
+        auto_augment="randaugment", **TINY,
+    )  # fmt: skip
+    trainer = Trainer(cfg, Context())
+    trainer.fit()
+    # 32 train images in batches of 4 = 8 micro-batches -> 2 whole groups of 3.
+    assert trainer.steps_per_epoch == 2
+    assert trainer.schedule.scheduler.last_epoch == 2
+    assert torch.isfinite(next(trainer.model.parameters())).all()
