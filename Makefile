@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # docker-compose.yml offline in the tests.
 OS_PACKAGES := libb64-0d docker-compose
 
-.PHONY: setup demo test lint serve bench clean
+.PHONY: setup demo test lint serve bench bench-serve bench-train clean
 
 setup: $(STAMP)
 
@@ -40,8 +40,13 @@ lint: setup
 serve: setup
 	$(BIN)/resnet-triton serve --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-bench: setup
+bench: bench-serve bench-train
+
+bench-serve: setup
 	$(BIN)/python perf/bench.py
+
+bench-train: setup
+	$(BIN)/python perf/train_throughput.py
 
 clean:
 	rm -rf artifacts model_repository/*/1/model.onnx
