@@ -6,12 +6,17 @@ STAMP := $(VENV)/.setup-complete
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+# make build: the build stage for the target at hand (TensorRT where a GPU and
+# TensorRT exist, ONNX Runtime otherwise); it prints which path it took.
+CHECKPOINT ?= artifacts/demo/train/checkpoint.pt
+PRECISION ?= fp32
+TARGET ?= auto
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # perf_analyzer (from tritonclient) links against libb64; docker-compose validates
 # docker-compose.yml offline in the tests.
 OS_PACKAGES := libb64-0d docker-compose
 
-.PHONY: setup demo test lint serve bench bench-serve bench-train clean
+.PHONY: setup demo build test lint serve bench bench-serve bench-train bench-precision clean
 
 setup: $(STAMP)
 
@@ -30,6 +35,9 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/resnet-triton demo
 
+build: setup
+	$(BIN)/resnet-triton build --checkpoint $(CHECKPOINT) --precision $(PRECISION) --target $(TARGET)
+
 test: setup lint
 	$(BIN)/python -m pytest
 
@@ -40,13 +48,16 @@ lint: setup
 serve: setup
 	$(BIN)/resnet-triton serve --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-bench: bench-serve bench-train
+bench: bench-serve bench-train bench-precision
 
 bench-serve: setup
 	$(BIN)/python perf/bench.py
 
 bench-train: setup
 	$(BIN)/python perf/train_throughput.py
+
+bench-precision: setup
+	$(BIN)/python perf/onnx_precision.py
 
 clean:
 	rm -rf artifacts model_repository/*/1/model.onnx

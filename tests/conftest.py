@@ -64,7 +64,10 @@ def checkpoint(digits, tmp_path_factory) -> Path:
 def repository(checkpoint, digits, tmp_path_factory) -> Path:
     """A published model repository (export, accuracy gate, render)."""
     root = tmp_path_factory.mktemp("published")
-    build.run(checkpoint, root / "model_repository", root / "build", images=digits / "val")
+    options = build.BuildOptions(
+        checkpoint, root / "model_repository", root / "build", target="cpu", images=digits / "val"
+    )
+    build.run(options)
     return root / "model_repository"
 
 

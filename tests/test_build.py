@@ -1,21 +1,35 @@
-"""Export, the Polygraphy gate, and publishing only what passes."""
+"""Export, the accuracy gates, INT8, manifests, skipping, and publishing only what passes."""
+
+import json
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
+from PIL import Image
 
-from resnet_triton import build
+from resnet_triton import build, engine
+from resnet_triton.errors import UserError
 from resnet_triton.export import ExportError, check_onnx, spec_from_onnx
+from resnet_triton.manifest import file_sha256, read_manifest
 from resnet_triton.resnet import load_checkpoint
-from resnet_triton.verify import FP32_TOLERANCE
+from resnet_triton.verify import POLICIES
+
+
+def options(checkpoint, digits, root, **kwargs):
+    kwargs = {"target": "cpu", "images": digits / "val", **kwargs}
+    return build.BuildOptions(checkpoint, root / "repo", root / "work", **kwargs)
+
+
+def snapshot(repo):
+    return {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} if repo.exists() else {}
 
 
 def test_onnx_is_one_checked_file_with_dynamic_batch(repository, checkpoint):
     model_dir = repository / "classifier" / "1"
     files = sorted(p.name for p in model_dir.iterdir() if p.is_file())
-    assert files == ["model.onnx", "model.py"]  # no external-data side file
+    assert files == ["model.onnx", "model.onnx.manifest.json", "model.py"]  # no .onnx.data
     path = model_dir / "model.onnx"
     check_onnx(path)
     spec, _, _ = load_checkpoint(checkpoint)
@@ -31,16 +45,55 @@ def test_onnx_is_one_checked_file_with_dynamic_batch(repository, checkpoint):
         np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)  # softmax probabilities
 
 
-def test_gate_passes_on_real_images_within_tolerance(repository):
-    report = __import__("json").loads((repository.parent / "build" / "gate.json").read_text())
-    assert report["passed"] is True
-    assert report["images"] == 64
-    assert report["max_abs_error"] <= FP32_TOLERANCE.atol
+def test_export_gate_passes_on_real_images_within_tolerance(repository):
+    (report,) = json.loads((repository.parent / "build" / "gates.json").read_text())
+    assert report["gate"] == "export" and report["passed"] is True
+    assert report["images"] == 64 and report["agreement_images"] == 360
+    assert report["max_abs_error"] <= POLICIES["export"].tolerance.atol
     assert report["top1_agreement"] == 1.0
+    manifest = read_manifest(repository / "classifier" / "1" / "model.onnx")
+    assert manifest["precision"] == "fp32" and manifest["target"] == "cpu"
+    assert manifest["output_sha256"] == file_sha256(repository / "classifier" / "1" / "model.onnx")
+    assert manifest["inputs"]["onnxruntime"] == ort.__version__
+
+
+def test_int8_is_built_gated_published_and_then_skipped(checkpoint, digits, tmp_path, capsys):
+    result = build.run(options(checkpoint, digits, tmp_path, precision="int8"))
+    export_gate, int8_gate = result["reports"]
+    assert int8_gate.gate == "int8" and int8_gate.passed
+    assert int8_gate.top1_agreement >= 0.98 and int8_gate.accuracy_drop <= 0.01
+    published = tmp_path / "repo" / "classifier" / "1" / "model.onnx"
+    ops = {node.op_type for node in onnx.load(published).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # a QDQ model
+    assert spec_from_onnx(published) == load_checkpoint(checkpoint)[0]  # metadata kept
+    manifest = read_manifest(published)
+    assert manifest["precision"] == "int8"
+    assert manifest["inputs"]["calibration_images"] == 128
+    assert (tmp_path / "work" / "model.fp32.onnx").is_file()  # both precisions produced
+
+    before = snapshot(tmp_path / "repo")
+    again = build.run(options(checkpoint, digits, tmp_path, precision="int8"))
+    assert again["skipped"] and again["content_hash"] == result["content_hash"]
+    assert snapshot(tmp_path / "repo") == before
+    assert "up to date" in capsys.readouterr().out
+
+    # Another precision, or a damaged published file, means a rebuild.
+    fp32 = build.run(options(checkpoint, digits, tmp_path, precision="fp32"))
+    assert not fp32["skipped"] and fp32["content_hash"] != result["content_hash"]
+    published.write_bytes(published.read_bytes()[:-10])
+    assert not build.run(options(checkpoint, digits, tmp_path))["skipped"]
+
+
+def test_another_model_changes_the_content_hash(checkpoint, digits, tmp_path):
+    first = build.run(options(checkpoint, digits, tmp_path))
+    damaged = tmp_path / "other.onnx"
+    damage(tmp_path / "work" / "model.fp32.onnx", damaged, scale=1e-3)  # tiny: still passes
+    second = build.run(options(checkpoint, digits, tmp_path, onnx=damaged))
+    assert not second["skipped"] and second["content_hash"] != first["content_hash"]
 
 
 def damage(source, target, scale=0.3):
-    """Perturb the first convolution's weights: a silently broken conversion."""
+    """Perturb the largest convolution's weights: a silently broken conversion."""
     model = onnx.load(source)
     weights = max(model.graph.initializer, key=lambda t: np.prod(t.dims) if len(t.dims) == 4 else 0)
     array = numpy_helper.to_array(weights)
@@ -53,19 +106,62 @@ def test_damaged_model_is_rejected_and_repository_untouched(
     repository, checkpoint, digits, tmp_path, capsys
 ):
     published = repository / "classifier" / "1" / "model.onnx"
-    before = {p: p.read_bytes() for p in repository.rglob("*") if p.is_file()}
+    before = snapshot(repository)
     damaged = tmp_path / "damaged.onnx"
     damage(published, damaged)
-    with pytest.raises(build.GateFailed, match="failed the accuracy gate"):
-        build.run(
-            checkpoint, repository, tmp_path / "work", images=digits / "val", onnx_path=damaged
-        )
-    after = {p: p.read_bytes() for p in repository.rglob("*") if p.is_file()}
-    assert after == before
+    opts = build.BuildOptions(
+        checkpoint, repository, tmp_path / "work", target="cpu", images=digits / "val",
+        onnx=damaged,
+    )  # fmt: skip
+    with pytest.raises(build.GateFailed, match="failed the export gate"):
+        build.run(opts)
+    assert snapshot(repository) == before
     out = capsys.readouterr().out
-    assert "accuracy gate FAILED on 64 images" in out
-    assert "worst outputs (image, class, onnx, pytorch, abs error):" in out
+    assert "export gate FAILED" in out
+    assert "<- outside tolerance" in out
+    assert "worst outputs (image, class, candidate, reference, abs error):" in out
     assert "/val/" in out  # the worst outputs name real validation images
+
+
+def test_int8_calibrated_on_blank_images_fails_its_gate(checkpoint, digits, tmp_path, capsys):
+    blank = tmp_path / "blank"
+    for label in ("0", "1"):
+        (blank / label).mkdir(parents=True)
+        for i in range(64):
+            Image.new("L", (8, 8), 0).save(blank / label / f"{i}.png")
+    opts = options(checkpoint, digits, tmp_path, precision="int8", calibration=blank)
+    with pytest.raises(build.GateFailed, match="failed the int8 gate"):
+        build.run(opts)
+    assert not (tmp_path / "repo").exists()
+    assert "int8 gate FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"precision": "fp16"}, "unknown precision for the cpu target 'fp16'; choose one of fp32"),
+        ({"target": "tpu"}, "unknown target 'tpu'; choose one of auto, cpu, gpu"),
+        ({"max_batch": 64}, "profile max batch 64 must equal the spec's max_batch_size 32"),
+        ({"opt_batch": 0}, "profile opt batch 0 must lie in 1..32"),
+        (
+            {"precision": "int8", "calibration_images": 5000},
+            "has 1437 images; --calibration-images asks for 5000",
+        ),
+    ],
+)
+def test_bad_build_options_are_named(checkpoint, digits, tmp_path, kwargs, message):
+    opts = options(checkpoint, digits, tmp_path, **kwargs)
+    with pytest.raises(UserError, match=message):
+        build.run(opts)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_gpu_target_says_why_it_cannot_run(checkpoint, digits, tmp_path):
+    gpu, why = engine.gpu_status()
+    if gpu is not None:
+        pytest.skip(f"a GPU is present: {why}")
+    with pytest.raises(UserError, match=f"--target gpu needs TensorRT and a CUDA GPU: {why}"):
+        build.run(options(checkpoint, digits, tmp_path, target="gpu"))
 
 
 def test_corrupt_onnx_file_is_named(tmp_path):

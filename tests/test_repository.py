@@ -63,3 +63,20 @@ def test_env_path_is_relative_only_where_it_resolves_to_this_venv(tmp_path):
     (project / ".venv").symlink_to(venv)
     assert env_path_for(project / "model_repository") == DEFAULT_ENV_PATH
     assert env_path_for(tmp_path / "elsewhere") == str(venv)
+
+
+def test_gpu_target_serves_tensorrt_plans_by_compute_capability(tmp_path):
+    spec = ModelSpec(labels=("cat", "dog"))
+    plans = {"8.0": "model.sm80.plan", "9.0": "model.sm90.plan"}
+    render(spec, tmp_path, env_path="/opt/venv", target="gpu", plans=plans)
+    config = read_config(tmp_path / "classifier" / "config.pbtxt")
+    assert config.platform == "tensorrt_plan" and not config.backend
+    assert dict(config.cc_model_filenames) == plans
+    assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
+    assert list(config.input[0].dims) == [3, 224, 224]
+    assert not (tmp_path / "classifier" / "1" / "model.py").exists()
+    # The ensemble and the preprocess model are the same for both targets.
+    cpu = rendered_files(spec, "/opt/venv", "cpu")
+    gpu = rendered_files(spec, "/opt/venv", "gpu", plans)
+    shared = [k for k in cpu if not k.startswith("classifier/")]
+    assert all(cpu[k] == gpu[k] for k in shared) and len(shared) == 5

@@ -78,7 +78,10 @@ def run(out: Path, repository: Path, epochs: int = 5, lr: float = 2e-3, concurre
         train(config)
     checkpoint = out / "train" / "checkpoint.pt"
     with stage("build"):
-        gate = build.run(checkpoint, repository, out / "build", images=data / "val")
+        options = build.BuildOptions(
+            checkpoint, repository, out / "build", target="cpu", images=data / "val", force=True
+        )
+        gate = build.run(options)["reports"][0]  # the export gate: ONNX Runtime vs PyTorch
 
     with stage("pytorch_reference"):
         spec, model, _ = load_checkpoint(checkpoint)

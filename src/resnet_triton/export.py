@@ -8,15 +8,17 @@ on its own still says what it is.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
 from resnet_triton.errors import UserError
+from resnet_triton.manifest import file_sha256
 from resnet_triton.spec import ModelSpec
 
 OPSET = 18  # supported by ONNX Runtime >= 1.14 and TensorRT >= 8.6
@@ -33,14 +35,6 @@ class WithSoftmax(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.model(pixels), dim=1)  # (N, num_classes)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, checkpoint: Path) -> Path:
@@ -92,3 +86,41 @@ def spec_from_onnx(path: Path) -> ModelSpec:
             f"{path} carries no resnet_triton.spec metadata; export it from a checkpoint"
         )
     return ModelSpec.from_json(props["resnet_triton.spec"])
+
+
+def copy_metadata(source: Path, target: Path) -> None:
+    """Carry the spec and checkpoint hash over to a derived model (quantizers drop them)."""
+    props = {p.key: p.value for p in onnx.load(source, load_external_data=False).metadata_props}
+    model = onnx.load(target)
+    onnx.helper.set_model_props(model, props)
+    onnx.save_model(model, target, save_as_external_data=False)
+
+
+def fold_if_equal(path: Path, pixels: np.ndarray, atol: float = 1e-6) -> str:
+    """Shape inference and Polygraphy's constant folding, kept only if outputs stay equal.
+
+    `pixels` are real preprocessed images. Returns what happened, for the log.
+    """
+    from polygraphy.backend.onnx import fold_constants
+    from polygraphy.logger import G_LOGGER
+
+    original = onnx.load(path)
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        folded = onnx.shape_inference.infer_shapes(fold_constants(onnx.load(path)))
+    if len(folded.graph.node) == len(original.graph.node):
+        return f"constant folding: nothing to fold ({len(original.graph.node)} nodes)"
+
+    def outputs(model: onnx.ModelProto) -> np.ndarray:
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        return session.run(None, {session.get_inputs()[0].name: pixels})[0]
+
+    difference = float(np.abs(outputs(folded) - outputs(original)).max())
+    if difference > atol:
+        return f"constant folding: kept the unfolded model (outputs moved by {difference:.3g})"
+    onnx.save_model(folded, path, save_as_external_data=False)
+    return (
+        f"constant folding: {len(original.graph.node)} -> {len(folded.graph.node)} nodes, "
+        f"outputs within {difference:.3g}"
+    )

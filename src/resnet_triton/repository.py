@@ -4,9 +4,12 @@ Layout (names from `spec.names`):
 
     <repo>/preprocess/config.pbtxt       Python backend: bytes -> pixels
     <repo>/preprocess/1/model.py         glue: imports resnet_triton.triton_models
-    <repo>/classifier/config.pbtxt       Python backend running ONNX Runtime (CPU target)
-    <repo>/classifier/1/model.py
-    <repo>/classifier/1/model.onnx       placed by `publish`, after the accuracy gate
+    <repo>/classifier/config.pbtxt       CPU target: Python backend running ONNX Runtime;
+                                         GPU target: tensorrt_plan, cc_model_filenames
+    <repo>/classifier/1/model.py         CPU target only
+    <repo>/classifier/1/model.onnx       CPU target (FP32 or INT8), placed by `publish`
+    <repo>/classifier/1/model.sm90.plan  GPU target, one plan per compute capability
+    <repo>/classifier/1/<file>.manifest.json   how and from what each model file was built
     <repo>/resnet_ensemble/config.pbtxt  IMAGE -> preprocess -> classifier -> SCORES
     <repo>/resnet_ensemble/labels.txt    one label per line, for class_count
     <repo>/resnet_ensemble/1/            ensembles need a (empty) version folder
@@ -15,6 +18,7 @@ Layout (names from `spec.names`):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -24,6 +28,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from resnet_triton.manifest import write_manifest
 from resnet_triton.spec import ModelSpec
 
 # The stub's interpreter ignores PYTHONPATH; EXECUTION_ENV_PATH points it at the
@@ -101,6 +106,23 @@ def classifier_config(spec: ModelSpec, env_path: str) -> mc.ModelConfig:
     return config
 
 
+def tensorrt_classifier_config(spec: ModelSpec, plans: dict[str, str]) -> mc.ModelConfig:
+    """The GPU classifier: TensorRT plans, one per compute capability ("9.0" -> file)."""
+    config = mc.ModelConfig(
+        name=spec.names.classifier,
+        platform="tensorrt_plan",
+        max_batch_size=spec.batching.max_batch_size,
+        dynamic_batching=_dynamic_batching(spec),
+        instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_GPU)],
+        input=[_pixels(spec, mc.ModelInput)],
+        output=[
+            mc.ModelOutput(name=spec.names.scores, data_type=mc.TYPE_FP32, dims=[spec.num_classes])
+        ],
+    )
+    config.cc_model_filenames.update(plans)
+    return config
+
+
 def ensemble_config(spec: ModelSpec) -> mc.ModelConfig:
     names = spec.names
     steps = [
@@ -134,28 +156,49 @@ def ensemble_config(spec: ModelSpec) -> mc.ModelConfig:
     )
 
 
-def rendered_files(spec: ModelSpec, env_path: str = DEFAULT_ENV_PATH) -> dict[str, str]:
-    """Relative path -> text of every generated file."""
+def rendered_files(
+    spec: ModelSpec,
+    env_path: str = DEFAULT_ENV_PATH,
+    target: str = "cpu",
+    plans: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Relative path -> text of every generated file.
+
+    target "cpu": the classifier is ONNX Runtime in the Python backend.
+    target "gpu": the classifier is `tensorrt_plan` with `plans` by compute capability.
+    """
     names = spec.names
 
     def pbtxt(config: mc.ModelConfig) -> str:
         return HEADER + text_format.MessageToString(config)
 
-    return {
+    files = {
         f"{names.preprocess}/config.pbtxt": pbtxt(preprocess_config(spec, env_path)),
         f"{names.preprocess}/1/model.py": MODEL_PY.format(cls="PreprocessModel"),
-        f"{names.classifier}/config.pbtxt": pbtxt(classifier_config(spec, env_path)),
-        f"{names.classifier}/1/model.py": MODEL_PY.format(cls="OnnxClassifierModel"),
         f"{names.ensemble}/config.pbtxt": pbtxt(ensemble_config(spec)),
         f"{names.ensemble}/{LABELS_FILE}": "".join(f"{label}\n" for label in spec.labels),
         f"{names.ensemble}/1/.gitkeep": "",
     }
+    if target == "gpu":
+        files[f"{names.classifier}/config.pbtxt"] = pbtxt(
+            tensorrt_classifier_config(spec, plans or {})
+        )
+    else:
+        files[f"{names.classifier}/config.pbtxt"] = pbtxt(classifier_config(spec, env_path))
+        files[f"{names.classifier}/1/model.py"] = MODEL_PY.format(cls="OnnxClassifierModel")
+    return dict(sorted(files.items()))
 
 
-def render(spec: ModelSpec, repo: Path, env_path: str = DEFAULT_ENV_PATH) -> list[Path]:
+def render(
+    spec: ModelSpec,
+    repo: Path,
+    env_path: str = DEFAULT_ENV_PATH,
+    target: str = "cpu",
+    plans: dict[str, str] | None = None,
+) -> list[Path]:
     """Write the generated files into `repo`; returns their paths."""
     written = []
-    for relative, text in rendered_files(spec, env_path).items():
+    for relative, text in rendered_files(spec, env_path, target, plans).items():
         path = repo / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -163,19 +206,40 @@ def render(spec: ModelSpec, repo: Path, env_path: str = DEFAULT_ENV_PATH) -> lis
     return written
 
 
-def publish(onnx_path: Path, spec: ModelSpec, repo: Path, env_path: str = DEFAULT_ENV_PATH) -> Path:
-    """Render `repo` and install the ONNX model; call only after the accuracy gate passed.
+def published_plans(version_dir: Path) -> dict[str, str]:
+    """Compute capability -> plan file, from the manifests beside the plans."""
+    plans = {}
+    for manifest in sorted(version_dir.glob("*.plan.manifest.json")):
+        data = json.loads(manifest.read_text())
+        plans[data["compute_capability"]] = manifest.name.removesuffix(".manifest.json")
+    return plans
 
-    The model file is copied next to its destination and renamed into place,
-    so a running reader never sees half a file.
+
+def publish(
+    artifact: Path,
+    spec: ModelSpec,
+    repo: Path,
+    filename: str,
+    manifest: dict,
+    env_path: str = DEFAULT_ENV_PATH,
+    target: str = "cpu",
+) -> Path:
+    """Install a gated model file with its manifest and render the configs for `target`.
+
+    Call only after the accuracy gates passed. The file is copied next to its
+    destination and renamed into place, so a reader never sees half a file.
     """
-    render(spec, repo, env_path)
-    target = repo / spec.names.classifier / "1" / ONNX_FILE
-    fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".partial")
+    version_dir = repo / spec.names.classifier / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    destination = version_dir / filename
+    fd, partial = tempfile.mkstemp(dir=version_dir, suffix=".partial")
     os.close(fd)
-    shutil.copyfile(onnx_path, partial)
-    Path(partial).replace(target)
-    return target
+    shutil.copyfile(artifact, partial)
+    Path(partial).replace(destination)
+    write_manifest(destination, manifest)
+    plans = published_plans(version_dir) if target == "gpu" else None
+    render(spec, repo, env_path, target, plans)
+    return destination
 
 
 def read_config(path: Path) -> mc.ModelConfig:
@@ -197,6 +261,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--env-path", help="EXECUTION_ENV_PATH for the Python-backend models (default: this venv)"
     )
+    parser.add_argument(
+        "--target",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="cpu: ONNX Runtime classifier; gpu: TensorRT plans published in the repository",
+    )
     return parser
 
 
@@ -210,6 +280,9 @@ def main(args: argparse.Namespace) -> int:
 
         spec = load_checkpoint(args.checkpoint)[0]
     env_path = args.env_path or env_path_for(args.repository)
-    for path in render(spec, args.repository, env_path):
+    plans = None
+    if args.target == "gpu":
+        plans = published_plans(args.repository / spec.names.classifier / "1")
+    for path in render(spec, args.repository, env_path, args.target, plans):
         print(path)
     return 0

@@ -4,16 +4,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import NAMES
 from tritonclient.utils import InferenceServerException
 
+from resnet_triton import build
 from resnet_triton.client import Classifier, ClientError
 from resnet_triton.data import image_folder
+from resnet_triton.export import spec_from_onnx
+from resnet_triton.manifest import read_manifest
 from resnet_triton.preprocess import load_image, preprocess
 from resnet_triton.resnet import load_checkpoint
+from resnet_triton.server import Ports, TritonServer
 from resnet_triton.verify import TorchRunner
 
 pytestmark = pytest.mark.integration
@@ -124,3 +129,30 @@ def test_wrong_dtype_is_refused_and_server_stays_ready(triton, protocol):
 def test_unknown_model_is_named(triton):
     with pytest.raises(ClientError, match="model 'nope' is not ready|nope"):
         Classifier(f"localhost:{triton.ports.grpc}", "grpc", model="nope")
+
+
+def test_cpu_classifier_serves_the_int8_model(checkpoint, digits, tmp_path_factory):
+    root = tmp_path_factory.mktemp("int8")
+    options = build.BuildOptions(
+        checkpoint, root / "repo", root / "work", precision="int8", target="cpu",
+        images=digits / "val",
+    )  # fmt: skip
+    build.run(options)
+    published = root / "repo" / NAMES.classifier / "1" / "model.onnx"
+    assert read_manifest(published)["precision"] == "int8"
+
+    samples = val_images(digits, 16)
+    spec = spec_from_onnx(published)
+    pixels = np.stack([preprocess(load_image(p), spec.preprocessing) for p, _ in samples])
+    session = ort.InferenceSession(str(published), providers=["CPUExecutionProvider"])
+    local = session.run(None, {spec.names.pixels: pixels})[0]
+
+    server = TritonServer(
+        root / "repo", Ports.free(), log_path=root / "triton.log", exit_timeout_s=3
+    )
+    with server:
+        server.wait_ready([NAMES.ensemble])
+        with Classifier(f"localhost:{server.ports.grpc}", "grpc") as classifier:
+            rows = classifier.classify_bytes([Path(p).read_bytes() for p, _ in samples], top_k=1)
+    assert [row[0].index for row in rows] == list(local.argmax(1))
+    np.testing.assert_allclose([row[0].score for row in rows], local.max(1), atol=1e-3)

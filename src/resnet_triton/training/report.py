@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no display backend, no global state
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import (
     ConfusionMatrixDisplay,
     confusion_matrix,
-    precision_recall_fscore_support,  # noqa: E402
+    precision_recall_fscore_support,
 )
 
 
@@ -41,19 +38,20 @@ def classification_report(targets: np.ndarray, preds: np.ndarray, labels: list[s
 
 def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, title: str) -> None:
     size = max(5.0, 0.45 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
     ConfusionMatrixDisplay(np.array(matrix), display_labels=labels).plot(
         ax=ax, colorbar=False, xticks_rotation=45 if len(labels) > 8 else "horizontal"
     )
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
     epochs = [r["epoch"] for r in history]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
     loss_ax.plot(epochs, [r["val_loss"] for r in history], marker="o", label="val")
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
@@ -65,4 +63,3 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
