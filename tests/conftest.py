@@ -6,29 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import skimage
 import sklearn
 
 from resnet_triton import build
-from resnet_triton.data import write_digits
+from resnet_triton.data import package_photos, write_digits
 from resnet_triton.server import Ports, TritonServer
 from resnet_triton.spec import Names
 from resnet_triton.training import TrainConfig
 from resnet_triton.training import run as train
 
 NAMES = Names()
-SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
-SKLEARN_IMAGES = Path(sklearn.__file__).parent / "datasets" / "images"
+ADMIN_KEY = "test-admin-key"
 # Real photographs of several sizes, colour modes and formats.
-PHOTOS = [
-    SKIMAGE_DATA / "astronaut.png",  # 512x512 RGB
-    SKIMAGE_DATA / "coffee.png",  # 600x400 RGB, landscape
-    SKIMAGE_DATA / "chelsea.png",  # 451x300 RGB
-    SKIMAGE_DATA / "rocket.jpg",  # 427x640 JPEG, portrait
-    SKIMAGE_DATA / "camera.png",  # 512x512 grayscale
-    SKLEARN_IMAGES / "china.jpg",  # 640x427 JPEG
-    SKLEARN_IMAGES / "flower.jpg",
-]
+PHOTOS = package_photos()
+SKLEARN_IMAGES = Path(sklearn.__file__).parent / "datasets" / "images"
 
 # The integration model: the digits at a small input size, so that training
 # takes seconds; serving code reads every size from the spec.
@@ -75,7 +66,9 @@ def repository(checkpoint, digits, tmp_path_factory) -> Path:
 def triton(repository, tmp_path_factory):
     log = tmp_path_factory.mktemp("triton") / "triton.log"
     # A short exit timeout: Triton would wait 30 s for the tests' idle connections.
-    server = TritonServer(repository, Ports.free(), log_path=log, exit_timeout_s=3).start()
+    server = TritonServer(
+        repository, Ports.free(), log_path=log, exit_timeout_s=3, admin_key=ADMIN_KEY
+    ).start()
     try:
         server.wait_ready([NAMES.ensemble], timeout=180)
         yield server

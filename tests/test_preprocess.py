@@ -1,9 +1,15 @@
-"""The shared preprocessing against torchvision's eval transform, on real photos.
+"""The shared decoding and preprocessing against torchvision's eval transform, on real photos.
 
-Tolerance: atol 1e-5 on normalized pixels (values span about -2.1..2.6).
-Both sides call the same Pillow resize and crop the same box, so the pixels
-are identical before normalization; what remains is float32 rounding in
-(x / 255 - mean) / std, which is below 1e-6.
+Tolerances, in 8-bit levels of the image before normalization (one level is
+1/255 of the range; normalized values are that divided by std):
+- resize-inside-the-crop (Pillow's `box`): at most 1 level, on average under
+  0.05 levels (torchvision resizes the whole image, then crops);
+- JPEG draft decoding (photos more than twice the resize size): at the
+  default 256/224, under 0.5 levels on average and 99% of values within 4
+  levels; at small outputs (72/64, a 6x downscale) under 2 levels on average
+  and 99% within 12. Single pixels at sharp edges differ more (up to 51 levels
+  seen on retina.jpg at 64 px).
+With `jpeg_draft` off, JPEGs follow the first bound too.
 """
 
 import io
@@ -11,12 +17,19 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import PHOTOS
+from conftest import PHOTOS, SKLEARN_IMAGES
 from PIL import Image
 from torchvision import transforms
 
-from resnet_triton.preprocess import ImageDecodeError, decode_image, preprocess, preprocess_bytes
-from resnet_triton.spec import Preprocessing
+from resnet_triton.data import image_folder
+from resnet_triton.preprocess import (
+    ImageDecodeError,
+    decode_image,
+    normalize,
+    preprocess,
+    preprocess_bytes,
+)
+from resnet_triton.spec import PILLOW_BOMB_PIXELS, ModelSpec, Preprocessing, SpecError
 
 
 def torchvision_eval(cfg: Preprocessing) -> transforms.Compose:
@@ -30,24 +43,57 @@ def torchvision_eval(cfg: Preprocessing) -> transforms.Compose:
     )
 
 
+def levels(ours: np.ndarray, reference: np.ndarray, cfg: Preprocessing) -> np.ndarray:
+    """|difference| in 8-bit levels of the unnormalized image."""
+    std = np.asarray(cfg.std, dtype=np.float32)[:, None, None]
+    return np.abs(ours - reference) * std * 255
+
+
 @pytest.mark.parametrize("path", PHOTOS, ids=lambda p: p.name)
 @pytest.mark.parametrize("sizes", [(256, 224), (72, 64), (299, 299)])
-def test_matches_torchvision_on_real_photos(path, sizes):
-    cfg = Preprocessing(resize_size=sizes[0], crop_size=sizes[1])
-    image = decode_image(path.read_bytes())
-    ours = preprocess(image, cfg)
-    reference = torchvision_eval(cfg)(image).numpy()
+@pytest.mark.parametrize("draft", [False, True])
+def test_matches_torchvision_on_real_photos(path, sizes, draft):
+    cfg = Preprocessing(resize_size=sizes[0], crop_size=sizes[1], jpeg_draft=draft)
+    ours = preprocess(decode_image(path.read_bytes(), cfg), cfg)
+    full = Image.open(path).convert("RGB")  # a full decode, as torchvision's loader does
+    reference = torchvision_eval(cfg)(full).numpy()
     assert ours.shape == reference.shape == (3, sizes[1], sizes[1])
     assert ours.dtype == np.float32
-    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5)
+    diff = levels(ours, reference, cfg)
+    drafted = draft and path.suffix == ".jpg" and min(full.size) >= 4 * sizes[0]
+    if not drafted:
+        assert diff.max() <= 1 + 1e-3 and diff.mean() < 0.05
+    elif sizes[0] >= 256:
+        assert diff.mean() < 0.5 and np.percentile(diff, 99) <= 4 + 1e-3
+    else:
+        assert diff.mean() < 2 and np.percentile(diff, 99) <= 12 + 1e-3
 
 
-def test_upscales_tiny_images_like_torchvision():
-    tiny = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).convert("RGB")
+def large_jpeg(tmp_path):
+    """A 4032x2688 phone-sized JPEG with real photo content."""
+    image = Image.open(SKLEARN_IMAGES / "china.jpg").resize((4032, 2688), Image.BICUBIC)
+    path = tmp_path / "phone.jpg"
+    image.save(path, quality=92)
+    return path
+
+
+def test_draft_decoding_of_a_large_photo_stays_close(tmp_path):
+    path = large_jpeg(tmp_path)
     cfg = Preprocessing()
-    np.testing.assert_allclose(
-        preprocess(tiny, cfg), torchvision_eval(cfg)(tiny).numpy(), rtol=0, atol=1e-5
-    )
+    drafted = decode_image(path.read_bytes(), cfg)
+    assert drafted.size == (1008, 672)  # libjpeg decoded at 1/4 scale
+    diff = levels(preprocess(drafted, cfg), torchvision_eval(cfg)(Image.open(path)).numpy(), cfg)
+    assert diff.mean() < 0.5 and np.percentile(diff, 99) <= 4 + 1e-3
+
+
+def test_same_decoder_for_training_and_serving(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    jpeg = large_jpeg(tmp_path / "a")
+    Image.new("RGB", (9, 9)).save(tmp_path / "b" / "x.png")
+    cfg = Preprocessing()
+    loaded, _ = image_folder(tmp_path, cfg=cfg)[0]
+    assert np.array_equal(np.asarray(loaded), np.asarray(decode_image(jpeg.read_bytes(), cfg)))
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -56,40 +102,83 @@ def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
     return buffer.getvalue()
 
 
-def test_grayscale_and_alpha_become_rgb():
+def test_modes_become_8_bit_rgb():
     gray = Image.fromarray(np.full((10, 12), 200, dtype=np.uint8))
-    assert decode_image(encode(gray, "PNG")).mode == "RGB"
+    assert decode_image(encode(gray, "PNG")).getpixel((0, 0)) == (200, 200, 200)
     rgba = Image.new("RGBA", (5, 5), (10, 20, 30, 0))
-    assert decode_image(encode(rgba, "PNG")).getpixel((0, 0)) == (10, 20, 30)
+    assert decode_image(encode(rgba, "PNG")).getpixel((0, 0)) == (10, 20, 30)  # alpha dropped
+    sixteen = Image.fromarray(np.full((4, 4), 0xABCD, dtype=np.uint16))
+    assert decode_image(encode(sixteen, "PNG")).getpixel((0, 0)) == (0xAB, 0xAB, 0xAB)
+    palette = Image.new("P", (4, 4), 1)
+    palette.putpalette([0, 0, 0, 250, 100, 50] + [0] * 762)
+    with_transparency = encode(palette, "PNG", transparency=0)
+    assert decode_image(with_transparency).getpixel((0, 0)) == (250, 100, 50)
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # pure red in print colours
+    red, green, blue = decode_image(encode(cmyk, "JPEG")).getpixel((4, 4))
+    assert red > 240 and green < 15 and blue < 15
 
 
 def test_exif_orientation_is_applied():
     image = Image.new("RGB", (40, 20), (255, 0, 0))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    decoded = decode_image(encode(image, "JPEG", exif=exif))
-    assert decoded.size == (20, 40)
+    assert decode_image(encode(image, "JPEG", exif=exif)).size == (20, 40)
 
 
 @pytest.mark.parametrize(
-    ("payload", "message"),
+    ("payload", "cfg", "message"),
     [
-        (b"", "empty image payload"),
-        (b"this is not an image at all", "not a decodable image (27 bytes, starting b'this is "),
-        (PHOTOS[0].read_bytes()[:2000], "corrupt image (2000 bytes)"),
+        (b"", None, "empty image payload (0 bytes)"),
+        (b"this is not an image at all", None, "not a decodable image (27 bytes, starting b'this"),
+        (PHOTOS[0].read_bytes()[:2000], None, "corrupt image (2000 bytes): Truncated File Read"),
+        (PHOTOS[3].read_bytes()[:20000], None, "corrupt JPEG image (20000 bytes): image file is"),
+        (
+            encode(Image.new("RGB", (8, 8)), "TIFF"),
+            None,
+            "image format TIFF is not accepted; accepted: JPEG, PNG, WEBP, BMP, GIF",
+        ),
+        (
+            encode(Image.new("L", (8000, 6000)), "PNG"),
+            None,
+            "image of 8000x6000 = 48,000,000 pixels exceeds the limit of 40,000,000",
+        ),
+        (
+            encode(Image.new("RGB", (300, 300)), "PNG"),
+            Preprocessing(max_pixels=250 * 250),
+            "exceeds the limit of 62,500",
+        ),
     ],
-    ids=["empty", "text", "truncated"],
+    ids=["empty", "text", "truncated-png", "truncated-jpeg", "tiff", "bomb", "custom-limit"],
 )
-def test_bad_payloads_are_named(payload, message):
+def test_bad_payloads_are_named(payload, cfg, message):
     with pytest.raises(ImageDecodeError) as info:
-        decode_image(payload)
+        decode_image(payload, cfg)
     assert message in str(info.value)
+
+
+def test_pixel_limit_stays_below_pillows_bomb_threshold():
+    assert PILLOW_BOMB_PIXELS == Image.MAX_IMAGE_PIXELS
+    with pytest.raises(SpecError, match="decompression-bomb limit"):
+        ModelSpec(labels=("a", "b"), preprocessing=Preprocessing(max_pixels=100_000_000))
 
 
 def test_batch_error_names_the_item():
     good = PHOTOS[0].read_bytes()
     with pytest.raises(ImageDecodeError, match=r"^image 2: empty image payload"):
         preprocess_bytes([good, good, b""], Preprocessing())
-    batch = preprocess_bytes([good, PHOTOS[1].read_bytes()], Preprocessing(72, 64))
+    cfg = Preprocessing(72, 64)
+    batch = preprocess_bytes([good, PHOTOS[3].read_bytes()], cfg)
     assert batch.shape == (2, 3, 64, 64)
     assert torch.from_numpy(batch).isfinite().all()
+    # The batch path equals the one-image path.
+    single = preprocess(decode_image(PHOTOS[3].read_bytes(), cfg), cfg)
+    assert np.array_equal(batch[1], single)
+
+
+def test_normalize_is_bit_identical_to_the_formula():
+    cfg = Preprocessing()
+    crops = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    mean = np.asarray(cfg.mean, dtype=np.float32)
+    std = np.asarray(cfg.std, dtype=np.float32)
+    formula = ((crops.astype(np.float32) / np.float32(255.0) - mean) / std).transpose(0, 3, 1, 2)
+    assert np.array_equal(normalize(crops, cfg), formula)

@@ -35,7 +35,7 @@ from resnet_triton.data import image_folder
 from resnet_triton.errors import UserError
 from resnet_triton.export import copy_metadata, export_onnx, fold_if_equal, spec_from_onnx
 from resnet_triton.manifest import content_hash, file_sha256, files_sha256, is_up_to_date
-from resnet_triton.preprocess import load_image, preprocess
+from resnet_triton.preprocess import preprocess_files
 from resnet_triton.quantize import SETTINGS as QUANTIZATION
 from resnet_triton.quantize import quantize_int8
 from resnet_triton.repository import ONNX_FILE, env_path_for, publish
@@ -94,7 +94,7 @@ def sample(folder: Path, count: int) -> tuple[list[str], np.ndarray]:
 def gate_images(folder: Path, spec: ModelSpec, count: int) -> tuple[np.ndarray, list[str]]:
     """(pixels (n, 3, crop, crop), paths) of `count` images of an ImageFolder."""
     paths, _ = sample(folder, count)
-    return np.stack([preprocess(load_image(p), spec.preprocessing) for p in paths]), paths
+    return preprocess_files(paths, spec.preprocessing), paths
 
 
 def batches(
@@ -103,10 +103,7 @@ def batches(
     """Preprocessed (pixels, labels) batches, decoded lazily to keep memory flat."""
     for i in range(0, len(paths), size):
         chunk = paths[i : i + size]
-        yield (
-            np.stack([preprocess(load_image(p), spec.preprocessing) for p in chunk]),
-            labels[i : i + size],
-        )
+        yield preprocess_files(chunk, spec.preprocessing), labels[i : i + size]
 
 
 def calibration_set(opts: BuildOptions, folder: Path) -> list[str]:

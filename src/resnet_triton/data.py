@@ -10,6 +10,7 @@ path and either stops the run or is skipped, never dropped silently.
 from __future__ import annotations
 
 import copy
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,12 +77,13 @@ def train_transform(cfg: Preprocessing, aug: Augmentation) -> transforms.Compose
     return transforms.Compose(steps)
 
 
-def image_folder(root: Path, transform=None) -> ImageFolder:
-    """torchvision's ImageFolder, decoding with the same function as serving."""
+def image_folder(root: Path, transform=None, cfg: Preprocessing | None = None) -> ImageFolder:
+    """torchvision's ImageFolder, decoding with the same function and limits as serving."""
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
     try:
-        dataset = ImageFolder(root, transform=transform, loader=load_image)
+        loader = functools.partial(load_image, cfg=cfg or Preprocessing())
+        dataset = ImageFolder(root, transform=transform, loader=loader)
     except FileNotFoundError as exc:
         # torchvision names the folder and, for an empty class, the class.
         raise DataError(f"{root}: {exc}") from None
@@ -111,12 +113,12 @@ def _restrict(dataset: ImageFolder, samples: list[tuple[str, int]], transform) -
     return subset
 
 
-def find_bad_images(paths: list[str], workers: int = 4) -> dict[str, str]:
+def find_bad_images(paths: list[str], cfg: Preprocessing, workers: int = 4) -> dict[str, str]:
     """path -> reason, for every file the shared decoder refuses."""
 
     def check(path: str) -> str | None:
         try:
-            load_image(path)
+            load_image(path, cfg)
         except ImageDecodeError as exc:
             return str(exc)
         return None
@@ -143,9 +145,9 @@ def load_splits(
                 f"{root} has train/ but no val/; add {root}/val/<class>/*, or put the class "
                 f"folders directly in {root} to split by --val-split"
             )
-        train = image_folder(root / "train", train_transform(cfg, aug))
-        val = image_folder(root / "val", evaluate)
-        test = image_folder(root / "test", evaluate) if (root / "test").is_dir() else None
+        train = image_folder(root / "train", train_transform(cfg, aug), cfg)
+        val = image_folder(root / "val", evaluate, cfg)
+        test = image_folder(root / "test", evaluate, cfg) if (root / "test").is_dir() else None
         for name, other in (("val", val), ("test", test)):
             if other is not None and other.classes != train.classes:
                 raise DataError(
@@ -156,7 +158,7 @@ def load_splits(
     else:
         from sklearn.model_selection import train_test_split
 
-        full = image_folder(root)
+        full = image_folder(root, cfg=cfg)
         counts = np.bincount(full.targets, minlength=len(full.classes))
         if counts.min() < 2:
             few = [c for c, n in zip(full.classes, counts, strict=True) if n < 2]
@@ -171,7 +173,7 @@ def load_splits(
         test = None
 
     datasets = [d for d in (train, val, test) if d is not None]
-    bad = find_bad_images([p for d in datasets for p, _ in d.samples])
+    bad = find_bad_images([p for d in datasets for p, _ in d.samples], cfg)
     if bad and on_bad_image == "fail":
         listing = "; ".join(f"{p}: {r}" for p, r in list(bad.items())[:5])
         raise DataError(
@@ -194,6 +196,30 @@ def load_splits(
 
 def class_counts(dataset: ImageFolder) -> np.ndarray:
     return np.bincount(dataset.targets, minlength=len(dataset.classes))
+
+
+def package_photos() -> list[Path]:
+    """Real photographs that ship inside scikit-image and scikit-learn: no download needed.
+
+    JPEG and PNG, 300 to 1411 pixels a side, portrait and landscape, colour and gray.
+    """
+    import skimage
+    import sklearn
+
+    skimage_data = Path(skimage.__file__).parent / "data"
+    sklearn_images = Path(sklearn.__file__).parent / "datasets" / "images"
+    return [
+        skimage_data / "astronaut.png",  # 512x512 RGB
+        skimage_data / "coffee.png",  # 600x400 RGB, landscape
+        skimage_data / "chelsea.png",  # 451x300 RGB
+        skimage_data / "rocket.jpg",  # 427x640 JPEG, portrait
+        skimage_data / "camera.png",  # 512x512 grayscale
+        sklearn_images / "china.jpg",  # 640x427 JPEG
+        sklearn_images / "flower.jpg",  # 640x427 JPEG
+        skimage_data / "hubble_deep_field.jpg",  # 1000x872 JPEG
+        skimage_data / "retina.jpg",  # 1411x1411 JPEG: decoded at 1/2 scale (jpeg_draft)
+        skimage_data / "motorcycle_left.png",  # 741x500 RGB
+    ]
 
 
 def write_digits(root: Path, val_fraction: float = 0.2, seed: int = 0) -> dict[str, int]:

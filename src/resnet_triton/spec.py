@@ -19,6 +19,10 @@ ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Pillow format names. TIFF, ICO, PSD and the rest are refused: rare in photo
+# data sets, and a larger attack surface for a server decoding untrusted bytes.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+PILLOW_BOMB_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: Pillow warns above, fails at 2x
 
 
 class SpecError(UserError, ValueError):
@@ -32,13 +36,28 @@ def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Eval-time transform: shorter side to `resize_size`, center crop, normalize."""
+    """Decoding and the eval transform: shorter side to `resize_size`, center crop, normalize.
+
+    formats: image formats accepted (Pillow names); anything else is refused.
+    max_pixels: larger images are refused before they are decoded (Pillow's
+        own decompression-bomb limit is 89 million pixels).
+    max_bytes: larger encoded images are refused (Triton 2.51 has no HTTP
+        input-size flag; this and max_batch_size bound what a request holds).
+    jpeg_draft: let libjpeg decode JPEGs at 1/2, 1/4 or 1/8 scale when the
+        result is still at least twice the resized size; much faster for large
+        photos, within the tolerance in tests/test_preprocess.py of a full
+        decode. Off: exact torchvision parity for JPEGs too.
+    """
 
     resize_size: int = 256
     crop_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+    formats: tuple[str, ...] = IMAGE_FORMATS
+    max_pixels: int = 40_000_000
+    max_bytes: int = 16 * 1024 * 1024
+    jpeg_draft: bool = True
 
     def validate(self) -> None:
         if self.crop_size < 1 or self.resize_size < self.crop_size:
@@ -53,6 +72,20 @@ class Preprocessing:
                 raise SpecError(f"preprocessing.{name} needs 3 values (R, G, B), got {values!r}")
         if min(self.std) <= 0:
             raise SpecError(f"preprocessing.std must be positive, got {self.std!r}")
+        if not self.crop_size**2 <= self.max_pixels <= PILLOW_BOMB_PIXELS:
+            raise SpecError(
+                f"preprocessing.max_pixels {self.max_pixels} must lie between one crop "
+                f"({self.crop_size**2}) and Pillow's decompression-bomb limit "
+                f"({PILLOW_BOMB_PIXELS})"
+            )
+        if self.max_bytes < 1:
+            raise SpecError(f"preprocessing.max_bytes must be >= 1, got {self.max_bytes}")
+        unknown = sorted(set(self.formats) - set(IMAGE_FORMATS))
+        if unknown or not self.formats:
+            raise SpecError(
+                f"preprocessing.formats {unknown or '[]'} not supported; choose from "
+                f"{', '.join(IMAGE_FORMATS)}"
+            )
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -104,6 +137,19 @@ class Batching:
 
 
 @dataclass(frozen=True)
+class Instances:
+    """Model instances per server (Triton's instance_group count)."""
+
+    preprocess: int = 1
+    classifier: int = 1
+
+    def validate(self) -> None:
+        for name in ("preprocess", "classifier"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"instances.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class Names:
     """Model and tensor names shared by ONNX, config.pbtxt files and clients."""
 
@@ -122,6 +168,7 @@ class ModelSpec:
     head_dropout: float = 0.0  # > 0: the head is Dropout + Linear (changes state_dict keys)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     batching: Batching = field(default_factory=Batching)
+    instances: Instances = field(default_factory=Instances)
     names: Names = field(default_factory=Names)
 
     def __post_init__(self) -> None:
@@ -144,6 +191,7 @@ class ModelSpec:
             raise SpecError(f"labels must be non-empty single lines, got {bad!r}")
         self.preprocessing.validate()
         self.batching.validate()
+        self.instances.validate()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -158,6 +206,7 @@ class ModelSpec:
         for key, part in (
             ("preprocessing", Preprocessing),
             ("batching", Batching),
+            ("instances", Instances),
             ("names", Names),
         ):
             if key in kwargs:
