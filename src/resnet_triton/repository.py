@@ -13,6 +13,21 @@ Layout (names from `spec.names`):
     <repo>/resnet_ensemble/config.pbtxt  IMAGE -> preprocess -> classifier -> SCORES
     <repo>/resnet_ensemble/labels.txt    one label per line, for class_count
     <repo>/resnet_ensemble/1/            ensembles need a (empty) version folder
+    <repo>/preprocess/warmup/image       a small real photo, serialized, for model warmup
+
+Every model: max_batch_size, the dynamic batcher's preferred sizes and queue
+delay, and instance counts from the spec; version policy "latest 1" (one
+version served; a new model replaces the old one in the same folder);
+warmup at load (preprocess: a real JPEG through the whole decode path;
+classifier: zero tensors at batch 1 and at max_batch_size), so the first
+requests do not pay for lazy initialization, and a model that cannot run
+fails at start instead of on the first request.
+
+Response cache: off. It keys on the request bytes, so it only pays when the
+same image bytes come back, which photo traffic rarely does, and each entry
+holds a copy of the output in server memory; turn it on per model
+(`response_cache { enable: true }` plus `--cache-config local,size=...`) for
+traffic that repeats.
 """
 
 from __future__ import annotations
@@ -21,8 +36,10 @@ import argparse
 import json
 import os
 import shutil
+import struct
 import sys
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -35,6 +52,17 @@ from resnet_triton.spec import ModelSpec
 # project's virtual environment, here relative to the committed repository.
 DEFAULT_ENV_PATH = "$$TRITON_MODEL_DIRECTORY/../../.venv"
 ONNX_FILE = "model.onnx"
+WARMUP_FILE = "image"  # in <model>/warmup/, where Triton looks for input_data_file
+
+
+def serialized_bytes(data: bytes) -> bytes:
+    """One TYPE_STRING tensor element as Triton serializes it: 4-byte LE length, then data."""
+    return struct.pack("<I", len(data)) + data
+
+
+def warmup_image() -> bytes:
+    """A 120x80 JPEG of scikit-image's chelsea.png, shipped in the package."""
+    return resources.files("resnet_triton").joinpath("assets/warmup.jpg").read_bytes()
 
 
 def env_path_for(repo: Path) -> str:
@@ -68,17 +96,35 @@ def _dynamic_batching(spec: ModelSpec) -> mc.ModelDynamicBatching:
     )
 
 
-def _python_model(spec: ModelSpec, name: str, env_path: str, params: dict[str, str]):
-    config = mc.ModelConfig(
+def _model(spec: ModelSpec, name: str, kind, instances: int) -> mc.ModelConfig:
+    """What the preprocess and classifier models share, whatever their backend."""
+    return mc.ModelConfig(
         name=name,
-        backend="python",
         max_batch_size=spec.batching.max_batch_size,
         dynamic_batching=_dynamic_batching(spec),
-        instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)],
+        instance_group=[mc.ModelInstanceGroup(count=instances, kind=kind)],
+        version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
     )
+
+
+def _python_model(spec: ModelSpec, name: str, env_path: str, params: dict[str, str], instances):
+    config = _model(spec, name, mc.ModelInstanceGroup.KIND_CPU, instances)
+    config.backend = "python"
     for key, value in {**params, "EXECUTION_ENV_PATH": env_path}.items():
         config.parameters[key].string_value = value
     return config
+
+
+def _classifier_warmup(spec: ModelSpec) -> list[mc.ModelWarmup]:
+    pixels = mc.ModelWarmup.Input(
+        data_type=mc.TYPE_FP32, dims=list(spec.preprocessing.input_shape), zero_data=True
+    )
+    return [
+        mc.ModelWarmup(
+            name=f"zeros, batch {size}", batch_size=size, inputs={spec.names.pixels: pixels}
+        )
+        for size in sorted({1, spec.batching.max_batch_size})
+    ]
 
 
 def _pixels(spec: ModelSpec, cls):
@@ -90,36 +136,42 @@ def _pixels(spec: ModelSpec, cls):
 
 
 def preprocess_config(spec: ModelSpec, env_path: str) -> mc.ModelConfig:
-    config = _python_model(spec, spec.names.preprocess, env_path, spec.preprocessing.to_params())
+    params = spec.preprocessing.to_params()
+    config = _python_model(spec, spec.names.preprocess, env_path, params, spec.instances.preprocess)
     config.input.append(mc.ModelInput(name=spec.names.image, data_type=mc.TYPE_STRING, dims=[1]))
     config.output.append(_pixels(spec, mc.ModelOutput))
+    image = mc.ModelWarmup.Input(data_type=mc.TYPE_STRING, dims=[1], input_data_file=WARMUP_FILE)
+    config.model_warmup.append(
+        mc.ModelWarmup(name="real photo", batch_size=1, inputs={spec.names.image: image})
+    )
     return config
 
 
 def classifier_config(spec: ModelSpec, env_path: str) -> mc.ModelConfig:
-    params = {"onnx_file": ONNX_FILE, "intra_op_threads": "0"}  # 0: one per physical core
-    config = _python_model(spec, spec.names.classifier, env_path, params)
+    # intra_op_threads 0: one per physical core. allow_spinning 0: idle ONNX Runtime
+    # threads sleep instead of spinning on cores the preprocess model needs.
+    params = {"onnx_file": ONNX_FILE, "intra_op_threads": "0", "allow_spinning": "0"}
+    config = _python_model(spec, spec.names.classifier, env_path, params, spec.instances.classifier)
     config.input.append(_pixels(spec, mc.ModelInput))
     config.output.append(
         mc.ModelOutput(name=spec.names.scores, data_type=mc.TYPE_FP32, dims=[spec.num_classes])
     )
+    config.model_warmup.extend(_classifier_warmup(spec))
     return config
 
 
 def tensorrt_classifier_config(spec: ModelSpec, plans: dict[str, str]) -> mc.ModelConfig:
     """The GPU classifier: TensorRT plans, one per compute capability ("9.0" -> file)."""
-    config = mc.ModelConfig(
-        name=spec.names.classifier,
-        platform="tensorrt_plan",
-        max_batch_size=spec.batching.max_batch_size,
-        dynamic_batching=_dynamic_batching(spec),
-        instance_group=[mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_GPU)],
-        input=[_pixels(spec, mc.ModelInput)],
-        output=[
-            mc.ModelOutput(name=spec.names.scores, data_type=mc.TYPE_FP32, dims=[spec.num_classes])
-        ],
+    config = _model(
+        spec, spec.names.classifier, mc.ModelInstanceGroup.KIND_GPU, spec.instances.classifier
+    )
+    config.platform = "tensorrt_plan"
+    config.input.append(_pixels(spec, mc.ModelInput))
+    config.output.append(
+        mc.ModelOutput(name=spec.names.scores, data_type=mc.TYPE_FP32, dims=[spec.num_classes])
     )
     config.cc_model_filenames.update(plans)
+    config.model_warmup.extend(_classifier_warmup(spec))
     return config
 
 
@@ -161,8 +213,8 @@ def rendered_files(
     env_path: str = DEFAULT_ENV_PATH,
     target: str = "cpu",
     plans: dict[str, str] | None = None,
-) -> dict[str, str]:
-    """Relative path -> text of every generated file.
+) -> dict[str, str | bytes]:
+    """Relative path -> content of every generated file (text, or bytes for binaries).
 
     target "cpu": the classifier is ONNX Runtime in the Python backend.
     target "gpu": the classifier is `tensorrt_plan` with `plans` by compute capability.
@@ -175,6 +227,7 @@ def rendered_files(
     files = {
         f"{names.preprocess}/config.pbtxt": pbtxt(preprocess_config(spec, env_path)),
         f"{names.preprocess}/1/model.py": MODEL_PY.format(cls="PreprocessModel"),
+        f"{names.preprocess}/warmup/{WARMUP_FILE}": serialized_bytes(warmup_image()),
         f"{names.ensemble}/config.pbtxt": pbtxt(ensemble_config(spec)),
         f"{names.ensemble}/{LABELS_FILE}": "".join(f"{label}\n" for label in spec.labels),
         f"{names.ensemble}/1/.gitkeep": "",
@@ -198,10 +251,13 @@ def render(
 ) -> list[Path]:
     """Write the generated files into `repo`; returns their paths."""
     written = []
-    for relative, text in rendered_files(spec, env_path, target, plans).items():
+    for relative, content in rendered_files(spec, env_path, target, plans).items():
         path = repo / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
         written.append(path)
     return written
 

@@ -8,18 +8,17 @@ environment, from the files the wheel spreads over several folders.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import glob
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,6 +32,25 @@ from resnet_triton.repository import read_config
 
 class ServerError(UserError, RuntimeError):
     """The server could not start, or stopped being usable."""
+
+
+# Management APIs that change or expose server state need this header; inference,
+# health, metadata, model config, statistics and metrics stay open.
+RESTRICTED_APIS = "model-repository,shared-memory,logging"
+ADMIN_HEADER = "admin-key"
+
+
+def policy_flags(admin_key: str) -> list[str]:
+    """The serving policy, the same for the local server and docker-compose.yml."""
+    restricted = f"{RESTRICTED_APIS}:{ADMIN_HEADER}={admin_key}"
+    return [
+        "--model-control-mode=none",  # the repository is fixed at start: no loads over the API
+        "--strict-readiness=true",  # ready only when every model is
+        "--exit-on-error=true",  # a model that fails to load stops the server
+        f"--http-restricted-api={restricted}",
+        f"--grpc-restricted-protocol={restricted}",
+        "--allow-metrics=true",
+    ]
 
 
 @dataclass(frozen=True)
@@ -118,11 +136,13 @@ class TritonServer:
         ports: Ports = Ports(),
         log_path: Path | None = None,
         exit_timeout_s: int = 30,
+        admin_key: str | None = None,
     ):
         self.repository = Path(repository).resolve()
         self.ports = ports
         self.log_path = log_path
         self.exit_timeout_s = exit_timeout_s
+        self.admin_key = admin_key or secrets.token_urlsafe(16)
         # Unique shared-memory names, so a killed run's leftovers are ours to remove
         # and never collide with another server on the machine.
         self.shm_prefix = f"resnet_triton_{uuid.uuid4().hex[:8]}_"
@@ -138,9 +158,7 @@ class TritonServer:
             f"--http-port={self.ports.http}",
             f"--grpc-port={self.ports.grpc}",
             f"--metrics-port={self.ports.metrics}",
-            "--model-control-mode=none",
-            "--strict-readiness=true",
-            "--exit-on-error=true",
+            *policy_flags(self.admin_key),
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
@@ -242,41 +260,3 @@ def preflight(repository: Path) -> list[str]:
     if not ensembles:
         raise ServerError(f"{repository} holds no ensemble model")
     return ensembles
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="resnet-triton serve",
-        description="Start tritonserver on the model repository, wait until its ensemble is "
-        "ready, and stop it cleanly on Ctrl-C or SIGTERM.",
-    )
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--http-port", type=int, default=Ports.http)
-    parser.add_argument("--grpc-port", type=int, default=Ports.grpc)
-    parser.add_argument("--metrics-port", type=int, default=Ports.metrics)
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for ready")
-    return parser
-
-
-def main(args: argparse.Namespace) -> int:
-    ensembles = preflight(args.repository)
-    ports = Ports(args.http_port, args.grpc_port, args.metrics_port)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    server = TritonServer(args.repository, ports).start()
-    try:
-        server.wait_ready(ensembles, args.timeout)
-        print(
-            f"ready: {', '.join(ensembles)} on HTTP localhost:{ports.http}, "
-            f"gRPC localhost:{ports.grpc}, metrics http://localhost:{ports.metrics}/metrics; "
-            "Ctrl-C stops",
-            flush=True,
-        )
-        while not stop.wait(1.0):
-            if server.process.poll() is not None:
-                raise ServerError(f"tritonserver exited with code {server.process.returncode}")
-    finally:
-        code = server.stop()
-    print(f"tritonserver stopped (exit code {code})", flush=True)
-    return 0

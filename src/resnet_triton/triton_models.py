@@ -56,6 +56,10 @@ class OnnxClassifierModel:
         path = Path(args["model_repository"]) / args["model_version"] / params["onnx_file"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        # Idle ONNX Runtime threads spin by default, taking the cores that the
+        # preprocess model (another process) needs between batches.
+        spinning = params.get("allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]

@@ -1,0 +1,165 @@
+"""`resnet-triton serve`: the local Triton server, supervised.
+
+Starts tritonserver on the repository, waits until every ensemble is ready,
+then watches it until Ctrl-C or SIGTERM, which stop it cleanly (Triton
+finishes in-flight requests first).
+
+Supervision. Triton 2.51 does not restart a Python-backend stub that dies,
+and may keep reporting the model ready while every request to it fails. The
+supervisor therefore watches three things, every second: the tritonserver
+process, each Python-backend stub process (found under tritonserver at
+start), and the readiness of every model; and every `--probe-interval`
+seconds it classifies the shipped warmup photo through each ensemble
+(resnet_triton.probe). On any failure it stops the server and exits 1 with
+a message naming the model. It does not restart the server itself: the
+process manager that runs it (systemd `Restart=on-failure`, Docker
+`restart: unless-stopped`, Kubernetes) restarts, counts and alerts, which a
+quiet restart loop inside would hide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import tritonclient.http as httpclient
+
+from resnet_triton.probe import probe
+from resnet_triton.repository import read_config
+from resnet_triton.server import (
+    ADMIN_HEADER,
+    RESTRICTED_APIS,
+    Ports,
+    ServerError,
+    TritonServer,
+    preflight,
+)
+
+STUB = "triton_python_backend_stub"
+
+
+def python_stubs(server_pid: int) -> dict[int, str]:
+    """pid -> model name of every Python-backend stub under the server process."""
+    stubs = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        if ppid == server_pid and args and args[0].decode(errors="replace").endswith(STUB):
+            model_py = Path(args[1].decode())  # <repo>/<model>/<version>/model.py
+            stubs[int(entry.name)] = model_py.parent.parent.name
+    return stubs
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie is dead, only not yet reaped by Triton
+
+
+class Supervisor:
+    def __init__(self, server: TritonServer, probe_interval_s: float = 10.0):
+        self.server = server
+        self.probe_interval_s = probe_interval_s
+        self.models = sorted(p.parent.name for p in server.repository.glob("*/config.pbtxt"))
+        self.ensembles = [
+            m
+            for m in self.models
+            if read_config(server.repository / m / "config.pbtxt").platform == "ensemble"
+        ]
+        self.stubs = python_stubs(server.process.pid)
+        self.client = httpclient.InferenceServerClient(f"localhost:{server.ports.http}")
+        self.last_probe = time.monotonic()
+
+    def check(self) -> str | None:
+        """None while everything is healthy, else what went wrong."""
+        process = self.server.process
+        if process.poll() is not None:
+            return f"tritonserver exited with code {process.returncode}"
+        for pid, model in self.stubs.items():
+            if not _alive(pid):
+                return (
+                    f"the Python-backend stub of model '{model}' (pid {pid}) died; Triton does "
+                    f"not restart it, so '{model}' can no longer answer"
+                )
+        try:
+            not_ready = [m for m in self.models if not self.client.is_model_ready(m)]
+        except Exception as exc:  # noqa: BLE001 - any failure to ask is a failure
+            return f"readiness check failed: {exc}"
+        if not_ready:
+            return f"model(s) {not_ready} are no longer ready"
+        if time.monotonic() - self.last_probe >= self.probe_interval_s:
+            self.last_probe = time.monotonic()
+            for ensemble in self.ensembles:
+                try:
+                    probe(f"localhost:{self.server.ports.http}", ensemble)
+                except RuntimeError as exc:
+                    return f"probe of '{ensemble}' failed: {exc}"
+        return None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnet-triton serve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--http-port", type=int, default=Ports.http)
+    parser.add_argument("--grpc-port", type=int, default=Ports.grpc)
+    parser.add_argument("--metrics-port", type=int, default=Ports.metrics)
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for ready")
+    parser.add_argument(
+        "--probe-interval", type=float, default=10.0, help="seconds between inference probes"
+    )
+    parser.add_argument(
+        "--admin-key",
+        default=os.environ.get("TRITON_ADMIN_KEY"),
+        help=f"value of the {ADMIN_HEADER} header that the restricted APIs ({RESTRICTED_APIS}) "
+        "need (default: $TRITON_ADMIN_KEY, else a random key printed at start)",
+    )
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    ensembles = preflight(args.repository)
+    ports = Ports(args.http_port, args.grpc_port, args.metrics_port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server = TritonServer(args.repository, ports, admin_key=args.admin_key).start()
+    failure = None
+    try:
+        server.wait_ready(ensembles, args.timeout)
+        supervisor = Supervisor(server, args.probe_interval)
+        print(
+            f"ready: {', '.join(ensembles)} on HTTP localhost:{ports.http}, "
+            f"gRPC localhost:{ports.grpc}, metrics http://localhost:{ports.metrics}/metrics; "
+            f"supervising {len(supervisor.stubs)} Python-backend stubs; Ctrl-C stops",
+            flush=True,
+        )
+        if not args.admin_key:
+            print(f"restricted APIs ({RESTRICTED_APIS}) need header {ADMIN_HEADER}: "
+                  f"{server.admin_key}", flush=True)  # fmt: skip
+        while not stop.wait(1.0) and failure is None:
+            failure = supervisor.check()
+        supervisor.close()
+    finally:
+        code = server.stop()
+    print(f"tritonserver stopped (exit code {code})", flush=True)
+    if failure:
+        raise ServerError(f"{failure}; stopped the server (exit 1 for the process manager)")
+    return 0

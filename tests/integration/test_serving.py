@@ -1,0 +1,193 @@
+"""Production behaviour of the served repository: bad inputs, warmup, restricted APIs,
+metrics, and the supervisor noticing a dead Python-backend stub."""
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from conftest import ADMIN_KEY, NAMES, PHOTOS
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from resnet_triton.client import Classifier, ClientError
+from resnet_triton.repository import WARMUP_FILE, serialized_bytes, warmup_image
+from resnet_triton.serve import python_stubs
+from resnet_triton.server import Ports, ServerError, TritonServer
+
+pytestmark = pytest.mark.integration
+
+
+def png(size, mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def tiff() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
+BAD_IMAGES = {
+    "empty": (b"", "empty image payload (0 bytes)"),
+    "not an image": (b"GIF89a?" * 3, "not a decodable image (21 bytes"),
+    "truncated": (PHOTOS[3].read_bytes()[:5000], "corrupt JPEG image (5000 bytes)"),
+    "not allowed": (tiff(), "image format TIFF is not accepted; accepted: JPEG, PNG"),
+    "too many pixels": (png((8000, 6000), "L"), "48,000,000 pixels exceeds the limit"),
+    "too many bytes": (b"\xff\xd8\xff" + bytes(17 * 2**20), "exceeds the limit of 16,777,216"),
+}
+
+
+def assert_ready(triton):
+    client = httpclient.InferenceServerClient(f"localhost:{triton.ports.http}")
+    try:
+        assert client.is_server_ready()
+        for model in (NAMES.ensemble, NAMES.preprocess, NAMES.classifier):
+            assert client.is_model_ready(model), model
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IMAGES))
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_each_bad_image_fails_alone_with_its_reason(triton, case, protocol):
+    payload, message = BAD_IMAGES[case]
+    good = PHOTOS[0].read_bytes()
+    port = triton.ports.grpc if protocol == "grpc" else triton.ports.http
+    with Classifier(f"localhost:{port}", protocol) as classifier:
+        with pytest.raises(ClientError) as info:
+            classifier.classify_bytes([payload])
+        assert message in str(info.value)
+        # The same server answers the next request.
+        (answer,) = classifier.classify_bytes([good])
+    assert answer[0].label in {str(d) for d in range(10)}
+    assert_ready(triton)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_wrong_input_name_is_refused(triton, protocol):
+    module = grpcclient if protocol == "grpc" else httpclient
+    port = triton.ports.grpc if protocol == "grpc" else triton.ports.http
+    client = module.InferenceServerClient(f"localhost:{port}")
+    wrong = module.InferInput("PICTURE", [1, 1], "BYTES")
+    wrong.set_data_from_numpy(np.array([[PHOTOS[0].read_bytes()]], dtype=np.object_))
+    with pytest.raises(InferenceServerException, match="unexpected inference input 'PICTURE'"):
+        client.infer(NAMES.ensemble, [wrong])
+    client.close()
+    assert_ready(triton)
+
+
+def test_restricted_apis_need_the_admin_key(triton):
+    url = f"http://localhost:{triton.ports.http}/v2/repository/index"
+
+    def status(headers):
+        request = urllib.request.Request(url, data=b"{}", headers=headers, method="POST")
+        try:
+            return urllib.request.urlopen(request).status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert status({}) == 403
+    assert status({"admin-key": "wrong"}) == 403
+    assert status({"admin-key": ADMIN_KEY}) == 200
+    # Inference, health and metadata stay open.
+    assert_ready(triton)
+
+
+def test_metrics_show_queue_compute_and_failures_per_model(triton):
+    with Classifier(f"localhost:{triton.ports.grpc}", "grpc") as classifier:
+        classifier.classify_bytes([PHOTOS[1].read_bytes()])
+        with pytest.raises(ClientError):
+            classifier.classify_bytes([b""])
+    text = urllib.request.urlopen(f"http://localhost:{triton.ports.metrics}/metrics").read()
+    text = text.decode()
+    for metric, model in (
+        ("nv_inference_queue_duration_us", NAMES.preprocess),
+        ("nv_inference_queue_duration_us", NAMES.classifier),
+        ("nv_inference_compute_infer_duration_us", NAMES.preprocess),
+        ("nv_inference_compute_infer_duration_us", NAMES.classifier),
+        ("nv_inference_request_success", NAMES.ensemble),
+        ("nv_inference_request_failure", NAMES.ensemble),
+    ):
+        assert f'{metric}{{model="{model}"' in text, (metric, model)
+    # A refused image counts as a failure of the ensemble (reason OTHER); Triton 2.51
+    # does not count a Python-backend error response against the composing model.
+    failed = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("nv_inference_request_failure{") and f'model="{NAMES.ensemble}"' in line
+    )
+    assert failed >= 1
+
+
+def copy_repository(repository, target):
+    shutil.copytree(repository, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+def test_warmup_runs_at_load_and_a_broken_one_stops_the_start(repository, tmp_path):
+    repo = copy_repository(repository, tmp_path / "repo")
+    warmup = repo / NAMES.preprocess / "warmup" / WARMUP_FILE
+    assert warmup.read_bytes() == serialized_bytes(warmup_image())  # the shipped photo
+    warmup.write_bytes(serialized_bytes(warmup_image()[:600]))  # a well-formed, cut JPEG
+    server = TritonServer(repo, Ports.free(), log_path=tmp_path / "log", exit_timeout_s=3)
+    with server, pytest.raises(ServerError) as info:
+        server.wait_ready([NAMES.ensemble], timeout=120)
+    log = (tmp_path / "log").read_text()
+    assert "failed to run warmup sample 'real photo'" in log, log[-4000:]
+    assert "image 0: corrupt image (600 bytes)" in log
+    assert "exited with code 1" in str(info.value)
+
+
+def test_supervisor_stops_when_a_python_stub_dies(repository, tmp_path):
+    ports = Ports.free()
+    serve = subprocess.Popen(
+        [
+            sys.executable, "-m", "resnet_triton", "serve", "--repository", str(repository),
+            "--http-port", str(ports.http), "--grpc-port", str(ports.grpc),
+            "--metrics-port", str(ports.metrics), "--admin-key", ADMIN_KEY,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        for line in serve.stdout:
+            if line.startswith("ready:"):
+                break
+        assert "supervising 2 Python-backend stubs" in line
+        (triton,) = [
+            int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and _ppid(p) == serve.pid
+        ]  # fmt: skip
+        stubs = {model: pid for pid, model in python_stubs(triton).items()}
+        assert set(stubs) == {NAMES.preprocess, NAMES.classifier}
+        started = time.monotonic()
+        os.kill(stubs[NAMES.classifier], signal.SIGKILL)
+        rest = serve.communicate(timeout=120)[0]
+        noticed = time.monotonic() - started
+    finally:
+        serve.kill()
+    assert serve.returncode == 1
+    assert f"the Python-backend stub of model '{NAMES.classifier}'" in rest
+    assert "stopped the server (exit 1 for the process manager)" in rest
+    assert noticed < 60
+
+
+def _ppid(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
