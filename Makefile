@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # docker-compose.yml offline in the tests.
 OS_PACKAGES := libb64-0d docker-compose
 
-.PHONY: setup demo build test lint serve bench bench-serve bench-train bench-precision clean
+.PHONY: setup demo build test lint serve bench bench-serve bench-train bench-precision bench-batching clean
 
 setup: $(STAMP)
 
@@ -58,6 +58,9 @@ bench-train: setup
 
 bench-precision: setup
 	$(BIN)/python perf/onnx_precision.py
+
+bench-batching: setup
+	$(BIN)/python perf/batching_sweep.py
 
 clean:
 	rm -rf artifacts model_repository/*/1/model.onnx

@@ -13,7 +13,7 @@ COMMANDS = {
     "build": ("resnet_triton.build", "export ONNX, run the accuracy gate, publish to the repo"),
     "render": ("resnet_triton.repository", "write the model repository configs from a spec"),
     "serve": ("resnet_triton.serve", "run the local Triton server on the model repository"),
-    "classify": ("resnet_triton.client", "classify image files through the Triton ensemble"),
+    "classify": ("resnet_triton.classify", "classify image files through the Triton ensemble"),
     "demo": ("resnet_triton.demo", "the whole pipeline on scikit-learn's digits"),
 }
 

@@ -98,8 +98,8 @@ def run(out: Path, repository: Path, epochs: int = 5, lr: float = 2e-3, concurre
             server.wait_ready([spec.names.ensemble])
         with stage("classify"):
             url = f"localhost:{server.ports.grpc}"
-            with Classifier(url, "grpc", spec.names.ensemble) as classifier:
-                results = classifier.classify_files(paths, top_k=1, concurrency=concurrency)
+            with Classifier(url, "grpc", spec.names.ensemble, concurrency=concurrency) as client:
+                results = client.classify(paths, top_k=1)
     finally:
         if server is not None:
             with stage("server_stop"):

@@ -1,0 +1,60 @@
+"""Client logic that needs no server: encoding, retry policy, parsing."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from resnet_triton.client import (
+    Classifier,
+    ClientError,
+    ModelInfo,
+    _retryable,
+    encode_image,
+    parse_classification,
+)
+
+
+def test_parse_keeps_colons_in_labels():
+    p = parse_classification(b"0.25:3:class: with colon")
+    assert (p.score, p.index, p.label) == (0.25, 3, "class: with colon")
+
+
+def test_arrays_and_pil_images_are_sent_as_lossless_png():
+    array = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    _, data = encode_image(array)
+    assert np.array_equal(np.asarray(Image.open(__import__("io").BytesIO(data))), array)
+    with pytest.raises(ClientError, match="arrays must be uint8"):
+        encode_image(np.zeros((4, 4), dtype=np.float32))
+    with pytest.raises(ClientError, match="cannot classify a dict"):
+        encode_image({})
+
+
+@pytest.mark.parametrize(
+    ("status", "retry"),
+    [("StatusCode.UNAVAILABLE", True), ("503", True), ("StatusCode.INVALID_ARGUMENT", False),
+     ("400", False), ("StatusCode.DEADLINE_EXCEEDED", False)],
+)  # fmt: skip
+def test_only_unavailable_servers_are_retried(status, retry):
+    assert _retryable(InferenceServerException("x", status=status)) is retry
+    assert _retryable(ConnectionRefusedError()) is True
+
+
+def test_retries_back_off_then_give_up(monkeypatch):
+    classifier = Classifier.__new__(Classifier)  # no server: only the retry loop runs
+    classifier.retries, classifier.backoff_s, classifier.shared_memory = 2, 0.01, False
+    classifier.protocol, classifier.model, classifier.timeout_s = "grpc", "m", 1.0
+    classifier.info = ModelInfo("m", "IMAGE", "SCORES", 32)
+    classifier.module = __import__("tritonclient.grpc", fromlist=["x"])
+    calls, sleeps = [], []
+
+    class Flaky:
+        def infer(self, *args, **kwargs):
+            calls.append(1)
+            raise InferenceServerException("busy", status="StatusCode.UNAVAILABLE")
+
+    monkeypatch.setattr(classifier, "_client", lambda: Flaky())
+    monkeypatch.setattr("resnet_triton.client.time.sleep", sleeps.append)
+    with pytest.raises(ClientError, match="busy"):
+        classifier._infer([b"x"], 1)
+    assert len(calls) == 3 and sleeps == [0.01, 0.02]
