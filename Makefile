@@ -13,10 +13,10 @@ PRECISION ?= fp32
 TARGET ?= auto
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # perf_analyzer (from tritonclient) links against libb64; docker-compose validates
-# docker-compose.yml offline in the tests.
-OS_PACKAGES := libb64-0d docker-compose
+# docker-compose.yml offline in the tests; wrk drives the baseline in make bench.
+OS_PACKAGES := libb64-0d docker-compose wrk
 
-.PHONY: setup demo build test lint serve bench bench-serve bench-train bench-precision bench-batching clean
+.PHONY: setup demo build test lint serve bench bench-sweep bench-train bench-precision bench-batching clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,bench]"
 	touch $(STAMP)
 
 demo: setup
@@ -48,10 +48,12 @@ lint: setup
 serve: setup
 	$(BIN)/resnet-triton serve --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-bench: bench-serve bench-train bench-precision
+# The serving report (ensemble vs ceiling vs baseline): under 10 minutes here.
+bench: setup
+	$(BIN)/python perf/report.py
 
-bench-serve: setup
-	$(BIN)/python perf/bench.py
+bench-sweep: setup
+	$(BIN)/python perf/sweep.py
 
 bench-train: setup
 	$(BIN)/python perf/train_throughput.py

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import ensemble_input, run_perf_analyzer
+from perf_tools import ensemble_input, run_perf_analyzer
 
 from resnet_triton.data import package_photos
 from resnet_triton.export import spec_from_onnx

@@ -66,11 +66,18 @@ def test_grpc_and_http_agree_with_local_pytorch(triton, digits, checkpoint):
     assert accuracy >= 0.9
 
 
-def test_long_batch_beyond_max_batch_size_is_refused(triton, digits):
-    classifier = clients(triton)["grpc"]
+def test_batch_beyond_max_batch_size_is_refused(triton, digits):
     payload = Path(val_images(digits, 1)[0][0]).read_bytes()
-    with pytest.raises(ClientError, match="batch-size must be <= 32 for 'resnet_ensemble'"):
-        classifier.classify_bytes([payload] * 33)
+    client = grpcclient.InferenceServerClient(f"localhost:{triton.ports.grpc}")
+    batch = np.array([[payload]] * 33, dtype=np.object_)
+    too_many = grpcclient.InferInput(NAMES.image, list(batch.shape), "BYTES")
+    too_many.set_data_from_numpy(batch)
+    with pytest.raises(InferenceServerException, match="batch-size must be <= 32"):
+        client.infer(NAMES.ensemble, [too_many])
+    client.close()
+    # The client library refuses it before sending, and classify() splits instead.
+    with pytest.raises(ClientError, match="33 images in one request; resnet_ensemble takes at"):
+        clients(triton)["grpc"].classify_bytes([payload] * 33)
     assert_ready(triton)
 
 

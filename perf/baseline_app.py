@@ -1,0 +1,49 @@
+"""The baseline the seed guides deploy: FastAPI, PIL preprocessing, ONNX Runtime per request.
+
+POST /predict with the encoded image as the body; answers the top-1 label
+index and score. One image per request, no batching, preprocessing written
+the way tutorials write it (PIL resize + numpy normalize). Run by
+perf/report.py under uvicorn with one worker:
+
+    ONNX_MODEL=model_repository/classifier/1/model.onnx \\
+        .venv/bin/uvicorn --app-dir perf baseline_app:app --port 8080
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import onnxruntime as ort
+from fastapi import FastAPI, HTTPException, Request
+from PIL import Image
+
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)  # as tutorials hard-code them
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+app = FastAPI()
+session = ort.InferenceSession(os.environ["ONNX_MODEL"], providers=["CPUExecutionProvider"])
+input_name = session.get_inputs()[0].name
+
+
+def preprocess(data: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    width, height = image.size
+    scale = 256 / min(width, height)
+    image = image.resize((round(width * scale), round(height * scale)), Image.BILINEAR)
+    left, top = (image.width - 224) // 2, (image.height - 224) // 2
+    image = image.crop((left, top, left + 224, top + 224))
+    pixels = (np.asarray(image, dtype=np.float32) / 255.0 - MEAN) / STD
+    return pixels.transpose(2, 0, 1)[None]  # (1, 3, 224, 224)
+
+
+@app.post("/predict")
+async def predict(request: Request) -> dict:
+    body = await request.body()
+    try:
+        pixels = preprocess(body)
+    except Exception as exc:  # noqa: BLE001 - a baseline: any decode failure is a 400
+        raise HTTPException(400, f"cannot decode image: {exc}") from None
+    scores = session.run(None, {input_name: pixels})[0][0]
+    return {"index": int(scores.argmax()), "score": float(scores.max())}

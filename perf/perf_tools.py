@@ -1,0 +1,111 @@
+"""Shared pieces of the perf/ commands: perf_analyzer inputs from real photos, running
+perf_analyzer, Triton statistics, and the ONNX Runtime in-process ceiling."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from resnet_triton.repository import serialized_bytes
+
+PERF_ANALYZER = Path(sys.executable).parent / "perf_analyzer"  # NVIDIA's, from tritonclient
+
+
+def b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def ensemble_input(paths: list[Path], name: str, target: Path) -> Path:
+    # A TYPE_STRING element is given as its serialized form: length prefix, then bytes.
+    entries = [
+        {name: {"content": b64(serialized_bytes(p.read_bytes())), "shape": [1]}} for p in paths
+    ]
+    target.write_text(json.dumps({"data": entries}))
+    return target
+
+
+def classifier_input(pixels: np.ndarray, name: str, target: Path) -> Path:
+    entries = [
+        {name: {"content": b64(image.astype("<f4").tobytes()), "shape": list(image.shape)}}
+        for image in pixels
+    ]
+    target.write_text(json.dumps({"data": entries}))
+    return target
+
+
+def perf_analyzer_env() -> dict[str, str]:
+    import nvidia.cuda_runtime  # libcudart.so.12, which perf_analyzer links against
+
+    lib = Path(nvidia.cuda_runtime.__path__[0]) / "lib"
+    old = os.environ.get("LD_LIBRARY_PATH", "")
+    return {**os.environ, "LD_LIBRARY_PATH": f"{lib}:{old}" if old else str(lib)}
+
+
+def run_perf_analyzer(
+    model, ports, input_data, concurrency, csv_path, interval_ms, protocol="grpc", batch=1
+) -> list[dict]:
+    """perf_analyzer over `concurrency` ("start:end:step"); its CSV rows, in ms."""
+    url = f"localhost:{ports.grpc if protocol == 'grpc' else ports.http}"
+    command = [
+        str(PERF_ANALYZER),
+        "-m", model,
+        "-u", url,
+        "-i", protocol,
+        "-b", str(batch),
+        "--input-data", str(input_data),
+        "--concurrency-range", concurrency,
+        "--measurement-interval", str(interval_ms),
+        "--percentile", "99",
+        # Two shared cores are noisy: accept 25% spread between windows.
+        "--stability-percentage", "25",
+        "--max-trials", "8",
+        "-f", str(csv_path),
+    ]  # fmt: skip
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, env=perf_analyzer_env(), check=True, stdout=subprocess.DEVNULL)
+    with open(csv_path) as f:
+        return [
+            {
+                "concurrency": int(row["Concurrency"]),
+                "throughput_img_s": float(row["Inferences/Second"]),
+                "p50_ms": float(row["p50 latency"]) / 1000,
+                "p99_ms": float(row["p99 latency"]) / 1000,
+            }
+            for row in csv.DictReader(f)
+        ]
+
+
+def compute_per_image_ms(client, model: str) -> tuple[float, int]:
+    """(compute time per inference in ms, inferences) from Triton's statistics."""
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    infer = stats["inference_stats"]["compute_infer"]
+    count = int(stats.get("inference_count", 0))
+    return (int(infer.get("ns", 0)) / max(count, 1) / 1e6, count)
+
+
+def onnxruntime_ceiling(onnx_path: Path, pixels: np.ndarray, batch: int, seconds: float) -> dict:
+    """ONNX Runtime alone on preprocessed images: images/s and per-batch latency."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    chunk = np.resize(pixels, (batch, *pixels.shape[1:]))  # (batch, 3, crop, crop)
+    session.run(None, {name: chunk})  # warm-up
+    durations, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        tick = time.perf_counter()
+        session.run(None, {name: chunk})
+        durations.append(time.perf_counter() - tick)
+    return {
+        "batch": batch,
+        "throughput_img_s": round(batch * len(durations) / (time.perf_counter() - start), 1),
+        "p50_ms": round(float(np.percentile(durations, 50)) * 1000, 1),
+        "p99_ms": round(float(np.percentile(durations, 99)) * 1000, 1),
+    }

@@ -1,0 +1,93 @@
+"""`make bench-sweep`: perf_analyzer over concurrency and client batch, per model and protocol.
+
+For the ensemble (encoded photos), the preprocess model alone (the same
+photos) and the classifier alone (the photos preprocessed), over gRPC and
+HTTP, at client batch 1 and 4 and concurrency 1, 2, 4, 8. Each cell is
+perf_analyzer's own CSV export in <out>/sweep/; <out>/sweep.json collects
+them and <out>/sweep.png plots throughput against p99 latency.
+About 15 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from perf_tools import classifier_input, ensemble_input, run_perf_analyzer
+
+from resnet_triton.data import package_photos
+from resnet_triton.export import spec_from_onnx
+from resnet_triton.preprocess import preprocess_files
+from resnet_triton.repository import ONNX_FILE
+from resnet_triton.server import Ports, TritonServer, preflight
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--concurrency", default="1:8:1", help="perf_analyzer start:end:step")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--protocols", nargs="+", default=["grpc", "http"])
+    parser.add_argument("--interval-ms", type=int, default=3000)
+    parser.add_argument("--out", type=Path, default=Path("artifacts/bench"))
+    args = parser.parse_args()
+
+    preflight(args.repository)
+    onnx_path = next(args.repository.glob(f"*/1/{ONNX_FILE}"))
+    spec = spec_from_onnx(onnx_path)
+    photos = package_photos()
+    folder = args.out / "sweep"
+    folder.mkdir(parents=True, exist_ok=True)
+    encoded = ensemble_input(photos, spec.names.image, folder / "encoded.json")
+    pixels = preprocess_files(photos, spec.preprocessing)
+    tensors = classifier_input(pixels, spec.names.pixels, folder / "tensors.json")
+    models = {
+        spec.names.ensemble: encoded,
+        spec.names.preprocess: encoded,
+        spec.names.classifier: tensors,
+    }
+    cells = []
+    with TritonServer(args.repository, Ports.free(), log_path=folder / "triton.log") as server:
+        server.wait_ready([spec.names.ensemble])
+        for model, data in models.items():
+            for protocol in args.protocols:
+                for batch in args.batches:
+                    name = f"{model}_{protocol}_b{batch}"
+                    rows = run_perf_analyzer(
+                        model, server.ports, data, args.concurrency, folder / f"{name}.csv",
+                        args.interval_ms, protocol=protocol, batch=batch,
+                    )  # fmt: skip
+                    cells.append({"model": model, "protocol": protocol, "batch": batch,
+                                  "rows": rows})  # fmt: skip
+                    top = max(rows, key=lambda r: r["throughput_img_s"])
+                    print(
+                        f"{name}: best {top['throughput_img_s']:.1f} img/s at concurrency "
+                        f"{top['concurrency']} (p99 {top['p99_ms']:.0f} ms)",
+                        flush=True,
+                    )
+    (args.out / "sweep.json").write_text(json.dumps(cells, indent=2))
+
+    fig = Figure(figsize=(13, 4.5))
+    axes = fig.subplots(1, len(models), sharey=True)
+    for ax, model in zip(axes, models, strict=True):
+        for cell in (c for c in cells if c["model"] == model):
+            rows = cell["rows"]
+            ax.plot([r["p99_ms"] for r in rows], [r["throughput_img_s"] for r in rows],
+                    marker="o", label=f"{cell['protocol']}, batch {cell['batch']}")  # fmt: skip
+        ax.set(title=model, xlabel="p99 latency (ms)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("throughput (images/s)")
+    fig.tight_layout()
+    fig.savefig(args.out / "sweep.png", dpi=120)
+    print(f"written: {args.out}/sweep.json, sweep.png, {folder}/*.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
