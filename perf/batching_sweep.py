@@ -18,12 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from perf_tools import ensemble_input, run_perf_analyzer
+from perf_tools import ensemble_input, published_model, run_perf_analyzer
 
 from resnet_triton.data import package_photos
-from resnet_triton.export import spec_from_onnx
 from resnet_triton.repository import ONNX_FILE, env_path_for, render
-from resnet_triton.server import Ports, TritonServer, preflight
+from resnet_triton.server import Ports, TritonServer
 
 CANDIDATES = [
     ((), 0),  # no waiting: batch whatever is queued
@@ -42,9 +41,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench"))
     args = parser.parse_args()
 
-    preflight(args.repository)
-    onnx_path = next(args.repository.glob(f"*/1/{ONNX_FILE}"))
-    spec = spec_from_onnx(onnx_path)
+    onnx_path, spec = published_model(args.repository)
     args.out.mkdir(parents=True, exist_ok=True)
     input_data = ensemble_input(package_photos(), spec.names.image, args.out / "sweep_input.json")
     rows = []

@@ -15,9 +15,19 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from resnet_triton.repository import serialized_bytes
+from resnet_triton.export import spec_from_onnx
+from resnet_triton.repository import ONNX_FILE, serialized_bytes
+from resnet_triton.server import preflight
+from resnet_triton.spec import ModelSpec
 
 PERF_ANALYZER = Path(sys.executable).parent / "perf_analyzer"  # NVIDIA's, from tritonclient
+
+
+def published_model(repository: Path) -> tuple[Path, ModelSpec]:
+    """(the published ONNX file, its spec); errors name what is missing."""
+    preflight(repository)
+    onnx_path = next(repository.glob(f"*/1/{ONNX_FILE}"))
+    return onnx_path, spec_from_onnx(onnx_path)
 
 
 def b64(data: bytes) -> dict:

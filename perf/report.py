@@ -33,14 +33,13 @@ from perf_tools import (
     compute_per_image_ms,
     ensemble_input,
     onnxruntime_ceiling,
+    published_model,
     run_perf_analyzer,
 )
 
 from resnet_triton.data import package_photos
-from resnet_triton.export import spec_from_onnx
 from resnet_triton.preprocess import preprocess_files
-from resnet_triton.repository import ONNX_FILE
-from resnet_triton.server import Ports, TritonServer, preflight
+from resnet_triton.server import Ports, TritonServer
 
 PERF = Path(__file__).parent
 
@@ -188,9 +187,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench"))
     args = parser.parse_args()
 
-    preflight(args.repository)
-    onnx_path = next(args.repository.glob(f"*/1/{ONNX_FILE}"))
-    spec = spec_from_onnx(onnx_path)
+    onnx_path, spec = published_model(args.repository)
     photos = package_photos()
     pixels = preprocess_files(photos, spec.preprocessing)  # (n, 3, crop, crop)
     args.out.mkdir(parents=True, exist_ok=True)

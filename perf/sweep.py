@@ -16,13 +16,11 @@ import sys
 from pathlib import Path
 
 from matplotlib.figure import Figure
-from perf_tools import classifier_input, ensemble_input, run_perf_analyzer
+from perf_tools import classifier_input, ensemble_input, published_model, run_perf_analyzer
 
 from resnet_triton.data import package_photos
-from resnet_triton.export import spec_from_onnx
 from resnet_triton.preprocess import preprocess_files
-from resnet_triton.repository import ONNX_FILE
-from resnet_triton.server import Ports, TritonServer, preflight
+from resnet_triton.server import Ports, TritonServer
 
 
 def main() -> int:
@@ -37,9 +35,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench"))
     args = parser.parse_args()
 
-    preflight(args.repository)
-    onnx_path = next(args.repository.glob(f"*/1/{ONNX_FILE}"))
-    spec = spec_from_onnx(onnx_path)
+    onnx_path, spec = published_model(args.repository)
     photos = package_photos()
     folder = args.out / "sweep"
     folder.mkdir(parents=True, exist_ok=True)
