@@ -3,6 +3,7 @@ metrics, and the supervisor noticing a dead Python-backend stub."""
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -146,8 +147,10 @@ def test_warmup_runs_at_load_and_a_broken_one_stops_the_start(repository, tmp_pa
     with server, pytest.raises(ServerError) as info:
         server.wait_ready([NAMES.ensemble], timeout=120)
     # Only the warmup file differs from the repository the session server serves.
-    assert "exited with code 1" in str(info.value)
-    # Triton logs the reason, but may exit before its logger flushes (seen in full runs).
+    # Triton 2.51 exits 1 on the failed warmup, or (seen in some full runs) crashes
+    # with SIGSEGV while unloading the other models, before its logger flushes.
+    # Either way the broken model never serves.
+    assert re.search(r"exited with code (1|-11) while loading", str(info.value)), info.value
     log = (tmp_path / "log").read_text()
     if "warmup" in log:
         assert "failed to run warmup sample 'real photo'" in log
