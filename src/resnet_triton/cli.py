@@ -14,6 +14,10 @@ COMMANDS = {
     "render": ("resnet_triton.repository", "write the model repository configs from a spec"),
     "serve": ("resnet_triton.serve", "run the local Triton server on the model repository"),
     "classify": ("resnet_triton.classify", "classify image files through the Triton ensemble"),
+    "pipeline": (
+        "resnet_triton.pipeline",
+        "build, gate, smoke-test and publish one target to the model store (CI's engine job)",
+    ),
     "demo": ("resnet_triton.demo", "the whole pipeline on scikit-learn's digits"),
 }
 

@@ -163,13 +163,16 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
 
+    def environment(self) -> dict[str, str]:
+        return server_environment()
+
     def start(self) -> TritonServer:
         if not self.repository.is_dir():
             raise ServerError(f"model repository {self.repository} does not exist")
         with open(self.log_path, "wb") if self.log_path else contextlib.nullcontext() as log:
             self.process = subprocess.Popen(
                 self.command,
-                env=server_environment(),
+                env=self.environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT if log else None,
                 start_new_session=True,  # our signal handler, not the terminal, stops it
@@ -229,6 +232,58 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def pinned_release(env_file: Path = Path(".env")) -> str:
+    """The NGC release: $TRITON_RELEASE, else the pin in .env (docker compose reads both)."""
+    if os.environ.get("TRITON_RELEASE"):
+        return os.environ["TRITON_RELEASE"]
+    lines = env_file.read_text().splitlines() if env_file.is_file() else []
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "TRITON_RELEASE":
+            return value.strip()
+    raise ServerError(f"TRITON_RELEASE is neither set nor pinned in {env_file}")
+
+
+class ContainerTritonServer(TritonServer):
+    """The same server and serving policy in the pinned Triton image, on a GPU host.
+
+    The image is docker-compose.yml's `tritonserver` (`docker compose build
+    tritonserver`), which holds the Python-backend environment at
+    /workspace/.venv; the repository is mounted read-only where the rendered
+    EXECUTION_ENV_PATH expects it. CI's engine workflow smoke-tests with it.
+    """
+
+    MOUNT = "/workspace/model_repository"
+
+    def __init__(self, *args, image: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.image = image or f"resnet-triton/tritonserver:{pinned_release()}"
+        self.container = f"resnet-triton-{uuid.uuid4().hex[:8]}"
+
+    @property
+    def command(self) -> list[str]:
+        published = [
+            f"--publish=127.0.0.1:{host}:{inside}"
+            for host, inside in ((self.ports.http, 8000), (self.ports.grpc, 8001),
+                                 (self.ports.metrics, 8002))
+        ]  # fmt: skip
+        return [
+            "docker", "run", "--rm", f"--name={self.container}", "--gpus=all", "--shm-size=1g",
+            *published, f"--volume={self.repository}:{self.MOUNT}:ro", self.image,
+            "tritonserver", f"--model-repository={self.MOUNT}", *policy_flags(self.admin_key),
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+        ]  # fmt: skip
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        code = super().stop(timeout)
+        # The docker client may go before its container does.
+        subprocess.run(["docker", "rm", "--force", self.container], capture_output=True)
+        return code
 
 
 def preflight(repository: Path) -> list[str]:

@@ -108,7 +108,7 @@ class Preprocessing:
             for f in dataclasses.fields(cls)
             if f.name in params
         }
-        cfg = cls(**_fields_of(cls, values, "preprocessing parameters"))
+        cfg = cls(**fields_of(cls, values, "preprocessing parameters"))
         cfg.validate()
         return cfg
 
@@ -202,7 +202,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict) -> ModelSpec:
         """Rebuild a spec, naming any unknown or malformed field."""
-        kwargs = _fields_of(cls, data, "spec")
+        kwargs = fields_of(cls, data, "spec")
         for key, part in (
             ("preprocessing", Preprocessing),
             ("batching", Batching),
@@ -210,7 +210,7 @@ class ModelSpec:
             ("names", Names),
         ):
             if key in kwargs:
-                kwargs[key] = part(**_fields_of(part, kwargs[key], key))
+                kwargs[key] = part(**fields_of(part, kwargs[key], key))
         if "labels" not in kwargs:
             raise SpecError("spec has no labels")
         return cls(**kwargs)
@@ -220,7 +220,7 @@ class ModelSpec:
         return cls.from_dict(json.loads(text))
 
 
-def _fields_of(cls, data, where: str) -> dict:
+def fields_of(cls, data, where: str) -> dict:
     """The keyword arguments for `cls`; JSON lists become the tuples frozen fields hold."""
     if not isinstance(data, dict):
         raise SpecError(f"{where} must be a mapping, got {type(data).__name__}")

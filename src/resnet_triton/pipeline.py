@@ -1,0 +1,364 @@
+"""The engine pipeline: build, gate, smoke-test and publish one target to the model store.
+
+What CI's engine workflow (.github/workflows/engines.yml) runs, step by step,
+and what `make pipeline` runs here. Every step reads the pipeline config
+(build/pipeline.yaml) and works in <work>/<target>/:
+
+  matrix   the targets as a GitHub Actions matrix (JSON), with their runner labels
+  build    seed a staging repository from the store, then `resnet-triton build`
+           into it: export, accuracy gates, manifest. Skipped (nothing to do in
+           the later steps) when the store already holds a model built from the
+           same inputs (content hash, manifest.py)
+  smoke    serve the staging repository with the real Triton server (here, or the
+           pinned Triton container with --server docker), classify held-out
+           images through the ensemble: every request must succeed and top-1
+           accuracy must reach min_accuracy
+  publish  copy the model file and its manifest into the store's repository for
+           the target and render its configs; refused unless the smoke test
+           passed for this very build
+  all      build, smoke, publish
+
+The store is a folder of Triton model repositories, one per target kind
+(<store>/cpu, <store>/gpu; build/README.md). GPU targets share <store>/gpu:
+one plan per compute capability, picked by Triton through cc_model_filenames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from resnet_triton import build
+from resnet_triton.client import Classifier
+from resnet_triton.data import image_folder
+from resnet_triton.errors import UserError
+from resnet_triton.manifest import file_sha256, read_manifest
+from resnet_triton.repository import (
+    DEFAULT_ENV_PATH,
+    env_path_for,
+    publish,
+    published_plans,
+    render,
+)
+from resnet_triton.resnet import load_checkpoint
+from resnet_triton.server import ContainerTritonServer, Ports, TritonServer
+from resnet_triton.spec import ModelSpec, check_choice, fields_of
+
+STEPS = ("matrix", "build", "smoke", "publish", "all")
+SERVERS = ("local", "docker")
+HOSTED_RUNNER = ("ubuntu-24.04",)  # CPU targets need no GPU runner
+# Object stores the inputs may come from: (file copy, folder copy) commands.
+REMOTE = {
+    "s3": (["aws", "s3", "cp"], ["aws", "s3", "sync"]),
+    "gs": (["gcloud", "storage", "cp"], ["gcloud", "storage", "rsync", "-r"]),
+}
+
+
+class PipelineError(UserError):
+    """A step cannot run as configured, or its checks failed; nothing was published."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    target: str  # "cpu" (ONNX Runtime) or "gpu" (TensorRT)
+    precision: str
+    runs_on: tuple[str, ...] = ()  # GitHub runner labels; the hosted runner for cpu
+    repository: str = ""  # folder in the store; default: the target kind
+
+    def __post_init__(self) -> None:
+        where = f"targets.{self.name}"
+        check_choice(f"{where}.target", self.target, ("cpu", "gpu"))
+        check_choice(f"{where}.precision", self.precision, build.PRECISIONS[self.target])
+        if self.target == "gpu" and "self-hosted" not in self.runs_on:
+            raise PipelineError(
+                f"{where}.runs_on must name a self-hosted GPU runner, e.g. "
+                "[self-hosted, linux, gpu-h100]"
+            )
+        object.__setattr__(self, "runs_on", tuple(self.runs_on) or HOSTED_RUNNER)
+        object.__setattr__(self, "repository", self.repository or self.target)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    checkpoint: str  # path, s3:// or gs:// URI: the checkpoint reference
+    images: str  # validation ImageFolder for the accuracy gates
+    holdout: str  # ImageFolder the smoke test classifies through the served ensemble
+    targets: dict[str, Target]
+    calibration: str | None = None  # INT8 calibration ImageFolder
+    checkpoint_sha256: str | None = None  # pin the checkpoint's content
+    onnx: str | None = None  # gate and ship this FP32 ONNX instead of exporting one
+    min_accuracy: float = 0.9
+    holdout_images: int = 500
+    store: Path = Path("artifacts/model_store")
+    work_dir: Path = Path("artifacts/pipeline")
+
+    @classmethod
+    def load(cls, path: Path) -> PipelineConfig:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise PipelineError(f"cannot read pipeline config {path}: {exc}") from None
+        kwargs = fields_of(cls, data, f"pipeline config {path}")
+        for key in ("checkpoint", "images", "holdout", "targets"):
+            if not kwargs.get(key):
+                raise PipelineError(f"pipeline config {path}: field {key!r} is required")
+        if not isinstance(kwargs["targets"], dict):
+            raise PipelineError(f"pipeline config {path}: targets must map names to targets")
+        kwargs["targets"] = {
+            name: Target(**{**fields_of(Target, entry, f"targets.{name}"), "name": name})
+            for name, entry in kwargs["targets"].items()
+        }
+        cpu = [t.repository for t in kwargs["targets"].values() if t.target == "cpu"]
+        if len(cpu) != len(set(cpu)):
+            raise PipelineError(
+                f"pipeline config {path}: two cpu targets publish model.onnx to the same "
+                "store repository; give one a `repository:` of its own"
+            )
+        for key in ("store", "work_dir"):
+            if key in kwargs:
+                kwargs[key] = Path(kwargs[key])
+        if not 0 <= float(kwargs.get("min_accuracy", 0.9)) <= 1:
+            raise PipelineError(f"pipeline config {path}: min_accuracy must be within [0, 1]")
+        return cls(**kwargs)
+
+    def target(self, name: str) -> Target:
+        if name not in self.targets:
+            raise PipelineError(f"unknown target {name!r}; choose one of {', '.join(self.targets)}")
+        return self.targets[name]
+
+
+@dataclass
+class Stage:
+    """One target's working folder and the status the steps hand each other."""
+
+    root: Path
+    status: dict = field(default_factory=dict)
+
+    @property
+    def repository(self) -> Path:
+        return self.root / "repository"
+
+    @property
+    def status_path(self) -> Path:
+        return self.root / "status.json"
+
+    def load(self) -> Stage:
+        if not self.status_path.is_file():
+            raise PipelineError(f"{self.status_path} is missing: run `pipeline build` first")
+        self.status = json.loads(self.status_path.read_text())
+        return self
+
+    def save(self) -> None:
+        self.status_path.write_text(json.dumps(self.status, indent=2))
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec.from_dict(self.status["spec"])
+
+    @property
+    def model_file(self) -> Path:
+        return self.repository / self.spec.names.classifier / "1" / self.status["file"]
+
+
+def fetch(uri: str, dest: Path, folder: bool) -> Path:
+    """A local path for `uri`: itself, or a copy of an s3:// or gs:// object (or prefix)."""
+    scheme, sep, _ = uri.partition("://")
+    if not sep:
+        return Path(uri)
+    if scheme not in REMOTE:
+        raise PipelineError(f"unsupported URI {uri}; use a local path, s3:// or gs://")
+    command = REMOTE[scheme][1 if folder else 0]
+    if shutil.which(command[0]) is None:
+        raise PipelineError(f"{uri} needs the `{command[0]}` command, which is not installed")
+    local = dest / uri.rstrip("/").rsplit("/", 1)[-1]
+    local.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([*command, uri, str(local)], check=True)
+    return local
+
+
+def build_step(config: PipelineConfig, name: str, force: bool = False) -> Stage:
+    target = config.target(name)
+    stage = Stage(config.work_dir / name)
+    inputs = stage.root / "inputs"
+    stage.status_path.unlink(missing_ok=True)  # a failed build leaves nothing to publish
+    checkpoint = fetch(config.checkpoint, inputs, folder=False)
+    if not checkpoint.is_file():
+        raise PipelineError(f"checkpoint {checkpoint} does not exist (pipeline field checkpoint)")
+    if config.checkpoint_sha256 and file_sha256(checkpoint) != config.checkpoint_sha256:
+        raise PipelineError(
+            f"{checkpoint} has SHA-256 {file_sha256(checkpoint)}, not the pinned "
+            f"checkpoint_sha256 {config.checkpoint_sha256}"
+        )
+    # Staging starts as the store's repository, so an unchanged build is skipped and
+    # the other GPUs' plans stay in the rendered config.
+    shutil.rmtree(stage.repository, ignore_errors=True)
+    published = config.store / target.repository
+    if published.is_dir():
+        shutil.copytree(published, stage.repository)
+    options = build.BuildOptions(
+        checkpoint=checkpoint,
+        repository=stage.repository,
+        work_dir=stage.root / "build",
+        precision=target.precision,
+        target=target.target,
+        images=fetch(config.images, inputs, folder=True),
+        calibration=fetch(config.calibration, inputs, folder=True) if config.calibration else None,
+        onnx=fetch(config.onnx, inputs, folder=False) if config.onnx else None,
+        force=force,
+    )
+    result = build.run(options)
+    stage.status = {
+        "target": name,
+        "changed": not result["skipped"],
+        "content_hash": result["content_hash"],
+        "file": Path(result["published"]).name,
+        "spec": load_checkpoint(checkpoint)[0].to_dict(),
+        "smoke": None,
+    }
+    stage.save()
+    verdict = "built and gated" if stage.status["changed"] else "unchanged"
+    report(f"{name}: {verdict} ({target.precision}, content hash {result['content_hash'][:12]})")
+    return stage
+
+
+def smoke_step(config: PipelineConfig, name: str, server: str = "local") -> Stage:
+    check_choice("server", server, SERVERS)
+    target = config.target(name)
+    stage = Stage(config.work_dir / name).load()
+    if not stage.status["changed"]:
+        print(f"{name}: unchanged since the published build; no smoke test needed")
+        return stage
+    spec = stage.spec
+    env_path = env_path_for(stage.repository) if server == "local" else DEFAULT_ENV_PATH
+    plans = published_plans(stage.model_file.parent) if target.target == "gpu" else None
+    render(spec, stage.repository, env_path, target.target, plans)
+
+    holdout = fetch(config.holdout, stage.root / "inputs", folder=True)
+    paths, labels = build.sample(holdout, config.holdout_images)
+    classes = image_folder(holdout).classes
+    log = stage.root / "triton.log"
+    if server == "local":
+        triton = TritonServer(stage.repository, Ports.free(), log_path=log, exit_timeout_s=5)
+    else:
+        triton = ContainerTritonServer(stage.repository, Ports.free(), log_path=log)
+    with triton:
+        triton.wait_ready([spec.names.ensemble], timeout=300)
+        url = f"localhost:{triton.ports.grpc}"
+        with Classifier(url, "grpc", spec.names.ensemble, concurrency=4) as client:
+            results = client.classify(paths, top_k=1)
+    failed = [r for r in results if not r.ok]
+    correct = sum(
+        r.ok and r.top1.label == classes[label] for r, label in zip(results, labels, strict=True)
+    )
+    smoke = {
+        "passed": False,
+        "content_hash": stage.status["content_hash"],
+        "images": len(paths),
+        "failed_requests": len(failed),
+        "top1_accuracy": round(correct / len(paths), 4),
+        "min_accuracy": config.min_accuracy,
+        "server": server,
+    }
+    smoke["passed"] = not failed and smoke["top1_accuracy"] >= config.min_accuracy
+    stage.status["smoke"] = smoke
+    stage.save()
+    line = (
+        f"{name}: smoke test on {len(paths)} held-out images through {spec.names.ensemble}: "
+        f"top-1 {smoke['top1_accuracy']:.4f} (min {config.min_accuracy}), "
+        f"{len(failed)} failed requests"
+    )
+    report(line)
+    if failed:
+        raise PipelineError(f"{line}; first: {failed[0].source}: {failed[0].error}")
+    if not smoke["passed"]:
+        raise PipelineError(f"{line}: below min_accuracy; nothing published")
+    return stage
+
+
+def publish_step(config: PipelineConfig, name: str) -> Path | None:
+    target = config.target(name)
+    stage = Stage(config.work_dir / name).load()
+    if not stage.status["changed"]:
+        print(f"{name}: the store already holds this build; nothing to publish")
+        return None
+    smoke = stage.status["smoke"] or {}
+    if not smoke.get("passed") or smoke.get("content_hash") != stage.status["content_hash"]:
+        raise PipelineError(f"{name}: this build has not passed `pipeline smoke`; not publishing")
+    staged = stage.model_file
+    manifest = read_manifest(staged)
+    if (
+        manifest is None
+        or manifest["content_hash"] != stage.status["content_hash"]
+        or manifest["output_sha256"] != file_sha256(staged)
+    ):
+        raise PipelineError(f"{staged} does not match its manifest or the build; not publishing")
+    repo = config.store / target.repository
+    destination = publish(
+        staged, stage.spec, repo, staged.name, manifest, DEFAULT_ENV_PATH, target.target
+    )
+    stage.status["published"] = str(destination)
+    stage.save()
+    report(f"{name}: published {destination} ({target.precision})")
+    return destination
+
+
+def matrix(config: PipelineConfig) -> dict:
+    """{"include": [...]}, one entry per target, for `strategy.matrix` in the workflow."""
+    return {
+        "include": [
+            {"target": t.name, "kind": t.target, "runs-on": list(t.runs_on)}
+            for t in config.targets.values()
+        ]
+    }
+
+
+def report(line: str) -> None:
+    """Print, and add to the GitHub Actions job summary when running there."""
+    print(line, flush=True)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as f:
+            f.write(f"- {line}\n")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnet-triton pipeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("step", choices=STEPS)
+    parser.add_argument("--config", type=Path, default=Path("build/pipeline.yaml"))
+    parser.add_argument("--target", help="a target named in the config (every step but matrix)")
+    parser.add_argument(
+        "--server",
+        default="local",
+        help="smoke test server: local (this environment's tritonserver) or docker "
+        "(the pinned Triton image, built by `docker compose build tritonserver`)",
+    )
+    parser.add_argument("--force", action="store_true", help="build even when unchanged")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    config = PipelineConfig.load(args.config)
+    if args.step == "matrix":
+        print(json.dumps(matrix(config)))
+        return 0
+    if not args.target:
+        raise PipelineError(f"`pipeline {args.step}` needs --target; one of {list(config.targets)}")
+    if args.step in ("build", "all"):
+        build_step(config, args.target, args.force)
+    if args.step in ("smoke", "all"):
+        smoke_step(config, args.target, args.server)
+    if args.step in ("publish", "all"):
+        publish_step(config, args.target)
+    return 0
