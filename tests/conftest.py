@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import sklearn
+from onnx import numpy_helper
 
 from resnet_triton import build
 from resnet_triton.data import package_photos, write_digits
@@ -74,3 +77,17 @@ def triton(repository, tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+def snapshot(repo):
+    return {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} if repo.exists() else {}
+
+
+def damage(source, target, scale=0.3):
+    """Perturb the largest convolution's weights: a silently broken conversion."""
+    model = onnx.load(source)
+    weights = max(model.graph.initializer, key=lambda t: np.prod(t.dims) if len(t.dims) == 4 else 0)
+    array = numpy_helper.to_array(weights)
+    noise = np.random.default_rng(0).normal(scale=scale * array.std(), size=array.shape)
+    weights.CopyFrom(numpy_helper.from_array((array + noise).astype(array.dtype), weights.name))
+    onnx.save_model(model, target)

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
+from conftest import damage, snapshot
 from PIL import Image
 
 from resnet_triton import build, engine
@@ -20,10 +20,6 @@ from resnet_triton.verify import POLICIES
 def options(checkpoint, digits, root, **kwargs):
     kwargs = {"target": "cpu", "images": digits / "val", **kwargs}
     return build.BuildOptions(checkpoint, root / "repo", root / "work", **kwargs)
-
-
-def snapshot(repo):
-    return {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} if repo.exists() else {}
 
 
 def test_onnx_is_one_checked_file_with_dynamic_batch(repository, checkpoint):
@@ -90,16 +86,6 @@ def test_another_model_changes_the_content_hash(checkpoint, digits, tmp_path):
     damage(tmp_path / "work" / "model.fp32.onnx", damaged, scale=1e-3)  # tiny: still passes
     second = build.run(options(checkpoint, digits, tmp_path, onnx=damaged))
     assert not second["skipped"] and second["content_hash"] != first["content_hash"]
-
-
-def damage(source, target, scale=0.3):
-    """Perturb the largest convolution's weights: a silently broken conversion."""
-    model = onnx.load(source)
-    weights = max(model.graph.initializer, key=lambda t: np.prod(t.dims) if len(t.dims) == 4 else 0)
-    array = numpy_helper.to_array(weights)
-    noise = np.random.default_rng(0).normal(scale=scale * array.std(), size=array.shape)
-    weights.CopyFrom(numpy_helper.from_array((array + noise).astype(array.dtype), weights.name))
-    onnx.save_model(model, target)
 
 
 def test_damaged_model_is_rejected_and_repository_untouched(

@@ -5,6 +5,7 @@ and what `make pipeline` runs here. Every step reads the pipeline config
 (build/pipeline.yaml) and works in <work>/<target>/:
 
   matrix   the targets as a GitHub Actions matrix (JSON), with their runner labels
+  pull     copy the store from `store_uri` (s3:// or gs://) into `store`, if set
   build    seed a staging repository from the store, then `resnet-triton build`
            into it: export, accuracy gates, manifest. Skipped (nothing to do in
            the later steps) when the store already holds a model built from the
@@ -16,6 +17,7 @@ and what `make pipeline` runs here. Every step reads the pipeline config
   publish  copy the model file and its manifest into the store's repository for
            the target and render its configs; refused unless the smoke test
            passed for this very build
+  push     copy `store` back to `store_uri`, if set
   all      build, smoke, publish
 
 The store is a folder of Triton model repositories, one per target kind
@@ -51,9 +53,9 @@ from resnet_triton.resnet import load_checkpoint
 from resnet_triton.server import ContainerTritonServer, Ports, TritonServer
 from resnet_triton.spec import ModelSpec, check_choice, fields_of
 
-STEPS = ("matrix", "build", "smoke", "publish", "all")
+STEPS = ("matrix", "pull", "build", "smoke", "publish", "push", "all")
 SERVERS = ("local", "docker")
-HOSTED_RUNNER = ("ubuntu-24.04",)  # CPU targets need no GPU runner
+HOSTED_RUNNER = ("ubuntu-latest",)  # CPU targets need no GPU runner
 # Object stores the inputs may come from: (file copy, folder copy) commands.
 REMOTE = {
     "s3": (["aws", "s3", "cp"], ["aws", "s3", "sync"]),
@@ -98,6 +100,7 @@ class PipelineConfig:
     min_accuracy: float = 0.9
     holdout_images: int = 500
     store: Path = Path("artifacts/model_store")
+    store_uri: str | None = None  # s3:// or gs:// copy of the store, the one servers read
     work_dir: Path = Path("artifacts/pipeline")
 
     @classmethod
@@ -168,20 +171,42 @@ class Stage:
         return self.repository / self.spec.names.classifier / "1" / self.status["file"]
 
 
-def fetch(uri: str, dest: Path, folder: bool) -> Path:
-    """A local path for `uri`: itself, or a copy of an s3:// or gs:// object (or prefix)."""
-    scheme, sep, _ = uri.partition("://")
-    if not sep:
-        return Path(uri)
+def is_remote(uri: str) -> bool:
+    return "://" in uri
+
+
+def copy_command(uri: str, folder: bool) -> list[str]:
+    """The command that copies to or from `uri` (an object, or a prefix when `folder`)."""
+    scheme = uri.partition("://")[0]
     if scheme not in REMOTE:
         raise PipelineError(f"unsupported URI {uri}; use a local path, s3:// or gs://")
     command = REMOTE[scheme][1 if folder else 0]
     if shutil.which(command[0]) is None:
         raise PipelineError(f"{uri} needs the `{command[0]}` command, which is not installed")
+    return command
+
+
+def fetch(uri: str, dest: Path, folder: bool) -> Path:
+    """A local path for `uri`: itself, or a copy of an s3:// or gs:// object (or prefix)."""
+    if not is_remote(uri):
+        return Path(uri)
+    command = copy_command(uri, folder)
     local = dest / uri.rstrip("/").rsplit("/", 1)[-1]
     local.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([*command, uri, str(local)], check=True)
     return local
+
+
+def sync_store(config: PipelineConfig, direction: str) -> None:
+    """pull: store_uri -> store; push: store -> store_uri. Nothing to do without store_uri."""
+    if not config.store_uri:
+        print(f"no store_uri configured: the model store is the folder {config.store}")
+        return
+    config.store.mkdir(parents=True, exist_ok=True)
+    pair = [config.store_uri, str(config.store)]
+    source, dest = pair if direction == "pull" else pair[::-1]
+    subprocess.run([*copy_command(config.store_uri, folder=True), source, dest], check=True)
+    report(f"{direction}: {source} -> {dest}")
 
 
 def build_step(config: PipelineConfig, name: str, force: bool = False) -> Stage:
@@ -289,7 +314,7 @@ def publish_step(config: PipelineConfig, name: str) -> Path | None:
     if not stage.status["changed"]:
         print(f"{name}: the store already holds this build; nothing to publish")
         return None
-    smoke = stage.status["smoke"] or {}
+    smoke = stage.status.get("smoke") or {}
     if not smoke.get("passed") or smoke.get("content_hash") != stage.status["content_hash"]:
         raise PipelineError(f"{name}: this build has not passed `pipeline smoke`; not publishing")
     staged = stage.model_file
@@ -337,7 +362,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("step", choices=STEPS)
     parser.add_argument("--config", type=Path, default=Path("build/pipeline.yaml"))
-    parser.add_argument("--target", help="a target named in the config (every step but matrix)")
+    parser.add_argument("--target", help="a target in the config (build, smoke, publish, all)")
     parser.add_argument(
         "--server",
         default="local",
@@ -353,8 +378,13 @@ def main(args: argparse.Namespace) -> int:
     if args.step == "matrix":
         print(json.dumps(matrix(config)))
         return 0
+    if args.step in ("pull", "push"):
+        sync_store(config, args.step)
+        return 0
     if not args.target:
-        raise PipelineError(f"`pipeline {args.step}` needs --target; one of {list(config.targets)}")
+        raise PipelineError(
+            f"`pipeline {args.step}` needs --target, one of: {', '.join(config.targets)}"
+        )
     if args.step in ("build", "all"):
         build_step(config, args.target, args.force)
     if args.step in ("smoke", "all"):

@@ -1,0 +1,225 @@
+"""The engine pipeline: its config, the container smoke server, and the local dry run.
+
+The dry run is CI's engine job for a CPU target on this machine: the same
+steps, gates, manifest and skip-when-unchanged logic, with the ONNX (FP32 and
+INT8) path in place of TensorRT, and the real Triton server for the smoke test.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import damage, snapshot
+
+from resnet_triton import build, cli, pipeline
+from resnet_triton.errors import UserError
+from resnet_triton.manifest import read_manifest
+from resnet_triton.repository import DEFAULT_ENV_PATH, read_config
+from resnet_triton.server import ContainerTritonServer, Ports, pinned_release, policy_flags
+
+ROOT = Path(__file__).parent.parent
+
+
+def write_config(path: Path, **fields) -> Path:
+    path.write_text(yaml.safe_dump(fields))
+    return path
+
+
+def dry_run_config(tmp_path, checkpoint, digits, **changes) -> pipeline.PipelineConfig:
+    fields = {
+        "checkpoint": str(checkpoint),
+        "images": str(digits / "val"),
+        "calibration": str(digits / "train"),
+        "holdout": str(digits / "val"),
+        "holdout_images": 120,
+        "min_accuracy": 0.9,
+        "store": str(tmp_path / "store"),
+        "work_dir": str(tmp_path / "work"),
+        "targets": {"cpu": {"target": "cpu", "precision": "fp32"}},
+        **changes,
+    }
+    return pipeline.PipelineConfig.load(write_config(tmp_path / "pipeline.yaml", **fields))
+
+
+MINIMAL = {"checkpoint": "c.pt", "images": "val", "holdout": "val"}
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"images": "val", "holdout": "val", "targets": {}}, "field 'checkpoint' is required"),
+        ({**MINIMAL, "targets": {"t": {"target": "cpu", "precision": "fp32"}}, "stor": "x"},
+         "unknown field(s) ['stor']"),
+        ({**MINIMAL, "targets": {"t": {"target": "cpu", "precision": "fp16"}}},
+         "unknown targets.t.precision 'fp16'; choose one of fp32, int8"),
+        ({**MINIMAL, "targets": {"t": {"target": "tpu", "precision": "fp32"}}},
+         "unknown targets.t.target 'tpu'; choose one of cpu, gpu"),
+        ({**MINIMAL, "targets": {"t": {"target": "gpu", "precision": "fp16", "runs_on": ["x"]}}},
+         "targets.t.runs_on must name a self-hosted GPU runner"),
+        ({**MINIMAL, "targets": {"t": {"target": "cpu", "precision": "fp32", "gpu": "a100"}}},
+         "unknown field(s) ['gpu'] in targets.t"),
+        ({**MINIMAL, "targets": {"a": {"target": "cpu", "precision": "fp32"},
+                                 "b": {"target": "cpu", "precision": "int8"}}},
+         "two cpu targets publish model.onnx to the same store repository"),
+        ({**MINIMAL, "targets": ["cpu"]}, "targets must map names to targets"),
+        ({**MINIMAL, "targets": {"t": {"target": "cpu", "precision": "fp32"}},
+          "min_accuracy": 97}, "min_accuracy must be within [0, 1]"),
+    ],
+)  # fmt: skip
+def test_bad_configs_name_the_field(tmp_path, fields, message):
+    with pytest.raises(UserError) as info:
+        pipeline.PipelineConfig.load(write_config(tmp_path / "p.yaml", **fields))
+    assert message in str(info.value)
+
+
+def test_committed_config_gives_the_workflow_matrix(capsys):
+    assert cli.main(["pipeline", "matrix", "--config", str(ROOT / "build/pipeline.yaml")]) == 0
+    entries = json.loads(capsys.readouterr().out)["include"]
+    assert {e["target"]: e["kind"] for e in entries} == {
+        "cpu-fp32": "cpu",
+        "a100-fp16": "gpu",
+        "h100-fp16": "gpu",
+    }
+    for entry in entries:
+        hosted = entry["runs-on"] == ["ubuntu-latest"]
+        assert hosted == (entry["kind"] == "cpu")  # GPU targets on self-hosted GPU runners
+    assert {e["runs-on"][-1] for e in entries if e["kind"] == "gpu"} == {"gpu-a100", "gpu-h100"}
+
+
+def test_steps_need_a_known_target(tmp_path, capsys):
+    targets = {"t": {"target": "cpu", "precision": "fp32"}}
+    config = write_config(tmp_path / "p.yaml", **MINIMAL, targets=targets)
+    assert cli.main(["pipeline", "build", "--config", str(config)]) == 1
+    assert "`pipeline build` needs --target, one of: t" in capsys.readouterr().err
+    assert cli.main(["pipeline", "smoke", "--config", str(config), "--target", "x"]) == 1
+    assert "unknown target 'x'; choose one of t" in capsys.readouterr().err
+
+
+def test_remote_inputs_need_their_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no aws, no gcloud
+    with pytest.raises(pipeline.PipelineError, match="needs the `aws` command"):
+        pipeline.fetch("s3://bucket/ckpt.pt", tmp_path, folder=False)
+    with pytest.raises(pipeline.PipelineError, match="needs the `gcloud` command"):
+        pipeline.fetch("gs://bucket/val/", tmp_path, folder=True)
+    with pytest.raises(pipeline.PipelineError, match="unsupported URI https://x/c.pt"):
+        pipeline.fetch("https://x/c.pt", tmp_path, folder=False)
+    assert pipeline.fetch("local/c.pt", tmp_path, folder=False) == Path("local/c.pt")
+
+
+def test_remote_store_sync_runs_the_object_store_command(monkeypatch, tmp_path):
+    calls = tmp_path / "calls"
+    aws = tmp_path / "bin" / "aws"
+    aws.parent.mkdir()
+    aws.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    aws.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{aws.parent}:{os.environ['PATH']}")
+    config = pipeline.PipelineConfig(
+        "c.pt", "val", "val", {}, store=tmp_path / "store", store_uri="s3://models/resnet"
+    )
+    pipeline.sync_store(config, "pull")
+    pipeline.sync_store(config, "push")
+    assert calls.read_text().splitlines() == [
+        f"s3 sync s3://models/resnet {tmp_path / 'store'}",
+        f"s3 sync {tmp_path / 'store'} s3://models/resnet",
+    ]
+
+
+def test_container_smoke_server_runs_the_pinned_image_with_the_serving_policy(tmp_path):
+    server = ContainerTritonServer(tmp_path, Ports(18000, 18001, 18002), admin_key="k")
+    release = (ROOT / ".env").read_text().split("TRITON_RELEASE=")[1].split()[0]
+    assert pinned_release(ROOT / ".env") == release
+    command = server.command
+    assert command[:2] == ["docker", "run"]
+    assert "--gpus=all" in command
+    assert f"--volume={tmp_path.resolve()}:/workspace/model_repository:ro" in command
+    assert "--publish=127.0.0.1:18001:8001" in command
+    image = command.index("tritonserver")
+    assert command[image - 1].startswith("resnet-triton/tritonserver:")  # compose's image
+    assert command[image + 1] == "--model-repository=/workspace/model_repository"
+    assert set(policy_flags("k")) <= set(command[image:])
+
+
+def test_publish_refuses_a_build_without_a_passed_smoke_test(tmp_path, checkpoint, digits):
+    config = dry_run_config(tmp_path, checkpoint, digits)
+    with pytest.raises(pipeline.PipelineError, match="status.json is missing"):
+        pipeline.publish_step(config, "cpu")
+    stage = pipeline.Stage(config.work_dir / "cpu", {"changed": True, "content_hash": "a"})
+    stage.root.mkdir(parents=True)
+    stage.save()
+    with pytest.raises(pipeline.PipelineError, match="has not passed `pipeline smoke`"):
+        pipeline.publish_step(config, "cpu")
+    assert not config.store.exists()
+
+
+def relabel(checkpoint: Path, out: Path) -> Path:
+    """The same weights with the classifier's rows shifted by one: every label is wrong."""
+    payload = torch.load(checkpoint, weights_only=False)
+    for key, value in payload["state_dict"].items():
+        if key.startswith("fc.") and value.shape[0] == len(payload["spec"]["labels"]):
+            payload["state_dict"][key] = value.roll(1, dims=0)
+    torch.save(payload, out)
+    return out
+
+
+@pytest.mark.integration
+def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
+    store = tmp_path / "store" / "cpu"
+    published = store / "classifier" / "1" / "model.onnx"
+
+    # First run: built, gated, smoke-tested through Triton, published.
+    config = dry_run_config(tmp_path, checkpoint, digits)
+    pipeline.build_step(config, "cpu")
+    stage = pipeline.smoke_step(config, "cpu")
+    smoke = stage.status["smoke"]
+    assert smoke["passed"] and smoke["images"] == 120 and smoke["failed_requests"] == 0
+    assert smoke["top1_accuracy"] >= 0.9
+    assert pipeline.publish_step(config, "cpu") == published
+    manifest = read_manifest(published)
+    assert manifest["content_hash"] == stage.status["content_hash"]
+    assert manifest["precision"] == "fp32"
+    preprocess = read_config(store / "preprocess" / "config.pbtxt")
+    assert preprocess.parameters["EXECUTION_ENV_PATH"].string_value == DEFAULT_ENV_PATH
+    first = snapshot(store)
+
+    # Nothing changed: skipped at build; smoke and publish have nothing to do.
+    capsys.readouterr()
+    assert cli.main(["pipeline", "all", "--config", str(tmp_path / "pipeline.yaml"),
+                     "--target", "cpu"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "cpu: unchanged" in out and "no smoke test needed" in out
+    assert "the store already holds this build; nothing to publish" in out
+    assert snapshot(store) == first
+
+    # Another precision: rebuilt, smoke-tested and published over the FP32 model.
+    int8_target = {"cpu": {"target": "cpu", "precision": "int8"}}
+    config = dry_run_config(tmp_path, checkpoint, digits, targets=int8_target)
+    stage = pipeline.build_step(config, "cpu")
+    assert stage.status["changed"]
+    pipeline.smoke_step(config, "cpu")
+    pipeline.publish_step(config, "cpu")
+    assert read_manifest(published)["precision"] == "int8"
+    int8 = snapshot(store)
+    assert int8 != first
+
+    # A damaged model fails its gate: no status to smoke-test or publish, store untouched.
+    damage(stage.root / "build" / "model.fp32.onnx", tmp_path / "damaged.onnx")
+    config = dry_run_config(tmp_path, checkpoint, digits, onnx=str(tmp_path / "damaged.onnx"))
+    with pytest.raises(build.GateFailed, match="failed the export gate"):
+        pipeline.build_step(config, "cpu")
+    with pytest.raises(pipeline.PipelineError, match="status.json is missing"):
+        pipeline.publish_step(config, "cpu")
+    assert snapshot(store) == int8
+
+    # Another model that converts faithfully but labels every image wrong passes the
+    # gates and is stopped by the smoke test's accuracy check.
+    wrong = relabel(checkpoint, tmp_path / "relabelled.pt")
+    config = dry_run_config(tmp_path, wrong, digits)
+    assert pipeline.build_step(config, "cpu").status["changed"]
+    with pytest.raises(pipeline.PipelineError, match="below min_accuracy; nothing published"):
+        pipeline.smoke_step(config, "cpu")
+    with pytest.raises(pipeline.PipelineError, match="has not passed `pipeline smoke`"):
+        pipeline.publish_step(config, "cpu")
+    assert snapshot(store) == int8
