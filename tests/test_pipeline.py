@@ -6,7 +6,6 @@ INT8) path in place of TensorRT, and the real Triton server for the smoke test.
 """
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -98,33 +97,64 @@ def test_steps_need_a_known_target(tmp_path, capsys):
     assert "unknown target 'x'; choose one of t" in capsys.readouterr().err
 
 
-def test_remote_inputs_need_their_command(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", str(tmp_path))  # no aws, no gcloud
-    with pytest.raises(pipeline.PipelineError, match="needs the `aws` command"):
-        pipeline.fetch("s3://bucket/ckpt.pt", tmp_path, folder=False)
-    with pytest.raises(pipeline.PipelineError, match="needs the `gcloud` command"):
-        pipeline.fetch("gs://bucket/val/", tmp_path, folder=True)
-    with pytest.raises(pipeline.PipelineError, match="unsupported URI https://x/c.pt"):
-        pipeline.fetch("https://x/c.pt", tmp_path, folder=False)
-    assert pipeline.fetch("local/c.pt", tmp_path, folder=False) == Path("local/c.pt")
+def fake_command(folder: Path, name: str, calls: Path) -> None:
+    """An executable `name` in `folder` that records its arguments in `calls`."""
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(f'#!/bin/sh\necho {name} "$@" >> {calls}\n')
+    (folder / name).chmod(0o755)
 
 
-def test_remote_store_sync_runs_the_object_store_command(monkeypatch, tmp_path):
-    calls = tmp_path / "calls"
-    aws = tmp_path / "bin" / "aws"
-    aws.parent.mkdir()
-    aws.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    aws.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{aws.parent}:{os.environ['PATH']}")
-    config = pipeline.PipelineConfig(
-        "c.pt", "val", "val", {}, store=tmp_path / "store", store_uri="s3://models/resnet"
+def test_remote_inputs_and_store_are_copied_by_pull_and_push(monkeypatch, tmp_path):
+    cpu = {"t": {"target": "cpu", "precision": "fp32"}}
+    config = pipeline.PipelineConfig.load(write_config(
+        tmp_path / "p.yaml", checkpoint="s3://models/ckpt.pt", images="s3://data/val/",
+        holdout="gs://data/holdout", targets=cpu, store=str(tmp_path / "store"),
+        store_uri="s3://models/store", work_dir=str(tmp_path / "work"),
+    ))  # fmt: skip
+    inputs = tmp_path / "work" / "t" / "inputs"
+    with pytest.raises(pipeline.PipelineError) as info:
+        pipeline.build_step(config, "t")  # build never downloads
+    assert str(info.value) == (
+        f"checkpoint {inputs}/checkpoint/ckpt.pt does not exist: "
+        "run `pipeline pull --target t` first"
     )
-    pipeline.sync_store(config, "pull")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(pipeline.PipelineError, match="s3://models/store needs the `aws` command"):
+        pipeline.pull_step(config, "t")
+
+    calls, bin_dir = tmp_path / "calls", tmp_path / "bin"
+    for name in ("aws", "gcloud"):
+        fake_command(bin_dir, name, calls)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    pipeline.pull_step(config, "t")
     pipeline.sync_store(config, "push")
+    store = tmp_path / "store"
     assert calls.read_text().splitlines() == [
-        f"s3 sync s3://models/resnet {tmp_path / 'store'}",
-        f"s3 sync {tmp_path / 'store'} s3://models/resnet",
+        f"aws s3 sync s3://models/store {store}",
+        f"aws s3 cp s3://models/ckpt.pt {inputs}/checkpoint/ckpt.pt",
+        f"aws s3 sync s3://data/val/ {inputs}/images/val",
+        f"gcloud storage rsync -r gs://data/holdout {inputs}/holdout/holdout",
+        f"aws s3 sync {store} s3://models/store",
     ]
+
+
+def test_local_inputs_are_named_when_missing(tmp_path):
+    path = write_config(
+        tmp_path / "p.yaml", **{**MINIMAL, "checkpoint": "https://x/c.pt"},
+        targets={"t": {"target": "cpu", "precision": "fp32"}},
+    )  # fmt: skip
+    with pytest.raises(pipeline.PipelineError) as info:
+        pipeline.PipelineConfig.load(path)
+    assert str(info.value).endswith("checkpoint https://x/c.pt is not a local path, s3:// or gs://")
+    config = pipeline.PipelineConfig.load(write_config(
+        tmp_path / "p.yaml", **MINIMAL, targets={"t": {"target": "cpu", "precision": "fp32"}},
+        work_dir=str(tmp_path / "w"),
+    ))  # fmt: skip
+    with pytest.raises(pipeline.PipelineError) as info:
+        pipeline.build_step(config, "t")
+    assert str(info.value) == (
+        "checkpoint c.pt does not exist: fix the pipeline config's field 'checkpoint'"
+    )
 
 
 def test_container_smoke_server_runs_the_pinned_image_with_the_serving_policy(tmp_path):

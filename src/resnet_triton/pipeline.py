@@ -5,7 +5,8 @@ and what `make pipeline` runs here. Every step reads the pipeline config
 (build/pipeline.yaml) and works in <work>/<target>/:
 
   matrix   the targets as a GitHub Actions matrix (JSON), with their runner labels
-  pull     copy the store from `store_uri` (s3:// or gs://) into `store`, if set
+  pull     copy the store from `store_uri` (s3:// or gs://) into `store`, if set,
+           and with --target the inputs the config gives as URIs
   build    seed a staging repository from the store, then `resnet-triton build`
            into it: export, accuracy gates, manifest. Skipped (nothing to do in
            the later steps) when the store already holds a model built from the
@@ -18,7 +19,7 @@ and what `make pipeline` runs here. Every step reads the pipeline config
            the target and render its configs; refused unless the smoke test
            passed for this very build
   push     copy `store` back to `store_uri`, if set
-  all      build, smoke, publish
+  all      pull, build, smoke, publish, push
 
 The store is a folder of Triton model repositories, one per target kind
 (<store>/cpu, <store>/gpu; build/README.md). GPU targets share <store>/gpu:
@@ -56,6 +57,8 @@ from resnet_triton.spec import ModelSpec, check_choice, fields_of
 STEPS = ("matrix", "pull", "build", "smoke", "publish", "push", "all")
 SERVERS = ("local", "docker")
 HOSTED_RUNNER = ("ubuntu-latest",)  # CPU targets need no GPU runner
+# Inputs the config may give as URIs, and whether each is a folder.
+INPUTS = {"checkpoint": False, "images": True, "calibration": True, "holdout": True, "onnx": False}
 # Object stores the inputs may come from: (file copy, folder copy) commands.
 REMOTE = {
     "s3": (["aws", "s3", "cp"], ["aws", "s3", "sync"]),
@@ -125,6 +128,12 @@ class PipelineConfig:
                 f"pipeline config {path}: two cpu targets publish model.onnx to the same "
                 "store repository; give one a `repository:` of its own"
             )
+        for key in (*INPUTS, "store_uri"):
+            value = kwargs.get(key)
+            if value is not None and is_remote(value) and value.split("://")[0] not in REMOTE:
+                raise PipelineError(
+                    f"pipeline config {path}: {key} {value} is not a local path, s3:// or gs://"
+                )
         for key in ("store", "work_dir"):
             if key in kwargs:
                 kwargs[key] = Path(kwargs[key])
@@ -148,6 +157,10 @@ class Stage:
     @property
     def repository(self) -> Path:
         return self.root / "repository"
+
+    @property
+    def inputs(self) -> Path:
+        return self.root / "inputs"
 
     @property
     def status_path(self) -> Path:
@@ -186,15 +199,31 @@ def copy_command(uri: str, folder: bool) -> list[str]:
     return command
 
 
-def fetch(uri: str, dest: Path, folder: bool) -> Path:
-    """A local path for `uri`: itself, or a copy of an s3:// or gs:// object (or prefix)."""
-    if not is_remote(uri):
-        return Path(uri)
-    command = copy_command(uri, folder)
-    local = dest / uri.rstrip("/").rsplit("/", 1)[-1]
-    local.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([*command, uri, str(local)], check=True)
-    return local
+def local_input(config: PipelineConfig, stage: Stage, name: str) -> Path | None:
+    """Where the steps read input `name`: its path, or the copy `pull` made of its URI."""
+    uri = getattr(config, name)
+    if uri is None or not is_remote(uri):
+        return None if uri is None else Path(uri)
+    return stage.inputs / name / uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def pull_step(config: PipelineConfig, name: str | None = None) -> None:
+    """The store from store_uri, and for target `name` the inputs given as URIs.
+
+    Only pull and push touch the network: build and smoke read local copies,
+    so they also run in containers without object-store tools.
+    """
+    sync_store(config, "pull")
+    if name is None:
+        return
+    stage = Stage(config.work_dir / config.target(name).name)
+    for key, folder in INPUTS.items():
+        uri = getattr(config, key)
+        if uri is not None and is_remote(uri):
+            local = local_input(config, stage, key)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([*copy_command(uri, folder), uri, str(local)], check=True)
+            report(f"{name}: {key} {uri} -> {local}")
 
 
 def sync_store(config: PipelineConfig, direction: str) -> None:
@@ -209,14 +238,23 @@ def sync_store(config: PipelineConfig, direction: str) -> None:
     report(f"{direction}: {source} -> {dest}")
 
 
+def require(config: PipelineConfig, stage: Stage, name: str) -> Path | None:
+    path = local_input(config, stage, name)
+    if path is not None and not path.exists():
+        hint = (
+            f"run `pipeline pull --target {stage.root.name}` first"
+            if is_remote(getattr(config, name))
+            else f"fix the pipeline config's field {name!r}"
+        )
+        raise PipelineError(f"{name} {path} does not exist: {hint}")
+    return path
+
+
 def build_step(config: PipelineConfig, name: str, force: bool = False) -> Stage:
     target = config.target(name)
     stage = Stage(config.work_dir / name)
-    inputs = stage.root / "inputs"
     stage.status_path.unlink(missing_ok=True)  # a failed build leaves nothing to publish
-    checkpoint = fetch(config.checkpoint, inputs, folder=False)
-    if not checkpoint.is_file():
-        raise PipelineError(f"checkpoint {checkpoint} does not exist (pipeline field checkpoint)")
+    checkpoint = require(config, stage, "checkpoint")
     if config.checkpoint_sha256 and file_sha256(checkpoint) != config.checkpoint_sha256:
         raise PipelineError(
             f"{checkpoint} has SHA-256 {file_sha256(checkpoint)}, not the pinned "
@@ -234,9 +272,9 @@ def build_step(config: PipelineConfig, name: str, force: bool = False) -> Stage:
         work_dir=stage.root / "build",
         precision=target.precision,
         target=target.target,
-        images=fetch(config.images, inputs, folder=True),
-        calibration=fetch(config.calibration, inputs, folder=True) if config.calibration else None,
-        onnx=fetch(config.onnx, inputs, folder=False) if config.onnx else None,
+        images=require(config, stage, "images"),
+        calibration=require(config, stage, "calibration"),
+        onnx=require(config, stage, "onnx"),
         force=force,
     )
     result = build.run(options)
@@ -266,7 +304,7 @@ def smoke_step(config: PipelineConfig, name: str, server: str = "local") -> Stag
     plans = published_plans(stage.model_file.parent) if target.target == "gpu" else None
     render(spec, stage.repository, env_path, target.target, plans)
 
-    holdout = fetch(config.holdout, stage.root / "inputs", folder=True)
+    holdout = require(config, stage, "holdout")
     paths, labels = build.sample(holdout, config.holdout_images)
     classes = image_folder(holdout).classes
     log = stage.root / "triton.log"
@@ -362,7 +400,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("step", choices=STEPS)
     parser.add_argument("--config", type=Path, default=Path("build/pipeline.yaml"))
-    parser.add_argument("--target", help="a target in the config (build, smoke, publish, all)")
+    parser.add_argument(
+        "--target", help="a target in the config (needed by build, smoke, publish and all)"
+    )
     parser.add_argument(
         "--server",
         default="local",
@@ -378,17 +418,17 @@ def main(args: argparse.Namespace) -> int:
     if args.step == "matrix":
         print(json.dumps(matrix(config)))
         return 0
-    if args.step in ("pull", "push"):
-        sync_store(config, args.step)
-        return 0
-    if not args.target:
+    if not args.target and args.step not in ("pull", "push"):
         raise PipelineError(
             f"`pipeline {args.step}` needs --target, one of: {', '.join(config.targets)}"
         )
-    if args.step in ("build", "all"):
-        build_step(config, args.target, args.force)
-    if args.step in ("smoke", "all"):
-        smoke_step(config, args.target, args.server)
-    if args.step in ("publish", "all"):
-        publish_step(config, args.target)
+    steps = {
+        "pull": lambda: pull_step(config, args.target),
+        "build": lambda: build_step(config, args.target, args.force),
+        "smoke": lambda: smoke_step(config, args.target, args.server),
+        "publish": lambda: publish_step(config, args.target),
+        "push": lambda: sync_store(config, "push"),
+    }
+    for step in steps if args.step == "all" else [args.step]:
+        steps[step]()
     return 0
