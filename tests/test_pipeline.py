@@ -6,6 +6,7 @@ INT8) path in place of TensorRT, and the real Triton server for the smoke test.
 """
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,17 @@ import yaml
 from conftest import damage, snapshot
 
 from resnet_triton import build, cli, pipeline
+from resnet_triton.client import Classifier
 from resnet_triton.errors import UserError
 from resnet_triton.manifest import read_manifest
 from resnet_triton.repository import DEFAULT_ENV_PATH, read_config
-from resnet_triton.server import ContainerTritonServer, Ports, pinned_release, policy_flags
+from resnet_triton.server import (
+    ContainerTritonServer,
+    Ports,
+    TritonServer,
+    pinned_release,
+    policy_flags,
+)
 
 ROOT = Path(__file__).parent.parent
 
@@ -212,7 +220,23 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     assert manifest["precision"] == "fp32"
     preprocess = read_config(store / "preprocess" / "config.pbtxt")
     assert preprocess.parameters["EXECUTION_ENV_PATH"].string_value == DEFAULT_ENV_PATH
-    first = snapshot(store)
+
+    # The store's repository is what Triton serves: here with this environment where
+    # the Triton image has its own (<repository>/../.venv).
+    (store.parent / ".venv").symlink_to(sys.prefix)
+    images = sorted((digits / "val").glob("*/*.png"))[::40]
+    with TritonServer(
+        store, Ports.free(), log_path=tmp_path / "store.log", exit_timeout_s=3
+    ) as server:
+        server.wait_ready(["resnet_ensemble"])
+        with Classifier(f"localhost:{server.ports.grpc}", "grpc") as client:
+            results = client.classify(images)
+    assert all(r.ok for r in results) and len(results) == 9
+    assert (
+        sum(r.top1.label == path.parent.name for r, path in zip(results, images, strict=True)) >= 8
+    )
+    (store.parent / ".venv").unlink()
+    first = snapshot(store)  # with the __pycache__ that serving wrote
 
     # Nothing changed: skipped at build; smoke and publish have nothing to do.
     capsys.readouterr()
