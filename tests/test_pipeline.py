@@ -74,6 +74,10 @@ MINIMAL = {"checkpoint": "c.pt", "images": "val", "holdout": "val"}
         ({**MINIMAL, "targets": ["cpu"]}, "targets must map names to targets"),
         ({**MINIMAL, "targets": {"t": {"target": "cpu", "precision": "fp32"}},
           "min_accuracy": 97}, "min_accuracy must be within [0, 1]"),
+        ({**MINIMAL, "targets": {"t": {"target": "cpu", "precision": "fp32"}},
+          "holdout_images": 0}, "holdout_images must be a positive integer"),
+        ({**MINIMAL, "targets": {"t": {"target": "cpu", "precision": "fp32"}},
+          "store_uri": "/mnt/models"}, "store_uri /mnt/models is not an s3:// or gs:// URI"),
     ],
 )  # fmt: skip
 def test_bad_configs_name_the_field(tmp_path, fields, message):

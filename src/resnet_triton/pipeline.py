@@ -128,17 +128,27 @@ class PipelineConfig:
                 f"pipeline config {path}: two cpu targets publish model.onnx to the same "
                 "store repository; give one a `repository:` of its own"
             )
-        for key in (*INPUTS, "store_uri"):
+        for key in INPUTS:
             value = kwargs.get(key)
-            if value is not None and is_remote(value) and value.split("://")[0] not in REMOTE:
+            if isinstance(value, str) and is_remote(value) and scheme(value) not in REMOTE:
                 raise PipelineError(
                     f"pipeline config {path}: {key} {value} is not a local path, s3:// or gs://"
                 )
+        store_uri = kwargs.get("store_uri")
+        if store_uri is not None and scheme(str(store_uri)) not in REMOTE:
+            raise PipelineError(
+                f"pipeline config {path}: store_uri {store_uri} is not an s3:// or gs:// URI"
+            )
         for key in ("store", "work_dir"):
             if key in kwargs:
                 kwargs[key] = Path(kwargs[key])
-        if not 0 <= float(kwargs.get("min_accuracy", 0.9)) <= 1:
+        accuracy, images = kwargs.get("min_accuracy", 0.9), kwargs.get("holdout_images", 500)
+        if not isinstance(accuracy, int | float) or not 0 <= accuracy <= 1:
             raise PipelineError(f"pipeline config {path}: min_accuracy must be within [0, 1]")
+        if not isinstance(images, int) or images < 1:
+            raise PipelineError(
+                f"pipeline config {path}: holdout_images must be a positive integer"
+            )
         return cls(**kwargs)
 
     def target(self, name: str) -> Target:
@@ -184,16 +194,21 @@ class Stage:
         return self.repository / self.spec.names.classifier / "1" / self.status["file"]
 
 
+def scheme(uri: str) -> str | None:
+    """ "s3" for s3://bucket/key; None for a local path."""
+    head, sep, _ = uri.partition("://")
+    return head if sep else None
+
+
 def is_remote(uri: str) -> bool:
-    return "://" in uri
+    return scheme(uri) is not None
 
 
 def copy_command(uri: str, folder: bool) -> list[str]:
     """The command that copies to or from `uri` (an object, or a prefix when `folder`)."""
-    scheme = uri.partition("://")[0]
-    if scheme not in REMOTE:
+    if scheme(uri) not in REMOTE:
         raise PipelineError(f"unsupported URI {uri}; use a local path, s3:// or gs://")
-    command = REMOTE[scheme][1 if folder else 0]
+    command = REMOTE[scheme(uri)][1 if folder else 0]
     if shutil.which(command[0]) is None:
         raise PipelineError(f"{uri} needs the `{command[0]}` command, which is not installed")
     return command
