@@ -17,7 +17,7 @@ from conftest import damage, snapshot
 from resnet_triton import build, cli, pipeline
 from resnet_triton.client import Classifier
 from resnet_triton.errors import UserError
-from resnet_triton.manifest import read_manifest
+from resnet_triton.manifest import file_sha256, read_manifest
 from resnet_triton.repository import DEFAULT_ENV_PATH, read_config
 from resnet_triton.server import (
     ContainerTritonServer,
@@ -281,3 +281,14 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     with pytest.raises(pipeline.PipelineError, match="has not passed `pipeline smoke`"):
         pipeline.publish_step(config, "cpu")
     assert snapshot(store) == int8
+
+
+def test_a_pinned_checkpoint_must_match(tmp_path, checkpoint, digits):
+    config = dry_run_config(tmp_path, checkpoint, digits, checkpoint_sha256="0" * 64)
+    with pytest.raises(pipeline.PipelineError) as info:
+        pipeline.build_step(config, "cpu")
+    assert str(info.value) == (
+        f"{checkpoint} has SHA-256 {file_sha256(checkpoint)}, not the pinned "
+        f"checkpoint_sha256 {'0' * 64}"
+    )
+    assert not (tmp_path / "work" / "cpu" / "status.json").exists()

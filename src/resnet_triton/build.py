@@ -175,7 +175,7 @@ def run(opts: BuildOptions) -> dict:
     published = opts.repository / spec.names.classifier / "1" / filename
     if not opts.force and is_up_to_date(published, key):
         print(f"up to date: {published} was built from the same inputs (content hash {key[:12]})")
-        return {"skipped": True, "content_hash": key, "published": str(published)}
+        return {"skipped": True, "content_hash": key, "published": str(published), "spec": spec}
 
     val_paths, val_labels = sample(val_dir, opts.agreement_images)
 
@@ -245,6 +245,7 @@ def run(opts: BuildOptions) -> dict:
         "skipped": False,
         "content_hash": key,
         "published": str(destination),
+        "spec": spec,
         "reports": reports,
     }
 

@@ -50,7 +50,6 @@ from resnet_triton.repository import (
     published_plans,
     render,
 )
-from resnet_triton.resnet import load_checkpoint
 from resnet_triton.server import ContainerTritonServer, Ports, TritonServer
 from resnet_triton.spec import ModelSpec, check_choice, fields_of
 
@@ -270,9 +269,10 @@ def build_step(config: PipelineConfig, name: str, force: bool = False) -> Stage:
     stage = Stage(config.work_dir / name)
     stage.status_path.unlink(missing_ok=True)  # a failed build leaves nothing to publish
     checkpoint = require(config, stage, "checkpoint")
-    if config.checkpoint_sha256 and file_sha256(checkpoint) != config.checkpoint_sha256:
+    digest = file_sha256(checkpoint) if config.checkpoint_sha256 else None
+    if digest != config.checkpoint_sha256:
         raise PipelineError(
-            f"{checkpoint} has SHA-256 {file_sha256(checkpoint)}, not the pinned "
+            f"{checkpoint} has SHA-256 {digest}, not the pinned "
             f"checkpoint_sha256 {config.checkpoint_sha256}"
         )
     # Staging starts as the store's repository, so an unchanged build is skipped and
@@ -298,7 +298,7 @@ def build_step(config: PipelineConfig, name: str, force: bool = False) -> Stage:
         "changed": not result["skipped"],
         "content_hash": result["content_hash"],
         "file": Path(result["published"]).name,
-        "spec": load_checkpoint(checkpoint)[0].to_dict(),
+        "spec": result["spec"].to_dict(),
         "smoke": None,
     }
     stage.save()
@@ -336,21 +336,21 @@ def smoke_step(config: PipelineConfig, name: str, server: str = "local") -> Stag
     correct = sum(
         r.ok and r.top1.label == classes[label] for r, label in zip(results, labels, strict=True)
     )
+    accuracy = round(correct / len(paths), 4)
     smoke = {
-        "passed": False,
+        "passed": not failed and accuracy >= config.min_accuracy,
         "content_hash": stage.status["content_hash"],
         "images": len(paths),
         "failed_requests": len(failed),
-        "top1_accuracy": round(correct / len(paths), 4),
+        "top1_accuracy": accuracy,
         "min_accuracy": config.min_accuracy,
         "server": server,
     }
-    smoke["passed"] = not failed and smoke["top1_accuracy"] >= config.min_accuracy
     stage.status["smoke"] = smoke
     stage.save()
     line = (
         f"{name}: smoke test on {len(paths)} held-out images through {spec.names.ensemble}: "
-        f"top-1 {smoke['top1_accuracy']:.4f} (min {config.min_accuracy}), "
+        f"top-1 {accuracy:.4f} (min {config.min_accuracy}), "
         f"{len(failed)} failed requests"
     )
     report(line)
