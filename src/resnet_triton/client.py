@@ -143,9 +143,9 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 class _Protocol:
-    """What the sync and async clients share: request building and response parsing."""
+    """What the sync and async clients share: settings, requests, parsing, retry policy."""
 
-    def __init__(self, url: str | None, protocol: str, model: str, timeout_s: float):
+    def __init__(self, url, protocol, model, timeout_s, retries, backoff_s, concurrency):
         if protocol not in PROTOCOLS:
             choices = ", ".join(PROTOCOLS)
             raise ClientError(f"unknown protocol {protocol!r}; choose one of {choices}")
@@ -153,6 +153,7 @@ class _Protocol:
         self.url = url or PROTOCOLS[protocol]
         self.model = model
         self.timeout_s = timeout_s
+        self.retries, self.backoff_s, self.concurrency = retries, backoff_s, concurrency
 
     @property
     def grpc(self) -> bool:
@@ -199,6 +200,13 @@ class _Protocol:
         rows = result.as_numpy(info.output_name).reshape(count, top_k)
         return [tuple(parse_classification(entry) for entry in row) for row in rows]
 
+    def retry_delay(self, exc: Exception, attempt: int) -> float:
+        """Seconds to wait before retrying a failed request; raises ClientError when it should
+        not be retried (the last attempt, or a failure other than an unavailable server)."""
+        if attempt == self.retries or not _retryable(exc):
+            raise ClientError(_message(exc)) from None
+        return self.backoff_s * 2**attempt
+
 
 class Classifier(_Protocol):
     """Synchronous client; safe to share between threads."""
@@ -215,9 +223,8 @@ class Classifier(_Protocol):
         shared_memory: bool = False,
         admin_key: str | None = None,
     ):
-        super().__init__(url, protocol, model, timeout_s)
+        super().__init__(url, protocol, model, timeout_s, retries, backoff_s, concurrency)
         self.module = grpcclient if self.grpc else httpclient
-        self.retries, self.backoff_s, self.concurrency = retries, backoff_s, concurrency
         self.shared_memory = shared_memory
         # Triton's gRPC frontend expects restricted-protocol headers with a prefix.
         header = f"triton-grpc-protocol-{ADMIN_HEADER}" if self.grpc else ADMIN_HEADER
@@ -278,9 +285,7 @@ class Classifier(_Protocol):
                     )
                 return self.parse(result, self.info, len(payloads), top_k)
             except (InferenceServerException, OSError) as exc:
-                if attempt == self.retries or not _retryable(exc):
-                    raise ClientError(_message(exc)) from None
-                time.sleep(self.backoff_s * 2**attempt)
+                time.sleep(self.retry_delay(exc, attempt))
         raise AssertionError("unreachable")
 
     def _infer_shared_memory(self, payloads: list[bytes], top_k: int):
@@ -355,9 +360,8 @@ class AsyncClassifier(_Protocol):
         backoff_s: float = 0.2,
         concurrency: int = 4,
     ):
-        super().__init__(url, protocol, model, timeout_s)
+        super().__init__(url, protocol, model, timeout_s, retries, backoff_s, concurrency)
         self.module = grpcaio if self.grpc else httpaio
-        self.retries, self.backoff_s, self.concurrency = retries, backoff_s, concurrency
         if self.grpc:
             self.client = grpcaio.InferenceServerClient(self.url)
         else:
@@ -400,9 +404,7 @@ class AsyncClassifier(_Protocol):
                 )
                 return self.parse(result, self.info, len(payloads), top_k)
             except (InferenceServerException, OSError) as exc:
-                if attempt == self.retries or not _retryable(exc):
-                    raise ClientError(_message(exc)) from None
-                await asyncio.sleep(self.backoff_s * 2**attempt)
+                await asyncio.sleep(self.retry_delay(exc, attempt))
         raise AssertionError("unreachable")
 
     async def classify(self, images: Sequence[ImageLike], top_k: int = 1) -> list[Result]:
