@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from resnet_triton.data import Augmentation
 from resnet_triton.spec import SpecError
 from resnet_triton.training.config import TrainConfig, config_from_args, get_args_parser, resolve
 
@@ -77,3 +78,11 @@ def test_example_yaml_lists_every_option_at_its_default():
     assert cfg == TrainConfig(data="path/to/images")
     keys = {line.split(":")[0] for line in example.read_text().splitlines() if line[:1].isalpha()}
     assert keys == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_augmentation_flags_reach_the_transform_settings():
+    assert TrainConfig(data="d").augmentation == Augmentation()  # one set of defaults
+    cfg = config_from_args(
+        get_args_parser().parse_args(["--data", "d", "--no-hflip", "--rotation", "10"])
+    )
+    assert cfg.augmentation == Augmentation(hflip=False, rotation=10.0)

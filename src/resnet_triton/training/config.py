@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from resnet_triton.data import Augmentation
 from resnet_triton.spec import ARCHITECTURES, SpecError, check_choice
 
 STRATEGIES = ("linear-probe", "staged", "full")
@@ -67,18 +68,24 @@ class TrainConfig:
     ema_decay: float = 0.0
     amp: bool = True
     channels_last: bool = True
-    # augmentation
-    rrc_scale: tuple[float, float] = (0.35, 1.0)
-    hflip: bool = True
-    color_jitter: float = 0.0
-    rotation: float = 0.0
-    blur: float = 0.0
-    auto_augment: str = "none"
+    # augmentation: data.Augmentation's fields, flat for YAML and flags (see `augmentation`)
+    rrc_scale: tuple[float, float] = Augmentation.rrc_scale
+    hflip: bool = Augmentation.hflip
+    color_jitter: float = Augmentation.color_jitter
+    rotation: float = Augmentation.rotation
+    blur: float = Augmentation.blur
+    auto_augment: str = Augmentation.auto_augment
     # early stopping, checkpoints
     monitor: str = "val_top1"
     patience: int = 0
     resume: str | None = None
     stop_after: int | None = None
+
+    @property
+    def augmentation(self) -> Augmentation:
+        return Augmentation(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(Augmentation)}
+        )
 
     @property
     def head_learning_rate(self) -> float:

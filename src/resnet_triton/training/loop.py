@@ -38,7 +38,7 @@ from torch.utils.data import (
 )
 from tqdm import tqdm
 
-from resnet_triton.data import Augmentation, class_counts, load_splits
+from resnet_triton.data import class_counts, load_splits
 from resnet_triton.resnet import (
     CheckpointError,
     build_model,
@@ -100,11 +100,8 @@ class Trainer:
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         prep = Preprocessing(resize_size=cfg.resize_size, crop_size=cfg.crop_size)
-        aug = Augmentation(
-            cfg.rrc_scale, cfg.hflip, cfg.color_jitter, cfg.rotation, cfg.blur, cfg.auto_augment
-        )
         self.splits = load_splits(
-            Path(cfg.data), prep, aug, cfg.val_split, cfg.seed, cfg.on_bad_image
+            Path(cfg.data), prep, cfg.augmentation, cfg.val_split, cfg.seed, cfg.on_bad_image
         )
         self.spec = ModelSpec(
             labels=tuple(self.splits.classes),
