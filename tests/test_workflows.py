@@ -1,6 +1,7 @@
 """The GitHub Actions workflows: valid (actionlint, GitHub's schema) and wired as intended."""
 
 import ast
+import fnmatch
 import shutil
 import subprocess
 import sys
@@ -87,17 +88,32 @@ def pipeline_imports() -> set[str]:
     return seen
 
 
+def triggered(path: str, patterns: list[str]) -> bool:
+    """GitHub's path filter: the last pattern that matches decides; `!` excludes."""
+    hit = False
+    for pattern in patterns:
+        if fnmatch.fnmatch(path, pattern.removeprefix("!")):
+            hit = not pattern.startswith("!")
+    return hit
+
+
 def test_engine_workflow_triggers_on_everything_an_engine_is_built_from():
     triggers = load("engines.yml")["on"]
     paths = triggers["push"]["paths"]
     assert triggers["push"]["branches"] == ["main"]
     assert triggers["pull_request"]["paths"] == paths
-    assert {"build/pipeline.yaml", ".env", "Dockerfile", "docker-compose.yml"} <= set(paths)
+    inputs = ["build/pipeline.yaml", ".env", "Dockerfile", "docker-compose.yml", "pyproject.toml"]
     served = {"triton_models"}  # runs inside Triton, imported by the generated model.py
-    for module in pipeline_imports() | served:
-        assert f"src/resnet_triton/{module}.py" in paths, module
-    for path in paths:
-        assert (ROOT / path).is_file(), f"{path} is in the engine workflow's paths but missing"
+    inputs += [f"src/resnet_triton/{module}.py" for module in pipeline_imports() | served]
+    for path in inputs:
+        assert (ROOT / path).is_file() and triggered(path, paths), path
+    for path in ("build/README.md", "README.md", "src/resnet_triton/training/loop.py", "tests/x"):
+        assert not triggered(path, paths), path
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for pattern in paths:  # no filter that matches nothing (a renamed file)
+        assert pattern.startswith("!") or any(fnmatch.fnmatch(f, pattern) for f in tracked), pattern
     assert triggers["workflow_dispatch"]["inputs"]["force"]["type"] == "boolean"
     assert len(triggers["schedule"]) == 1
 
