@@ -184,6 +184,27 @@ def test_container_smoke_server_runs_the_pinned_image_with_the_serving_policy(tm
     assert set(policy_flags("k")) <= set(command[image:])
 
 
+def test_container_server_failures_are_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    server = ContainerTritonServer(tmp_path, Ports.free(), image="img")
+    with pytest.raises(UserError, match="needs the docker command, not found here"):
+        server.start()
+    # A docker without its daemon: the client exits, and the error names why.
+    calls = tmp_path / "calls"
+    fake_command(tmp_path / "bin", "docker", calls)
+    docker = tmp_path / "bin" / "docker"
+    docker.write_text(
+        docker.read_text() + "echo 'Cannot connect to the Docker daemon' >&2\nexit 125\n"
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    server = ContainerTritonServer(tmp_path, Ports.free(), log_path=tmp_path / "log", image="img")
+    with server, pytest.raises(UserError) as info:
+        server.wait_ready(["resnet_ensemble"], timeout=30)
+    assert "exited with code 125" in str(info.value)
+    assert "Cannot connect to the Docker daemon" in str(info.value)
+    assert calls.read_text().splitlines()[-1] == f"docker rm --force {server.container}"
+
+
 def test_publish_refuses_a_build_without_a_passed_smoke_test(tmp_path, checkpoint, digits):
     config = dry_run_config(tmp_path, checkpoint, digits)
     with pytest.raises(pipeline.PipelineError, match="status.json is missing"):

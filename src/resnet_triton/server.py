@@ -279,6 +279,11 @@ class ContainerTritonServer(TritonServer):
     def environment(self) -> dict[str, str]:
         return dict(os.environ)
 
+    def start(self) -> ContainerTritonServer:
+        if shutil.which("docker") is None:
+            raise ServerError("the Triton container needs the docker command, not found here")
+        return super().start()
+
     def stop(self, timeout: float = 60.0) -> int | None:
         code = super().stop(timeout)
         # The docker client may go before its container does.
