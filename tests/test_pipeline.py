@@ -150,7 +150,7 @@ def test_remote_inputs_and_store_are_copied_by_pull_and_push(monkeypatch, tmp_pa
     ]
 
 
-def test_local_inputs_are_named_when_missing(tmp_path):
+def test_bad_or_missing_inputs_are_named(tmp_path):
     path = write_config(
         tmp_path / "p.yaml", **{**MINIMAL, "checkpoint": "https://x/c.pt"},
         targets={"t": {"target": "cpu", "precision": "fp32"}},
@@ -169,7 +169,11 @@ def test_local_inputs_are_named_when_missing(tmp_path):
     )
 
 
-def test_container_smoke_server_runs_the_pinned_image_with_the_serving_policy(tmp_path):
+def test_container_smoke_server_runs_the_pinned_image_with_the_serving_policy(
+    monkeypatch, tmp_path
+):
+    monkeypatch.chdir(ROOT)  # .env pins the release
+    monkeypatch.delenv("TRITON_RELEASE", raising=False)
     server = ContainerTritonServer(tmp_path, Ports(18000, 18001, 18002), admin_key="k")
     release = (ROOT / ".env").read_text().split("TRITON_RELEASE=")[1].split()[0]
     assert pinned_release(ROOT / ".env") == release
@@ -179,7 +183,7 @@ def test_container_smoke_server_runs_the_pinned_image_with_the_serving_policy(tm
     assert f"--volume={tmp_path.resolve()}:/workspace/model_repository:ro" in command
     assert "--publish=127.0.0.1:18001:8001" in command
     image = command.index("tritonserver")
-    assert command[image - 1].startswith("resnet-triton/tritonserver:")  # compose's image
+    assert command[image - 1] == f"resnet-triton/tritonserver:{release}"  # compose's image
     assert command[image + 1] == "--model-repository=/workspace/model_repository"
     assert set(policy_flags("k")) <= set(command[image:])
 
