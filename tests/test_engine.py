@@ -1,5 +1,6 @@
 """TensorRT plans: profile rules everywhere, engine builds where a GPU and TensorRT exist."""
 
+import numpy as np
 import pytest
 
 from resnet_triton import build, engine
@@ -19,6 +20,14 @@ def test_profile_follows_the_spec():
     assert profile.shapes(spec)["max"] == [16, 3, 224, 224]
     with pytest.raises(UserError, match="profile max batch 8 must equal the spec's max_batch_size"):
         engine.Profile.for_spec(spec, max_batch=8)
+
+
+def test_calibration_batches_are_cut_to_the_opt_batch():
+    arrays = (np.full((n, 2), i) for i, n in enumerate([16, 16, 16, 5]))  # 53 rows
+    batches = list(engine.fixed_batches(arrays, 32))
+    assert [b.shape for b in batches] == [(32, 2)]  # 21 rows left over: dropped
+    assert (batches[0][:, 0] == [0] * 16 + [1] * 16).all()
+    assert [len(b) for b in engine.fixed_batches(iter([np.zeros((70, 1))]), 32)] == [32, 32]
 
 
 def test_gpu_tag_names_the_compute_capability():
@@ -44,5 +53,6 @@ def test_plans_pass_their_gates_and_are_published(checkpoint, digits, tmp_path, 
     assert dict(config.cc_model_filenames) == {GPU.compute_capability: plan.name}
     assert build.run(opts)["skipped"]
     if precision == "int8":
-        assert (tmp_path / "work" / "calibration.cache").is_file()
+        key = result["content_hash"][:16]
+        assert (tmp_path / "work" / f"calibration.{key}.cache").is_file()
     assert (tmp_path / "work" / "timing.cache").is_file()

@@ -148,6 +148,11 @@ def run(opts: BuildOptions) -> dict:
             raise UserError(f"{fp32} was exported from another model spec than {opts.checkpoint}")
 
     calibration = calibration_set(opts, calibration_dir) if opts.precision == "int8" else []
+    if calibration and target == "gpu" and len(calibration) < profile.opt:
+        raise UserError(
+            f"TensorRT calibrates in batches of the profile's opt size {profile.opt}; "
+            f"--calibration-images {len(calibration)} does not fill one"
+        )
     inputs = {
         "onnx_sha256": file_sha256(fp32),
         "precision": opts.precision,
@@ -203,7 +208,7 @@ def run(opts: BuildOptions) -> dict:
         else:
             artifact = work / f"model.{opts.precision}.{gpu.tag}.plan"
             engine.build_plan(
-                fp32, artifact, spec, opts.precision, profile, pixels_only, work,
+                fp32, artifact, spec, opts.precision, profile, pixels_only, work, key[:16],
                 opts.workspace_gib, opts.hardware_compatible, opts.version_compatible,
             )  # fmt: skip
             candidate = engine.plan_runner(artifact, f"tensorrt-{opts.precision}")

@@ -5,8 +5,9 @@ built for, so both go into its file name (`model.sm90.plan`), its manifest
 and the content hash. One optimization profile: min 1, opt, max = the spec's
 max_batch_size (Triton refuses a plan whose max batch differs from the
 config's). TF32 stays off for FP32 plans so that they match ONNX Runtime
-FP32. INT8 is calibrated on real training images; the calibration cache and
-the timing cache are kept in the work folder and reused by later builds.
+FP32. INT8 is calibrated on real training images in batches of the profile's
+opt size; the calibration cache (named by the build's content hash) and the
+timing cache are kept in the work folder and reused by later builds.
 
 Nothing here runs without the `tensorrt` package and a CUDA GPU; `gpu_status`
 says which one is missing.
@@ -82,6 +83,23 @@ def gpu_status() -> tuple[Gpu | None, str]:
     )
 
 
+def fixed_batches(arrays: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """The rows of `arrays` re-cut into batches of exactly `size`; a partial last one is dropped.
+
+    TensorRT calibrates a dynamic-shape network at its calibration profile's opt
+    shape only, and Polygraphy's calibrator rejects any other batch.
+    """
+    pending: list[np.ndarray] = []
+    count = 0
+    for array in arrays:
+        pending.append(array)
+        count += len(array)
+        while count >= size:
+            rows = np.concatenate(pending)
+            yield rows[:size]
+            pending, count = [rows[size:]], count - size
+
+
 def trt_version() -> str:
     import tensorrt
 
@@ -96,11 +114,16 @@ def build_plan(
     profile: Profile,
     calibration: Iterator[np.ndarray] | None,
     work_dir: Path,
+    cache_key: str,
     workspace_gib: float = 4.0,
     hardware_compatible: bool = False,
     version_compatible: bool = False,
 ) -> dict:
-    """Build and save a plan; returns the build flags for the manifest."""
+    """Build and save a plan; returns the build flags for the manifest.
+
+    `cache_key` names the INT8 calibration cache: scales belong to one model,
+    calibration set and profile, and a cache from another build must not be reused.
+    """
     import tensorrt as trt
     from polygraphy.backend.trt import (
         Calibrator,
@@ -114,8 +137,8 @@ def build_plan(
     trt_profile = TrtProfile().add(spec.names.pixels, shapes["min"], shapes["opt"], shapes["max"])
     calibrator = None
     if precision == "int8":
-        feeds = ({spec.names.pixels: batch} for batch in calibration)
-        calibrator = Calibrator(feeds, cache=str(work_dir / "calibration.cache"))
+        feeds = ({spec.names.pixels: b} for b in fixed_batches(calibration, profile.opt))
+        calibrator = Calibrator(feeds, cache=str(work_dir / f"calibration.{cache_key}.cache"))
     timing_cache = work_dir / "timing.cache"
     config = CreateConfig(
         tf32=False,
