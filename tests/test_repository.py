@@ -1,3 +1,5 @@
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -82,3 +84,23 @@ def test_gpu_target_serves_tensorrt_plans_by_compute_capability(tmp_path):
     gpu = rendered_files(spec, "/opt/venv", "gpu", plans)
     shared = [k for k in cpu if not k.startswith("classifier/")]
     assert all(cpu[k] == gpu[k] for k in shared) and len(shared) == 6
+
+
+def test_served_code_imports_only_what_the_triton_image_installs(tmp_path):
+    """The Dockerfile's triton stage installs numpy, Pillow and ONNX Runtime, not PyTorch."""
+    (tmp_path / "triton_python_backend_utils.py").write_text("")  # Triton provides it
+    script = (
+        "import sys; import resnet_triton.triton_models, resnet_triton.probe; "
+        "print(' '.join(sorted(m for m in ('torch', 'torchvision', 'tritonclient', "
+        "'polygraphy', 'sklearn', 'yaml', 'matplotlib') if m in sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+    dockerfile = (Path(__file__).parent.parent / "Dockerfile").read_text()
+    assert 'pip install --no-cache-dir "numpy<2" pillow onnxruntime' in dockerfile
