@@ -142,11 +142,12 @@ def test_remote_inputs_and_store_are_copied_by_pull_and_push(monkeypatch, tmp_pa
     pipeline.sync_store(config, "push")
     store = tmp_path / "store"
     assert calls.read_text().splitlines() == [
-        f"aws s3 sync s3://models/store {store}",
+        f"aws s3 sync --exclude *__pycache__* s3://models/store {store}",
         f"aws s3 cp s3://models/ckpt.pt {inputs}/checkpoint/ckpt.pt",
-        f"aws s3 sync s3://data/val/ {inputs}/images/val",
-        f"gcloud storage rsync -r gs://data/holdout {inputs}/holdout/holdout",
-        f"aws s3 sync {store} s3://models/store",
+        f"aws s3 sync --exclude *__pycache__* s3://data/val/ {inputs}/images/val",
+        "gcloud storage rsync -r --exclude .*__pycache__.* gs://data/holdout "
+        f"{inputs}/holdout/holdout",
+        f"aws s3 sync --exclude *__pycache__* {store} s3://models/store",
     ]
 
 

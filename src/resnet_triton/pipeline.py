@@ -58,10 +58,14 @@ SERVERS = ("local", "docker")
 HOSTED_RUNNER = ("ubuntu-latest",)  # CPU targets need no GPU runner
 # Inputs the config may give as URIs, and whether each is a folder.
 INPUTS = {"checkpoint": False, "images": True, "calibration": True, "holdout": True, "onnx": False}
-# Object stores the inputs may come from: (file copy, folder copy) commands.
+# Object stores: (file copy, folder copy) commands. Folder copies leave out the
+# __pycache__ that the Python backend writes beside model.py when a store is served.
 REMOTE = {
-    "s3": (["aws", "s3", "cp"], ["aws", "s3", "sync"]),
-    "gs": (["gcloud", "storage", "cp"], ["gcloud", "storage", "rsync", "-r"]),
+    "s3": (["aws", "s3", "cp"], ["aws", "s3", "sync", "--exclude", "*__pycache__*"]),
+    "gs": (
+        ["gcloud", "storage", "cp"],
+        ["gcloud", "storage", "rsync", "-r", "--exclude", ".*__pycache__.*"],
+    ),
 }
 
 
