@@ -14,7 +14,7 @@ import torch
 import yaml
 from conftest import damage, snapshot
 
-from resnet_triton import build, cli, pipeline
+from resnet_triton import build, cli, engine, pipeline
 from resnet_triton.client import Classifier
 from resnet_triton.errors import UserError
 from resnet_triton.manifest import file_sha256, read_manifest
@@ -52,6 +52,7 @@ def dry_run_config(tmp_path, checkpoint, digits, **changes) -> pipeline.Pipeline
 
 
 MINIMAL = {"checkpoint": "c.pt", "images": "val", "holdout": "val"}
+GPU = {"target": "gpu", "precision": "fp16", "runs_on": ["self-hosted", "gpu-h100"]}
 
 
 @pytest.mark.parametrize(
@@ -70,7 +71,16 @@ MINIMAL = {"checkpoint": "c.pt", "images": "val", "holdout": "val"}
          "unknown field(s) ['gpu'] in targets.t"),
         ({**MINIMAL, "targets": {"a": {"target": "cpu", "precision": "fp32"},
                                  "b": {"target": "cpu", "precision": "int8"}}},
-         "two cpu targets publish model.onnx to the same store repository"),
+         "two targets would publish the same model file"),
+        ({**MINIMAL, "targets": {"a": {**GPU, "compute_capability": 8.0},
+                                 "b": {**GPU, "compute_capability": "8.0"}}},
+         "two targets would publish the same model file"),
+        ({**MINIMAL, "targets": {"t": {"target": "gpu", "precision": "fp16",
+                                       "runs_on": ["self-hosted"]}}},
+         "targets.t.compute_capability (e.g. '9.0' for H100) is required for gpu targets"),
+        ({**MINIMAL, "targets": {"t": {"target": "cpu", "precision": "fp32",
+                                       "compute_capability": "9.0"}}},
+         "meaningless for cpu ones"),
         ({**MINIMAL, "targets": ["cpu"]}, "targets must map names to targets"),
         ({**MINIMAL, "targets": {"t": {"target": "cpu", "precision": "fp32"}},
           "min_accuracy": 97}, "min_accuracy must be within [0, 1]"),
@@ -98,6 +108,22 @@ def test_committed_config_gives_the_workflow_matrix(capsys):
         hosted = entry["runs-on"] == ["ubuntu-latest"]
         assert hosted == (entry["kind"] == "cpu")  # GPU targets on self-hosted GPU runners
     assert {e["runs-on"][-1] for e in entries if e["kind"] == "gpu"} == {"gpu-a100", "gpu-h100"}
+
+
+def test_a_runner_with_another_gpu_is_refused(monkeypatch, tmp_path, checkpoint, digits):
+    h100 = {"h100": {**GPU, "compute_capability": 9.0}}
+    config = dry_run_config(tmp_path, checkpoint, digits, targets=h100)
+    assert config.targets["h100"].compute_capability == "9.0"
+    # No GPU here: stand in for a runner labelled gpu-h100 that holds an A100.
+    a100 = engine.Gpu("NVIDIA A100-SXM4-80GB", "8.0")
+    monkeypatch.setattr(engine, "gpu_status", lambda: (a100, "an A100"))
+    with pytest.raises(pipeline.PipelineError) as info:
+        pipeline.build_step(config, "h100")
+    assert str(info.value) == (
+        "target h100 expects compute capability 9.0, but this runner has "
+        "NVIDIA A100-SXM4-80GB (8.0): check its labels"
+    )
+    assert not (tmp_path / "store").exists()
 
 
 def test_steps_need_a_known_target(tmp_path, capsys):

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-from resnet_triton import build
+from resnet_triton import build, engine
 from resnet_triton.client import Classifier
 from resnet_triton.data import image_folder
 from resnet_triton.errors import UserError
@@ -79,6 +79,7 @@ class Target:
     target: str  # "cpu" (ONNX Runtime) or "gpu" (TensorRT)
     precision: str
     runs_on: tuple[str, ...] = ()  # GitHub runner labels; the hosted runner for cpu
+    compute_capability: str | None = None  # gpu: what the runners' GPU must have ("9.0")
     repository: str = ""  # folder in the store; default: the target kind
 
     def __post_init__(self) -> None:
@@ -90,6 +91,13 @@ class Target:
                 f"{where}.runs_on must name a self-hosted GPU runner, e.g. "
                 "[self-hosted, linux, gpu-h100]"
             )
+        if (self.target == "gpu") != (self.compute_capability is not None):
+            raise PipelineError(
+                f"{where}.compute_capability (e.g. '9.0' for H100) is required for gpu "
+                "targets and meaningless for cpu ones"
+            )
+        if self.compute_capability is not None:  # YAML reads 9.0 as a number
+            object.__setattr__(self, "compute_capability", str(self.compute_capability))
         object.__setattr__(self, "runs_on", tuple(self.runs_on) or HOSTED_RUNNER)
         object.__setattr__(self, "repository", self.repository or self.target)
 
@@ -125,11 +133,13 @@ class PipelineConfig:
             name: Target(**{**fields_of(Target, entry, f"targets.{name}"), "name": name})
             for name, entry in kwargs["targets"].items()
         }
-        cpu = [t.repository for t in kwargs["targets"].values() if t.target == "cpu"]
-        if len(cpu) != len(set(cpu)):
+        # One model file per (repository, compute capability): model.onnx, model.sm90.plan.
+        files = [(t.repository, t.compute_capability) for t in kwargs["targets"].values()]
+        if len(files) != len(set(files)):
             raise PipelineError(
-                f"pipeline config {path}: two cpu targets publish model.onnx to the same "
-                "store repository; give one a `repository:` of its own"
+                f"pipeline config {path}: two targets would publish the same model file "
+                "(same store repository and compute capability); give one a `repository:` "
+                "of its own"
             )
         for key in INPUTS:
             value = kwargs.get(key)
@@ -279,6 +289,13 @@ def build_step(config: PipelineConfig, name: str, force: bool = False) -> Stage:
             f"{checkpoint} has SHA-256 {digest}, not the pinned "
             f"checkpoint_sha256 {config.checkpoint_sha256}"
         )
+    if target.target == "gpu":
+        gpu, _ = engine.gpu_status()  # no GPU at all: build.run names what is missing
+        if gpu is not None and gpu.compute_capability != target.compute_capability:
+            raise PipelineError(
+                f"target {name} expects compute capability {target.compute_capability}, but "
+                f"this runner has {gpu.name} ({gpu.compute_capability}): check its labels"
+            )
     # Staging starts as the store's repository, so an unchanged build is skipped and
     # the other GPUs' plans stay in the rendered config.
     shutil.rmtree(stage.repository, ignore_errors=True)
