@@ -304,13 +304,19 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     assert snapshot(store) == first
 
     # Another precision: rebuilt, smoke-tested and published over the FP32 model.
+    # Published for a server that reads the store from s3:// itself: absolute env path.
     int8_target = {"cpu": {"target": "cpu", "precision": "int8"}}
-    config = dry_run_config(tmp_path, checkpoint, digits, targets=int8_target)
+    config = dry_run_config(
+        tmp_path, checkpoint, digits, targets=int8_target, env_path="/workspace/.venv"
+    )
     stage = pipeline.build_step(config, "cpu")
     assert stage.status["changed"]
     pipeline.smoke_step(config, "cpu")
     pipeline.publish_step(config, "cpu")
     assert read_manifest(published)["precision"] == "int8"
+    for model in ("preprocess", "classifier"):
+        params = read_config(store / model / "config.pbtxt").parameters
+        assert params["EXECUTION_ENV_PATH"].string_value == "/workspace/.venv"
     int8 = snapshot(store)
     assert int8 != first
 

@@ -115,6 +115,10 @@ class PipelineConfig:
     holdout_images: int = 500
     store: Path = Path("artifacts/model_store")
     store_uri: str | None = None  # s3:// or gs:// copy of the store, the one servers read
+    # EXECUTION_ENV_PATH in the store's configs: the default finds the Triton image's
+    # /workspace/.venv from a repository mounted at /workspace/model_repository; a server
+    # reading s3:// or gs:// itself needs the absolute path (build/README.md).
+    env_path: str = DEFAULT_ENV_PATH
     work_dir: Path = Path("artifacts/pipeline")
 
     @classmethod
@@ -336,7 +340,7 @@ def smoke_step(config: PipelineConfig, name: str, server: str = "local") -> Stag
         print(f"{name}: unchanged since the published build; no smoke test needed")
         return stage
     spec = stage.spec
-    env_path = env_path_for(stage.repository) if server == "local" else DEFAULT_ENV_PATH
+    env_path = env_path_for(stage.repository) if server == "local" else config.env_path
     plans = published_plans(stage.model_file.parent) if target.target == "gpu" else None
     render(spec, stage.repository, env_path, target.target, plans)
 
@@ -401,7 +405,7 @@ def publish_step(config: PipelineConfig, name: str) -> Path | None:
         raise PipelineError(f"{staged} does not match its manifest or the build; not publishing")
     repo = config.store / target.repository
     destination = publish(
-        staged, stage.spec, repo, staged.name, manifest, DEFAULT_ENV_PATH, target.target
+        staged, stage.spec, repo, staged.name, manifest, config.env_path, target.target
     )
     stage.status["published"] = str(destination)
     stage.save()
