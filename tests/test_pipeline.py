@@ -303,6 +303,10 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     assert "the store already holds this build; nothing to publish" in out
     assert snapshot(store) == first
 
+    # A damaged published model, what the weekly run is for, is rebuilt.
+    published.write_bytes(published.read_bytes()[:-10])
+    assert pipeline.build_step(config, "cpu").status["changed"]
+
     # Another precision: rebuilt, smoke-tested and published over the FP32 model.
     # Published for a server that reads the store from s3:// itself: absolute env path.
     int8_target = {"cpu": {"target": "cpu", "precision": "int8"}}
