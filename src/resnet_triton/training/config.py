@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from resnet_triton.data import Augmentation
-from resnet_triton.spec import ARCHITECTURES, SpecError, check_choice
+from resnet_triton.spec import ARCHITECTURES, ModelSpec, Preprocessing, SpecError, check_choice
 
 STRATEGIES = ("linear-probe", "staged", "full")
 OPTIMIZERS = ("adamw", "sgd")
@@ -38,11 +38,11 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     # model
-    arch: str = "resnet50"
+    arch: str = ModelSpec.arch
     weights: str = "imagenet"
-    head_dropout: float = 0.0
-    resize_size: int = 256
-    crop_size: int = 224
+    head_dropout: float = ModelSpec.head_dropout
+    resize_size: int = Preprocessing.resize_size  # the spec's defaults, not copies of them
+    crop_size: int = Preprocessing.crop_size
     # strategy
     strategy: str = "full"
     stage_epochs: tuple[int, ...] = (2, 2)
