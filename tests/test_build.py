@@ -27,6 +27,8 @@ def test_onnx_is_one_checked_file_with_dynamic_batch(repository, checkpoint):
     files = sorted(p.name for p in model_dir.iterdir() if p.is_file())
     assert files == ["model.onnx", "model.onnx.manifest.json", "model.py"]  # no .onnx.data
     path = model_dir / "model.onnx"
+    # Readable by a server running as another user (the images' uid 1000).
+    assert path.stat().st_mode & 0o777 == 0o644
     check_onnx(path)
     spec, _, _ = load_checkpoint(checkpoint)
     assert spec_from_onnx(path) == spec

@@ -291,6 +291,9 @@ def publish(
     fd, partial = tempfile.mkstemp(dir=version_dir, suffix=".partial")
     os.close(fd)
     shutil.copyfile(artifact, partial)
+    # mkstemp makes the file 0600; the server may run as another user (uid 1000 in
+    # the images) and must be able to read it.
+    os.chmod(partial, 0o644)
     Path(partial).replace(destination)
     write_manifest(destination, manifest)
     plans = published_plans(version_dir) if target == "gpu" else None
