@@ -1,7 +1,9 @@
 """Client logic that needs no server: encoding, retry policy, parsing."""
 
+import aiohttp
 import numpy as np
 import pytest
+from geventhttpclient.response import HTTPConnectionClosed
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
@@ -38,6 +40,14 @@ def test_arrays_and_pil_images_are_sent_as_lossless_png():
 def test_only_unavailable_servers_are_retried(status, retry):
     assert _retryable(InferenceServerException("x", status=status)) is retry
     assert _retryable(ConnectionRefusedError()) is True
+
+
+def test_a_connection_closed_before_the_answer_is_retried():
+    # What tritonclient's sync and asyncio HTTP clients raise, unwrapped, when a proxy
+    # accepts the connection and the server behind it is gone.
+    assert _retryable(HTTPConnectionClosed("connection closed.")) is True
+    assert _retryable(aiohttp.ServerDisconnectedError()) is True
+    assert _retryable(ValueError("a bug, not the network")) is False
 
 
 def test_retries_back_off_then_give_up(monkeypatch):

@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import io
 import threading
 import time
@@ -34,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
@@ -52,6 +54,11 @@ from resnet_triton.spec import Names
 
 PROTOCOLS = {"grpc": "localhost:8001", "http": "localhost:8000"}
 RETRYABLE_STATUS = {"StatusCode.UNAVAILABLE", "503", "502"}
+# The connection went away (refused, reset, closed before the answer: a server that
+# stops or restarts, a proxy in front of one that is gone); tritonclient's HTTP
+# clients raise these unwrapped (geventhttpclient's HTTPConnectionClosed is an
+# http.client.HTTPException).
+CONNECTION_ERRORS = (OSError, http.client.HTTPException, aiohttp.ClientConnectionError)
 
 ImageLike = bytes | str | Path | Image.Image | np.ndarray
 
@@ -131,7 +138,7 @@ def encode_image(image: ImageLike) -> tuple[str, bytes]:
 def _retryable(exc: Exception) -> bool:
     if isinstance(exc, InferenceServerException):
         return str(exc.status()) in RETRYABLE_STATUS
-    return isinstance(exc, ConnectionError | OSError)  # refused, reset: the server may be back
+    return isinstance(exc, CONNECTION_ERRORS)  # the server may be back
 
 
 def _message(exc: Exception) -> str:
@@ -284,7 +291,7 @@ class Classifier(_Protocol):
                         self.model, [infer_input], outputs=[output], **options
                     )
                 return self.parse(result, self.info, len(payloads), top_k)
-            except (InferenceServerException, OSError) as exc:
+            except (InferenceServerException, *CONNECTION_ERRORS) as exc:
                 time.sleep(self.retry_delay(exc, attempt))
         raise AssertionError("unreachable")
 
@@ -403,7 +410,7 @@ class AsyncClassifier(_Protocol):
                     self.model, [infer_input], outputs=[output], **options
                 )
                 return self.parse(result, self.info, len(payloads), top_k)
-            except (InferenceServerException, OSError) as exc:
+            except (InferenceServerException, *CONNECTION_ERRORS) as exc:
                 await asyncio.sleep(self.retry_delay(exc, attempt))
         raise AssertionError("unreachable")
 
