@@ -26,8 +26,10 @@ def test_string_elements_are_serialized_with_their_length(tmp_path):
 
 def test_perf_analyzer_runs_the_ensemble_on_real_photos(triton, tmp_path):
     data = ensemble_input(PHOTOS, NAMES.image, tmp_path / "input.json")
+    # 2 s windows: p99 over 1 s (about 40 requests here) was at times too noisy for
+    # perf_analyzer's stability rule on 2 shared cores, and the test failed.
     (row,) = run_perf_analyzer(
-        NAMES.ensemble, triton.ports, data, "2:2", tmp_path / "out.csv", 1000
+        NAMES.ensemble, triton.ports, data, "2:2", tmp_path / "out.csv", 2000
     )
     assert row["concurrency"] == 2 and row["throughput_img_s"] > 0
     assert (tmp_path / "out.csv").read_text().startswith("Concurrency,Inferences/Second")
