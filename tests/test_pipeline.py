@@ -19,13 +19,7 @@ from resnet_triton.client import Classifier
 from resnet_triton.errors import UserError
 from resnet_triton.manifest import file_sha256, read_manifest
 from resnet_triton.repository import DEFAULT_ENV_PATH, read_config
-from resnet_triton.server import (
-    ContainerTritonServer,
-    Ports,
-    TritonServer,
-    pinned_release,
-    policy_flags,
-)
+from resnet_triton.server import ContainerTritonServer, Ports, TritonServer
 
 ROOT = Path(__file__).parent.parent
 
@@ -196,28 +190,30 @@ def test_bad_or_missing_inputs_are_named(tmp_path):
     )
 
 
-def test_container_smoke_server_runs_the_pinned_image_with_the_serving_policy(
-    monkeypatch, tmp_path
-):
-    monkeypatch.chdir(ROOT)  # .env pins the release
-    monkeypatch.delenv("TRITON_RELEASE", raising=False)
-    server = ContainerTritonServer(tmp_path, Ports(18000, 18001, 18002), admin_key="k")
-    release = (ROOT / ".env").read_text().split("TRITON_RELEASE=")[1].split()[0]
-    assert pinned_release(ROOT / ".env") == release
-    command = server.command
-    assert command[:2] == ["docker", "run"]
-    assert "--gpus=all" in command
-    assert f"--volume={tmp_path.resolve()}:/workspace/model_repository:ro" in command
-    assert "--publish=127.0.0.1:18001:8001" in command
-    image = command.index("tritonserver")
-    assert command[image - 1] == f"resnet-triton/tritonserver:{release}"  # compose's image
-    assert command[image + 1] == "--model-repository=/workspace/model_repository"
-    assert set(policy_flags("k")) <= set(command[image:])
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_container_smoke_server_is_the_compose_service(target, tmp_path):
+    server = ContainerTritonServer(tmp_path, Ports(18000, 18001, 18002), admin_key="k",
+                                   target=target, compose_dir=ROOT)  # fmt: skip
+    files = [f"--file={ROOT / 'docker-compose.yml'}"]
+    if target == "gpu":
+        files.append(f"--file={ROOT / 'docker-compose.gpu.yml'}")
+    if (ROOT / "docker-compose.override.yml").is_file():  # this machine's local base image
+        files.append(f"--file={ROOT / 'docker-compose.override.yml'}")
+    assert server.command == [
+        "docker", "compose", f"--project-name={server.project}", *files,
+        "up", "--build", "--no-deps", "--exit-code-from=tritonserver", "tritonserver",
+    ]  # fmt: skip
+    env = server.environment()
+    assert (env["HTTP_PORT"], env["GRPC_PORT"], env["METRICS_PORT"]) == ("18000", "18001", "18002")
+    assert (env["MODEL_REPOSITORY"], env["TRITON_ADMIN_KEY"]) == (str(tmp_path.resolve()), "k")
+    assert env["TRITON_BIND_ADDRESS"] == "127.0.0.1"
+    with pytest.raises(UserError, match=r"unknown container target 'tpu'; choose from \('cpu'"):
+        ContainerTritonServer(tmp_path, target="tpu")
 
 
 def test_container_server_failures_are_named(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
-    server = ContainerTritonServer(tmp_path, Ports.free(), image="img")
+    server = ContainerTritonServer(tmp_path, Ports.free(), compose_dir=ROOT)
     with pytest.raises(UserError, match="needs the docker command, not found here"):
         server.start()
     # A docker without its daemon: the client exits, and the error names why.
@@ -228,12 +224,19 @@ def test_container_server_failures_are_named(monkeypatch, tmp_path):
         docker.read_text() + "echo 'Cannot connect to the Docker daemon' >&2\nexit 125\n"
     )
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
-    server = ContainerTritonServer(tmp_path, Ports.free(), log_path=tmp_path / "log", image="img")
+    elsewhere = ContainerTritonServer(tmp_path, Ports.free(), compose_dir=tmp_path)
+    with pytest.raises(UserError, match="has no docker-compose.yml; run from the repository root"):
+        elsewhere.start()
+    server = ContainerTritonServer(
+        tmp_path, Ports.free(), log_path=tmp_path / "log", compose_dir=ROOT
+    )
     with server, pytest.raises(UserError) as info:
         server.wait_ready(["resnet_ensemble"], timeout=30)
     assert "exited with code 125" in str(info.value)
     assert "Cannot connect to the Docker daemon" in str(info.value)
-    assert calls.read_text().splitlines()[-1] == f"docker rm --force {server.container}"
+    down = calls.read_text().splitlines()[-1]  # what it made is removed
+    assert down.startswith(f"docker compose --project-name={server.project} ")
+    assert down.endswith(" down --volumes --timeout=5")
 
 
 def test_publish_refuses_a_build_without_a_passed_smoke_test(tmp_path, checkpoint, digits):

@@ -11,8 +11,8 @@ and what `make pipeline` runs here. Every step reads the pipeline config
            into it: export, accuracy gates, manifest. Skipped (nothing to do in
            the later steps) when the store already holds a model built from the
            same inputs (content hash, manifest.py)
-  smoke    serve the staging repository with the real Triton server (here, or the
-           pinned Triton container with --server docker), classify held-out
+  smoke    serve the staging repository with the real Triton server (here, or in
+           the target's container with --server docker), classify held-out
            images through the ensemble: every request must succeed and top-1
            accuracy must reach min_accuracy
   publish  copy the model file and its manifest into the store's repository for
@@ -351,7 +351,9 @@ def smoke_step(config: PipelineConfig, name: str, server: str = "local") -> Stag
     if server == "local":
         triton = TritonServer(stage.repository, Ports.free(), log_path=log, exit_timeout_s=5)
     else:
-        triton = ContainerTritonServer(stage.repository, Ports.free(), log_path=log)
+        triton = ContainerTritonServer(
+            stage.repository, Ports.free(), log_path=log, target=target.target
+        )
     with triton:
         triton.wait_ready([spec.names.ensemble], timeout=300)
         url = f"localhost:{triton.ports.grpc}"
@@ -447,7 +449,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--server",
         default="local",
         help="smoke test server: local (this environment's tritonserver) or docker "
-        "(the pinned Triton image, built by `docker compose build tritonserver`)",
+        "(docker-compose.yml's tritonserver container: the CPU image for a cpu target, "
+        "the pinned NGC image for a gpu target; built when missing or stale)",
     )
     parser.add_argument("--force", action="store_true", help="build even when unchanged")
     return parser

@@ -32,6 +32,7 @@ from resnet_triton.probe import probe
 from resnet_triton.repository import read_config
 from resnet_triton.server import (
     ADMIN_HEADER,
+    LOOPBACK,
     RESTRICTED_APIS,
     Ports,
     ServerError,
@@ -78,7 +79,7 @@ class Supervisor:
             if read_config(server.repository / m / "config.pbtxt").platform == "ensemble"
         ]
         self.stubs = python_stubs(server.process.pid)
-        self.client = httpclient.InferenceServerClient(f"localhost:{server.ports.http}")
+        self.client = httpclient.InferenceServerClient(f"{server.host}:{server.ports.http}")
         self.last_probe = time.monotonic()
 
     def check(self) -> str | None:
@@ -102,7 +103,7 @@ class Supervisor:
             self.last_probe = time.monotonic()
             for ensemble in self.ensembles:
                 try:
-                    probe(f"localhost:{self.server.ports.http}", ensemble)
+                    probe(f"{self.server.host}:{self.server.ports.http}", ensemble)
                 except RuntimeError as exc:
                     return f"probe of '{ensemble}' failed: {exc}"
         return None
@@ -118,6 +119,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument(
+        "--address",
+        default=LOOPBACK,
+        help="address the HTTP, gRPC and metrics endpoints bind to (default: %(default)s, this "
+        "machine only; 0.0.0.0 exposes them). Triton 2.51 lacks the fixes for "
+        "CVE-2025-23310/23311 and later: expose it only behind a proxy that bounds request "
+        "bodies, as the CPU container does",
+    )
     parser.add_argument("--http-port", type=int, default=Ports.http)
     parser.add_argument("--grpc-port", type=int, default=Ports.grpc)
     parser.add_argument("--metrics-port", type=int, default=Ports.metrics)
@@ -140,14 +149,16 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    server = TritonServer(args.repository, ports, admin_key=args.admin_key).start()
+    server = TritonServer(args.repository, ports, admin_key=args.admin_key, address=args.address)
+    server.start()
     failure = None
     try:
         server.wait_ready(ensembles, args.timeout)
         supervisor = Supervisor(server, args.probe_interval)
+        at = args.address
         print(
-            f"ready: {', '.join(ensembles)} on HTTP localhost:{ports.http}, "
-            f"gRPC localhost:{ports.grpc}, metrics http://localhost:{ports.metrics}/metrics; "
+            f"ready: {', '.join(ensembles)} on HTTP {at}:{ports.http}, "
+            f"gRPC {at}:{ports.grpc}, metrics http://{at}:{ports.metrics}/metrics; "
             f"supervising {len(supervisor.stubs)} Python-backend stubs; Ctrl-C stops",
             flush=True,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import glob
+import importlib.util
 import os
 import secrets
 import shutil
@@ -21,7 +22,7 @@ import sys
 import sysconfig
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import tritonclient.http as httpclient
@@ -53,11 +54,30 @@ def policy_flags(admin_key: str) -> list[str]:
     ]
 
 
+# Triton 2.51, the local server, predates the fixes for CVE-2025-23310/23311 and
+# later bulletins: it is for development, on loopback unless asked otherwise.
+LOOPBACK = "127.0.0.1"
+
+
 @dataclass(frozen=True)
 class Ports:
     http: int = 8000
     grpc: int = 8001
     metrics: int = 8002
+
+    def taken(self, address: str) -> list[str]:
+        """'<endpoint> port <n>' for each port that something already listens on."""
+        taken = []
+        for endpoint, port in asdict(self).items():
+            with socket.socket() as s:
+                # A port in TIME_WAIT is free to a server (which sets SO_REUSEADDR too);
+                # a listening socket is not.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((address, port))
+                except OSError:
+                    taken.append(f"{endpoint} port {port}")
+        return taken
 
     @classmethod
     def free(cls) -> Ports:
@@ -73,11 +93,12 @@ class Ports:
 
 
 def _pytriton_dir() -> Path:
-    try:
-        import pytriton
-    except ImportError:
-        raise ServerError("nvidia-pytriton is not installed; run `make setup`") from None
-    return Path(pytriton.__file__).parent
+    # Found, not imported: the serving image installs the wheel for its binaries only,
+    # without the dependencies of pytriton's own Python code.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
+        raise ServerError("nvidia-pytriton is not installed; run `make setup`")
+    return Path(spec.origin).parent
 
 
 def backend_directory() -> Path:
@@ -137,16 +158,26 @@ class TritonServer:
         log_path: Path | None = None,
         exit_timeout_s: int = 30,
         admin_key: str | None = None,
+        address: str = LOOPBACK,
     ):
         self.repository = Path(repository).resolve()
         self.ports = ports
+        self.address = address
         self.log_path = log_path
         self.exit_timeout_s = exit_timeout_s
         self.admin_key = admin_key or secrets.token_urlsafe(16)
         # Unique shared-memory names, so a killed run's leftovers are ours to remove
         # and never collide with another server on the machine.
         self.shm_prefix = f"resnet_triton_{uuid.uuid4().hex[:8]}_"
+        # Triton reports this in its server metadata: readiness counts only from our
+        # own process, never from another server that answers on the same port.
+        self.server_id = f"resnet-triton-{uuid.uuid4().hex[:12]}"
         self.process: subprocess.Popen | None = None
+
+    @property
+    def host(self) -> str:
+        """Where a client on this machine reaches the server."""
+        return LOOPBACK if self.address in ("0.0.0.0", "::") else self.address
 
     @property
     def command(self) -> list[str]:
@@ -155,8 +186,12 @@ class TritonServer:
             str(binary),
             f"--model-repository={self.repository}",
             f"--backend-directory={backend_directory()}",
+            f"--id={self.server_id}",
+            f"--http-address={self.address}",
             f"--http-port={self.ports.http}",
+            f"--grpc-address={self.address}",
             f"--grpc-port={self.ports.grpc}",
+            f"--metrics-address={self.address}",
             f"--metrics-port={self.ports.metrics}",
             *policy_flags(self.admin_key),
             f"--exit-timeout-secs={self.exit_timeout_s}",
@@ -169,6 +204,12 @@ class TritonServer:
     def start(self) -> TritonServer:
         if not self.repository.is_dir():
             raise ServerError(f"model repository {self.repository} does not exist")
+        taken = self.ports.taken(self.address)
+        if taken:
+            raise ServerError(
+                f"{', '.join(taken)} on {self.address} already in use (another server?); "
+                "stop it or choose other ports"
+            )
         with open(self.log_path, "wb") if self.log_path else contextlib.nullcontext() as log:
             self.process = subprocess.Popen(
                 self.command,
@@ -182,7 +223,7 @@ class TritonServer:
 
     def wait_ready(self, models: list[str], timeout: float = 120.0) -> None:
         """Block until every model in `models` is ready; fail fast if Triton exits."""
-        client = httpclient.InferenceServerClient(f"localhost:{self.ports.http}")
+        client = httpclient.InferenceServerClient(f"{self.host}:{self.ports.http}")
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -192,7 +233,7 @@ class TritonServer:
                         f"{self.repository}:\n{self.log_tail()}"
                     )
                 try:
-                    if all(client.is_model_ready(m) for m in models):
+                    if self._answering(client) and all(client.is_model_ready(m) for m in models):
                         return
                 except Exception:  # connection refused until the HTTP endpoint is up
                     pass
@@ -200,6 +241,10 @@ class TritonServer:
         finally:
             client.close()  # an open connection would hold up Triton's shutdown
         raise ServerError(f"models {models} not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def _answering(self, client: httpclient.InferenceServerClient) -> bool:
+        """Whether the server on our port is this one (another may hold the port)."""
+        return client.get_server_metadata()["name"] == self.server_id
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path or not Path(self.log_path).is_file():
@@ -234,60 +279,82 @@ class TritonServer:
         self.stop()
 
 
-def pinned_release(env_file: Path = Path(".env")) -> str:
-    """The NGC release: $TRITON_RELEASE, else the pin in .env (docker compose reads both)."""
-    if os.environ.get("TRITON_RELEASE"):
-        return os.environ["TRITON_RELEASE"]
-    lines = env_file.read_text().splitlines() if env_file.is_file() else []
-    for line in lines:
-        key, _, value = line.partition("=")
-        if key.strip() == "TRITON_RELEASE":
-            return value.strip()
-    raise ServerError(f"TRITON_RELEASE is neither set nor pinned in {env_file}")
-
-
 class ContainerTritonServer(TritonServer):
-    """The same server and serving policy in the pinned Triton image, on a GPU host.
+    """docker-compose.yml's `tritonserver` service, on free loopback ports.
 
-    The image is docker-compose.yml's `tritonserver` (`docker compose build
-    tritonserver`), which holds the Python-backend environment at
-    /workspace/.venv; the repository is mounted read-only where the rendered
-    EXECUTION_ENV_PATH expects it. CI's engine workflow smoke-tests with it.
+    target "cpu": the CPU image (docker-compose.yml, plus docker-compose.override.yml
+    where the machine has one); "gpu": the pinned NGC image (docker-compose.gpu.yml
+    on top). The container runs exactly as compose defines it, the repository
+    mounted read-only, under a project name of its own, so that stop() removes
+    everything it made. CI's engine workflow smoke-tests with it.
     """
 
-    MOUNT = "/workspace/model_repository"
+    TARGETS = ("cpu", "gpu")
 
-    def __init__(self, *args, image: str | None = None, **kwargs):
+    def __init__(self, *args, target: str = "cpu", compose_dir: Path = Path("."), **kwargs):
         super().__init__(*args, **kwargs)
-        self.image = image or f"resnet-triton/tritonserver:{pinned_release()}"
-        self.container = f"resnet-triton-{uuid.uuid4().hex[:8]}"
+        if target not in self.TARGETS:
+            raise ServerError(f"unknown container target {target!r}; choose from {self.TARGETS}")
+        self.target = target
+        self.compose_dir = Path(compose_dir)
+        self.project = f"resnet-triton-{uuid.uuid4().hex[:8]}"
+
+    @property
+    def compose(self) -> list[str]:
+        files = ["docker-compose.yml"]
+        if self.target == "gpu":
+            files.append("docker-compose.gpu.yml")
+        if (self.compose_dir / "docker-compose.override.yml").is_file():
+            files.append("docker-compose.override.yml")
+        return [
+            "docker", "compose", f"--project-name={self.project}",
+            *(f"--file={self.compose_dir / name}" for name in files),
+        ]  # fmt: skip
 
     @property
     def command(self) -> list[str]:
-        published = [
-            f"--publish=127.0.0.1:{host}:{inside}"
-            for host, inside in ((self.ports.http, 8000), (self.ports.grpc, 8001),
-                                 (self.ports.metrics, 8002))
-        ]  # fmt: skip
-        return [
-            "docker", "run", "--rm", f"--name={self.container}", "--gpus=all", "--shm-size=1g",
-            *published, f"--volume={self.repository}:{self.MOUNT}:ro", self.image,
-            "tritonserver", f"--model-repository={self.MOUNT}", *policy_flags(self.admin_key),
-            f"--exit-timeout-secs={self.exit_timeout_s}",
-        ]  # fmt: skip
+        # --build: the image matches this checkout (a cached rebuild takes seconds).
+        return [*self.compose, "up", "--build", "--no-deps", "--exit-code-from=tritonserver",
+                "tritonserver"]  # fmt: skip
 
     def environment(self) -> dict[str, str]:
-        return dict(os.environ)
+        return {
+            **os.environ,
+            "MODEL_REPOSITORY": str(self.repository),
+            "TRITON_ADMIN_KEY": self.admin_key,
+            "TRITON_BIND_ADDRESS": self.address,
+            "HTTP_PORT": str(self.ports.http),
+            "GRPC_PORT": str(self.ports.grpc),
+            "METRICS_PORT": str(self.ports.metrics),
+        }
+
+    def _answering(self, client: httpclient.InferenceServerClient) -> bool:
+        return True  # Docker refuses to publish a port that something else holds
 
     def start(self) -> ContainerTritonServer:
         if shutil.which("docker") is None:
             raise ServerError("the Triton container needs the docker command, not found here")
+        if not (self.compose_dir / "docker-compose.yml").is_file():
+            raise ServerError(
+                f"{self.compose_dir.resolve()} has no docker-compose.yml; "
+                "run from the repository root"
+            )
         return super().start()
 
     def stop(self, timeout: float = 60.0) -> int | None:
+        # SIGTERM makes `compose up` stop the container gracefully; it stops printing
+        # the container's output as it does, so the log is then replaced by the whole
+        # of it. `down` removes the container and the project's network.
         code = super().stop(timeout)
-        # The docker client may go before its container does.
-        subprocess.run(["docker", "rm", "--force", self.container], capture_output=True)
+        if self.log_path:
+            with open(self.log_path, "wb") as log:
+                subprocess.run([*self.compose, "logs", "--no-color"], env=self.environment(),
+                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        subprocess.run(
+            [*self.compose, "down", "--volumes", "--timeout=5"],
+            env=self.environment(),
+            capture_output=True,
+        )
         return code
 
 

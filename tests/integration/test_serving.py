@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -197,3 +198,47 @@ def _ppid(proc: Path) -> int | None:
         return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def test_serve_names_a_port_another_server_holds_before_saying_ready(triton, repository):
+    free = Ports.free()
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "resnet_triton", "serve", "--repository", str(repository),
+            "--http-port", str(triton.ports.http), "--grpc-port", str(free.grpc),
+            "--metrics-port", str(free.metrics), "--admin-key", ADMIN_KEY,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stdout == ""  # nothing said ready
+    assert result.stderr == (
+        f"error: http port {triton.ports.http} on 127.0.0.1 already in use (another server?); "
+        "stop it or choose other ports\n"
+    )
+
+
+def test_readiness_counts_only_from_the_servers_own_process(triton, repository):
+    # A server whose process never serves, on the ports where another one answers ready.
+    impostor = TritonServer(repository, triton.ports)
+    impostor.process = subprocess.Popen(["sleep", "60"])
+    try:
+        with pytest.raises(ServerError, match=r"not ready after 3 s"):
+            impostor.wait_ready([NAMES.ensemble], timeout=3)
+    finally:
+        impostor.process.kill()
+        impostor.process.wait()
+
+
+def test_the_local_server_listens_on_loopback_only(triton):
+    # This machine's address on its default route (a UDP connect sends nothing).
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("10.255.255.255", 1))
+        address = probe.getsockname()[0]
+    assert not address.startswith("127."), address
+    for port in (triton.ports.http, triton.ports.grpc, triton.ports.metrics):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((address, port), timeout=5).close()
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
