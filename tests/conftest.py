@@ -1,8 +1,16 @@
 """Shared fixtures: real images from installed packages, a small trained model,
-and the real Triton server on free ports."""
+the real Triton server on free ports, the demo's published repository, and a
+Docker engine with the CPU serving image."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +19,14 @@ import pytest
 import sklearn
 from onnx import numpy_helper
 
-from resnet_triton import build
+from resnet_triton import build, demo
 from resnet_triton.data import package_photos, write_digits
 from resnet_triton.server import Ports, TritonServer
 from resnet_triton.spec import Names
 from resnet_triton.training import TrainConfig
 from resnet_triton.training import run as train
 
+ROOT = Path(__file__).parent.parent
 NAMES = Names()
 ADMIN_KEY = "test-admin-key"
 # Real photographs of several sizes, colour modes and formats.
@@ -91,3 +100,116 @@ def damage(source, target, scale=0.3):
     noise = np.random.default_rng(0).normal(scale=scale * array.std(), size=array.shape)
     weights.CopyFrom(numpy_helper.from_array((array + noise).astype(array.dtype), weights.name))
     onnx.save_model(model, target)
+
+
+@dataclass(frozen=True)
+class Demo:
+    report: dict
+    output: str  # what the demo printed
+    repository: Path
+    val: Path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Demo:
+    """The demo end to end (one epoch): the published repository `make demo` leaves.
+
+    A `.venv` beside the repository links this environment, so the configs carry
+    the relative EXECUTION_ENV_PATH that the committed repository has: the same
+    files serve here and in the container (where /workspace/.venv is the image's).
+    """
+    root = tmp_path_factory.mktemp("demo")
+    (root / ".venv").symlink_to(sys.prefix)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        report = demo.run(root / "demo", root / "model_repository", epochs=1)
+    return Demo(report, printed.getvalue(), root / "model_repository", root / "demo/digits/val")
+
+
+# The docker tests: a real Docker engine, Compose v2 and the CPU serving image.
+
+
+def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """A Docker daemon, started for the session when none answers and then stopped;
+    Compose v2 from this checkout's DOCKER_CONFIG (`make docker-tools`)."""
+    os.environ["DOCKER_CONFIG"] = str(ROOT / ".docker")
+    if not (ROOT / ".docker" / "cli-plugins" / "docker-compose").exists():
+        pytest.fail("Compose v2 is not in .docker/cli-plugins: run `make docker-tools`")
+    started = run(["docker/engine.sh", "start"])
+    if started.returncode != 0:
+        pytest.fail(f"no Docker engine: {started.stderr.strip()}")
+    try:
+        yield
+    finally:
+        if started.stdout.startswith("started dockerd"):
+            run(["docker/engine.sh", "stop"])
+
+
+@pytest.fixture(scope="session")
+def cpu_image(docker_engine) -> str:
+    """The CPU serving image, built by compose as `docker compose up --build` would: on
+    the public Python base, or where it cannot be pulled on the local equivalent."""
+    for command in (["docker/base-image.sh"], ["docker", "compose", "build", "tritonserver"]):
+        result = run(command, env={**os.environ, "TRITON_ADMIN_KEY": "unused"}, timeout=900)
+        assert result.returncode == 0, f"{command}: {result.stdout[-2000:]}{result.stderr[-3000:]}"
+    return "resnet-triton/tritonserver-cpu:latest"
+
+
+class ComposeProject:
+    """`docker compose` in the repository root, as a user types it (docker-compose.yml
+    and the machine's override), under a project name of its own, on free ports."""
+
+    def __init__(self, repository: Path, admin_key: str | None = ADMIN_KEY, ports=None):
+        self.name = f"resnet-triton-test-{uuid.uuid4().hex[:8]}"
+        self.ports = ports or Ports.free()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k != "TRITON_ADMIN_KEY"},
+            "MODEL_REPOSITORY": str(repository),
+            "HTTP_PORT": str(self.ports.http),
+            "GRPC_PORT": str(self.ports.grpc),
+            "METRICS_PORT": str(self.ports.metrics),
+        }
+        if admin_key:
+            self.env["TRITON_ADMIN_KEY"] = admin_key
+
+    def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return run(["docker", "compose", f"--project-name={self.name}", *args],
+                   env=self.env, timeout=timeout)  # fmt: skip
+
+    def up(self) -> subprocess.CompletedProcess:
+        return self("up", "--detach", "--wait", "--wait-timeout=180", "tritonserver")
+
+    def logs(self) -> str:
+        return self("logs", "--no-color", "tritonserver").stdout
+
+    def leftovers(self) -> list[str]:
+        """Containers, networks and volumes of this project that still exist."""
+        label = f"label=com.docker.compose.project={self.name}"
+        found = []
+        for kind in (["ps", "--all"], ["network", "ls"], ["volume", "ls"]):
+            names = run(["docker", *kind, "--quiet", f"--filter={label}"]).stdout.split()
+            found += [f"{kind[0]} {name}" for name in names]
+        return found
+
+    def down(self) -> None:
+        self("down", "--volumes", "--timeout=10")
+        assert self.leftovers() == []
+
+
+@pytest.fixture
+def compose_project():
+    """Make a ComposeProject(repository, ...); each is taken down after the test."""
+    projects = []
+
+    def make(*args, **kwargs) -> ComposeProject:
+        projects.append(ComposeProject(*args, **kwargs))
+        return projects[-1]
+
+    yield make
+    for project in projects:
+        project.down()

@@ -1,17 +1,15 @@
-"""docker-compose.yml, validated offline by Debian's docker-compose, against the rest.
+"""docker-compose.yml (CPU) and docker-compose.gpu.yml, resolved offline by Compose v2's
+`config` against the rest: the serving policy, the pins, what is published and mounted.
+tests/docker/ runs the CPU service itself."""
 
-The server flags are the policy in resnet_triton.server.policy_flags, the
-same the local server runs with.
-"""
-
+import json
 import os
 import posixpath
-import shutil
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from resnet_triton.repository import DEFAULT_ENV_PATH
 from resnet_triton.server import policy_flags
@@ -19,14 +17,16 @@ from resnet_triton.spec import Names
 
 ROOT = Path(__file__).parent.parent
 KEY = "test-admin-key"
+GPU = ("docker-compose.yml", "docker-compose.gpu.yml")
 
 
-def compose_config(**env) -> subprocess.CompletedProcess:
-    if shutil.which("docker-compose") is None:
-        pytest.fail("docker-compose (Debian package) is missing: run `make setup`")
+def compose_config(files=("docker-compose.yml",), **env) -> subprocess.CompletedProcess:
+    plugin = ROOT / ".docker" / "cli-plugins" / "docker-compose"
+    if not plugin.exists():
+        pytest.fail("Compose v2 is not in .docker/cli-plugins: run `make docker-tools`")
     environment = {k: v for k, v in os.environ.items() if k != "TRITON_ADMIN_KEY"}
     return subprocess.run(
-        ["docker-compose", "-f", "docker-compose.yml", "config"],
+        [str(plugin), *(f"--file={name}" for name in files), "config", "--format=json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -34,64 +34,115 @@ def compose_config(**env) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="module")
-def services():
-    result = compose_config(TRITON_ADMIN_KEY=KEY)
+def services(files=("docker-compose.yml",), **env) -> dict:
+    result = compose_config(files, TRITON_ADMIN_KEY=KEY, **env)
     assert result.returncode == 0, result.stderr
-    return yaml.safe_load(result.stdout)["services"]
+    return json.loads(result.stdout)["services"]
 
 
-def test_admin_key_is_required():
-    result = compose_config()
+def release() -> str:
+    return re.search(r"^TRITON_RELEASE=(\S+)$", (ROOT / ".env").read_text(), re.M)[1]
+
+
+@pytest.mark.parametrize("files", [("docker-compose.yml",), GPU])
+def test_admin_key_is_required(files):
+    result = compose_config(files)
     assert result.returncode != 0
-    assert "set TRITON_ADMIN_KEY" in result.stderr
+    assert "required variable TRITON_ADMIN_KEY is missing a value: set TRITON_ADMIN_KEY" in (
+        result.stderr
+    )
 
 
-def test_server_runs_the_serving_policy(services):
-    command = services["tritonserver"]["command"]
+def test_cpu_service_is_the_cpu_image_behind_nginx():
+    server = services()["tritonserver"]
+    assert server["build"]["dockerfile"] == "docker/cpu.Dockerfile"
+    assert server["build"]["args"]["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+    assert server["environment"]["TRITON_ADMIN_KEY"] == KEY  # the image's serve reads it
+    assert "deploy" not in server and "depends_on" not in server  # no GPU, no engine
+    dockerfile = (ROOT / "docker" / "cpu.Dockerfile").read_text()
+    assert "\nUSER 1000\n" in dockerfile and 'ENTRYPOINT ["serve-cpu"]' in dockerfile
+    entrypoint = (ROOT / "docker" / "serve-cpu.sh").read_text()
+    assert "--address 127.0.0.1 --http-port 18000 --grpc-port 18001 --metrics-port 18002" in (
+        entrypoint
+    )
+    nginx = (ROOT / "docker" / "nginx.conf").read_text()
+    assert "proxy_request_buffering on;" in nginx and "client_max_body_size 64m;" in nginx
+    assert re.findall(r"(?:server |grpc://|http://)(127\.0\.0\.1:\d+)", nginx) == [
+        "127.0.0.1:18000", "127.0.0.1:18001", "127.0.0.1:18002",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("files", [("docker-compose.yml",), GPU])
+def test_ports_bind_loopback_unless_asked(files):
+    ports = services(files)["tritonserver"]["ports"]
+    assert {(p["host_ip"], p["target"], p["published"]) for p in ports} == {
+        ("127.0.0.1", 8000, "8000"), ("127.0.0.1", 8001, "8001"), ("127.0.0.1", 8002, "8002"),
+    }  # fmt: skip
+    exposed = services(files, TRITON_BIND_ADDRESS="0.0.0.0", GRPC_PORT="9001")
+    assert {(p["host_ip"], p["published"]) for p in exposed["tritonserver"]["ports"]} == {
+        ("0.0.0.0", "8000"), ("0.0.0.0", "9001"), ("0.0.0.0", "8002"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("files", [("docker-compose.yml",), GPU])
+def test_repository_is_mounted_read_only(files, tmp_path):
+    server = services(files, MODEL_REPOSITORY=str(tmp_path))["tritonserver"]
+    (volume,) = server["volumes"]
+    assert (volume["source"], volume["target"]) == (str(tmp_path), "/workspace/model_repository")
+    assert volume["read_only"] is True
+    assert server["shm_size"] == "1073741824"
+
+
+@pytest.mark.parametrize("files", [("docker-compose.yml",), GPU])
+def test_healthcheck_classifies_through_the_ensemble(files):
+    server = services(files)["tritonserver"]
+    probe = server["healthcheck"]["test"]
+    assert probe[:4] == ["CMD", "/workspace/.venv/bin/python", "-m", "resnet_triton.probe"]
+    assert probe[probe.index("--model") + 1] == Names().ensemble
+    assert server["restart"] == "unless-stopped"
+
+
+def test_gpu_server_runs_the_serving_policy_after_the_engine():
+    gpu = services(GPU)
+    server, engine = gpu["tritonserver"], gpu["engine"]
+    command = server["command"]
     assert command[0] == "tritonserver"
     assert "--model-repository=/workspace/model_repository" in command
     assert set(policy_flags(KEY)) <= set(command)
-
-
-def test_server_waits_for_the_engine_and_reserves_the_gpu(services):
-    server, engine = services["tritonserver"], services["engine"]
     assert server["depends_on"]["engine"]["condition"] == "service_completed_successfully"
     for service in (server, engine):
         (device,) = service["deploy"]["resources"]["reservations"]["devices"]
         assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
-    assert {p["target"] for p in server["ports"]} == {8000, 8001, 8002}
-    assert server["shm_size"] in ("1g", "1gb", 1073741824)
     assert "--target=gpu" in engine["command"]
-
-
-def test_repository_is_read_only_and_the_user_unprivileged(services):
-    (volume,) = services["tritonserver"]["volumes"]  # docker-compose 1.29: "host:target:mode"
-    assert volume.endswith("/model_repository:/workspace/model_repository:ro")
+    assert (server["build"]["dockerfile"], server["build"]["target"]) == ("Dockerfile", "triton")
     dockerfile = (ROOT / "Dockerfile").read_text()
     server_stage = dockerfile.split(" AS triton")[1].split("FROM ")[0]
     assert "\nUSER 1000\n" in server_stage
 
 
-def test_healthcheck_classifies_through_the_ensemble(services):
-    probe = services["tritonserver"]["healthcheck"]["test"]
-    assert "resnet_triton.probe" in probe
-    assert probe[probe.index("--model") + 1] == Names().ensemble
-
-
-def test_both_images_follow_the_pinned_release(services):
-    release = (ROOT / ".env").read_text().split("TRITON_RELEASE=")[1].split()[0]
+def test_one_place_pins_the_ngc_release():
+    gpu = services(GPU)
     for name in ("tritonserver", "engine"):
-        assert services[name]["image"].endswith(f":{release}")
-        assert services[name]["build"]["args"]["TRITON_RELEASE"] == release
+        assert gpu[name]["image"] == f"resnet-triton/{name}:{release()}"
+        assert gpu[name]["build"]["args"]["TRITON_RELEASE"] == release()
+    # Anything else that names an NGC image names the same release.
+    for path in [ROOT / "perf" / "model_analyzer.yaml", ROOT / "README.md"]:
+        for found in re.findall(r"nvcr\.io/nvidia/[\w-]+:(\d\d\.\d\d)", path.read_text()):
+            assert found == release(), path
 
 
-def test_execution_env_resolves_to_the_image_venv(services):
+def test_pinned_release_has_the_cve_fixes():
+    # NVIDIA's bulletins: CVE-2025-23310/23311/23319/23320/23334 fixed in 25.07,
+    # CVE-2026-24207 in 26.03, CVE-2026-47627 in 26.06, CVE-2026-16497 in 26.07.
+    year, month = map(int, release().split("."))
+    assert (year, month) >= (26, 7)
+
+
+def test_execution_env_resolves_to_the_image_venv():
     model_dir = posixpath.join("/workspace/model_repository", Names().preprocess)
     venv = posixpath.normpath(DEFAULT_ENV_PATH.replace("$$TRITON_MODEL_DIRECTORY", model_dir))
+    assert venv == "/workspace/.venv"
+    assert "python3 -m venv /workspace/.venv" in (ROOT / "docker" / "cpu.Dockerfile").read_text()
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert (
-        dockerfile.count(f"python3 -m venv {venv}")
-        + dockerfile.count(f"python3 -m venv --system-site-packages {venv}")
-        == 2
-    )
+    assert "virtualenv /workspace/.venv" in dockerfile
+    assert "python3 -m venv --system-site-packages /workspace/.venv" in dockerfile

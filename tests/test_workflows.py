@@ -102,7 +102,8 @@ def test_engine_workflow_triggers_on_everything_an_engine_is_built_from():
     paths = triggers["push"]["paths"]
     assert triggers["push"]["branches"] == ["main"]
     assert triggers["pull_request"]["paths"] == paths
-    inputs = ["build/pipeline.yaml", ".env", "Dockerfile", "docker-compose.yml", "pyproject.toml"]
+    inputs = ["build/pipeline.yaml", ".env", "Dockerfile", "docker-compose.yml",
+              "docker-compose.gpu.yml", "pyproject.toml"]  # fmt: skip
     served = {"triton_models"}  # runs inside Triton, imported by the generated model.py
     inputs += [f"src/resnet_triton/{module}.py" for module in pipeline_imports() | served]
     for path in inputs:
@@ -134,6 +135,8 @@ def test_engine_jobs_build_smoke_and_publish_in_order():
     gpu_build = steps["Build and gate (TensorRT container of the pinned release)"]
     assert gpu_build["if"] == "matrix.kind == 'gpu'"
     assert "docker compose run" in gpu_build["run"] and " engine " in gpu_build["run"]
+    # The engine service is in the GPU override, which compose reads through COMPOSE_FILE.
+    assert jobs["engine"]["env"]["COMPOSE_FILE"] == "docker-compose.yml:docker-compose.gpu.yml"
     assert "pipeline --config build/pipeline.yaml build" in gpu_build["run"]
     gpu_smoke = steps["Smoke test (Triton container of the pinned release)"]
     assert "smoke" in gpu_smoke["run"] and "--server docker" in gpu_smoke["run"]

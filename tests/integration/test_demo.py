@@ -4,17 +4,14 @@ import json
 
 import pytest
 
-from resnet_triton.demo import run
 from resnet_triton.repository import read_config
 
 pytestmark = pytest.mark.integration
 
 
-def test_demo_writes_the_report(tmp_path, capsys):
-    repository = tmp_path / "model_repository"
-    report = run(tmp_path / "demo", repository, epochs=1)
-
-    saved = json.loads((tmp_path / "demo" / "report.json").read_text())
+def test_demo_writes_the_report(demo_run):
+    report = demo_run.report
+    saved = json.loads((demo_run.repository.parent / "demo" / "report.json").read_text())
     assert saved == report
     assert report["images"] == 360
     assert report["failed_requests"] == 0
@@ -25,8 +22,9 @@ def test_demo_writes_the_report(tmp_path, capsys):
     assert set(report["stage_seconds"]) == {
         "data", "train", "build", "pytorch_reference", "server_start", "classify", "server_stop",
     }  # fmt: skip
-    assert read_config(repository / "resnet_ensemble" / "config.pbtxt").max_batch_size == 32
-    last_lines = capsys.readouterr().out.splitlines()[-3:]
+    config = read_config(demo_run.repository / "resnet_ensemble" / "config.pbtxt")
+    assert config.max_batch_size == 32
+    last_lines = demo_run.output.splitlines()[-3:]
     assert [line.split()[0] for line in last_lines] == [
         "pytorch_top1_accuracy", "served_top1_accuracy", "served_vs_pytorch_agreement",
     ]  # fmt: skip

@@ -1,0 +1,140 @@
+"""`docker compose up tritonserver` on this CPU machine, against the demo's published
+repository: the same answers as the bare-process server, the serving policy, and
+nginx keeping chunked bodies away from Triton 2.51."""
+
+import re
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from conftest import ADMIN_KEY, NAMES, ComposeProject, run
+
+from resnet_triton.client import Classifier
+from resnet_triton.server import Ports, TritonServer
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def service(cpu_image, demo_run):
+    project = ComposeProject(demo_run.repository)
+    try:
+        started = project.up()
+        assert started.returncode == 0, started.stderr + project.logs()[-3000:]
+        yield project
+    finally:
+        project.down()
+
+
+def container_id(service) -> str:
+    return service("ps", "--quiet", "tritonserver").stdout.strip()
+
+
+def inspect(service, template: str) -> str:
+    return run(["docker", "inspect", f"--format={template}", container_id(service)]).stdout.strip()
+
+
+def classify(url: str, paths: list[Path]) -> np.ndarray:
+    with Classifier(url, "grpc", concurrency=4) as classifier:
+        results = classifier.classify(paths)
+    assert [r.error for r in results if not r.ok] == []
+    return np.array([r.top1.index for r in results])
+
+
+def test_serves_the_demo_exactly_as_the_bare_process_server(service, demo_run, tmp_path):
+    paths = sorted(demo_run.val.glob("*/*.png"))
+    labels = np.array([int(p.parent.name) for p in paths])
+    assert len(paths) == 360
+    in_container = classify(f"localhost:{service.ports.grpc}", paths)
+    with TritonServer(demo_run.repository, Ports.free(), tmp_path / "log", 3) as bare:
+        bare.wait_ready([NAMES.ensemble])
+        bare_process = classify(f"localhost:{bare.ports.grpc}", paths)
+    assert np.mean(in_container == bare_process) == 1.0  # agreement
+    accuracy = np.mean(in_container == labels)
+    assert accuracy == np.mean(bare_process == labels) == demo_run.report["served_top1_accuracy"]
+
+
+def test_restricted_apis_need_the_admin_key(service):
+    url = f"http://localhost:{service.ports.http}/v2/repository/index"
+
+    def status(headers):
+        request = urllib.request.Request(url, data=b"{}", headers=headers, method="POST")
+        try:
+            return urllib.request.urlopen(request).status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert status({}) == 403
+    assert status({"admin-key": "wrong"}) == 403
+    assert status({"admin-key": ADMIN_KEY}) == 200
+
+
+def test_the_server_runs_unprivileged_and_cannot_write_the_repository(service):
+    top = service("top", "tritonserver").stdout.splitlines()
+    header = top[0].split()
+    rows = [line.split(maxsplit=len(header) - 1) for line in top[1:] if line.strip()]
+    (server,) = [row for row in rows if row[-1].split()[0].endswith("/bin/tritonserver")]
+    host_pid = server[header.index("PID")]
+    uids = Path(f"/proc/{host_pid}/status").read_text().split("Uid:")[1].split()[:2]
+    assert uids == ["1000", "1000"]  # real and effective: the image's triton-server user
+
+    write = service("exec", "-T", "tritonserver", "touch", "/workspace/model_repository/x")
+    assert write.returncode != 0
+    assert "Read-only file system" in write.stderr
+
+
+def test_metrics_are_served(service, demo_run):
+    classify(f"localhost:{service.ports.grpc}", sorted(demo_run.val.glob("3/*.png"))[:3])
+    text = urllib.request.urlopen(f"http://localhost:{service.ports.metrics}/metrics").read()
+    success = rf'nv_inference_request_success{{model="{NAMES.ensemble}".*}} (\d+)'
+    match = re.search(success, text.decode())
+    assert match and int(match.group(1)) >= 3
+
+
+def test_ports_are_published_on_loopback_only(service):
+    for port in (8000, 8001, 8002):
+        published = service("port", "tritonserver", str(port)).stdout.strip()
+        assert published.startswith("127.0.0.1:"), published
+
+
+def chunked_post(port: int, chunks: int) -> bytes:
+    """A request body of `chunks` one-byte chunks; the start of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as connection:
+        connection.sendall(
+            f"POST /v2/models/{NAMES.ensemble}/infer HTTP/1.1\r\nHost: localhost\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        block = b"1\r\nA\r\n" * 100_000
+        for _ in range(chunks // 100_000):
+            connection.sendall(block)
+        connection.sendall(b"0\r\n\r\n")
+        return connection.recv(4096)
+
+
+def test_a_body_of_one_byte_chunks_does_not_reach_triton(service, demo_run):
+    """30 MB of one-byte chunks killed the bare 2.51 server here (CVE-2025-23310/23311);
+    nginx hands Triton one Content-Length body, which it refuses as bad JSON."""
+    started = inspect(service, "{{.State.StartedAt}}")
+    answer = chunked_post(service.ports.http, 30_000_000)
+    assert answer.startswith(b"HTTP/1.1 500") and b"Server: nginx" in answer
+    assert b"failed to parse the request JSON buffer" in answer
+
+    # The same server, still ready, still classifying, with NVIDIA's HTTP client too.
+    assert inspect(service, "{{.State.StartedAt}} {{.RestartCount}}") == f"{started} 0"
+    client = httpclient.InferenceServerClient(f"localhost:{service.ports.http}")
+    try:
+        assert client.is_server_ready() and client.is_model_ready(NAMES.ensemble)
+        image = httpclient.InferInput(NAMES.image, [1, 1], "BYTES")
+        path = sorted(demo_run.val.glob("7/*.png"))[0]
+        image.set_data_from_numpy(np.array([[path.read_bytes()]], dtype=np.object_))
+        output = httpclient.InferRequestedOutput(NAMES.scores, class_count=1)
+        result = client.infer(NAMES.ensemble, [image], outputs=[output])
+    finally:
+        client.close()
+    score, index, label = result.as_numpy(NAMES.scores)[0][0].decode().split(":")
+    assert label == index and 0 < float(score) <= 1  # the digits' labels are their indices
+    assert classify(f"localhost:{service.ports.grpc}", [path]).tolist() == [int(index)]

@@ -1,0 +1,119 @@
+"""The CPU container's life: a stop under load loses no accepted request, and bad
+configuration fails at start with the item named."""
+
+import re
+import socket
+import threading
+from collections import Counter
+
+import pytest
+from conftest import ADMIN_KEY, ComposeProject
+
+from resnet_triton.client import Classifier, ClientError
+from resnet_triton.repository import ONNX_FILE
+
+pytestmark = pytest.mark.docker
+
+# What nginx logs for an inference of each protocol (docker/nginx.conf's log_format).
+REQUEST_LINES = {
+    "grpc": '"POST /inference.GRPCInferenceService/ModelInfer HTTP/2.0"',
+    "http": '"POST /v2/models/resnet_ensemble/infer HTTP/1.1"',
+}
+
+
+def accepted_requests(logs: str, protocol: str) -> list[str]:
+    """'<status> grpc=<status>' of each client inference nginx logged (the health probe
+    inside the container, from 127.0.0.1, left out)."""
+    request = re.escape(REQUEST_LINES[protocol])
+    line = re.compile(rf"\| (\S+) {request} (\d+) \S+ upstream=\S+ (.*)$")
+    return [
+        f"{match[2]} {match[3]}"
+        for match in map(line.search, logs.splitlines())
+        if match and match[1] != "127.0.0.1"
+    ]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_stop_answers_every_accepted_request(protocol, cpu_image, demo_run, compose_project):
+    """`docker compose stop` with 8 clients sending: every request either never reached
+    the server (refused: the connection was turned away) or was answered."""
+    project = compose_project(demo_run.repository)
+    started = project.up()
+    assert started.returncode == 0, started.stderr + project.logs()[-3000:]
+    url = f"localhost:{project.ports.grpc if protocol == 'grpc' else project.ports.http}"
+    images = [p.read_bytes() for p in sorted(demo_run.val.glob("*/*.png"))]
+    outcomes: list[str | None] = []  # None: answered, else the error
+    lock = threading.Lock()
+    under_load = threading.Event()
+
+    def send(classifier: Classifier, share: list[bytes]) -> None:
+        for image in share:
+            try:
+                (answer,) = classifier.classify_bytes([image])
+                outcome = None if answer else "empty answer"
+            except ClientError as exc:
+                outcome = str(exc)
+            with lock:
+                outcomes.append(outcome)
+                if len(outcomes) == 40:
+                    under_load.set()
+
+    # retries=0: every request is sent once and counted once.
+    with Classifier(url, protocol, retries=0, timeout_s=60) as classifier:
+        clients = [threading.Thread(target=send, args=(classifier, images[i::8])) for i in range(8)]
+        for client in clients:
+            client.start()
+        assert under_load.wait(120), "the clients got no answers"
+        stopped = project("stop", "tritonserver")
+        for client in clients:
+            client.join()
+    assert stopped.returncode == 0, stopped.stderr
+
+    answered = outcomes.count(None)
+    refused = Counter(error for error in outcomes if error is not None)
+    assert len(outcomes) == len(images) == 360
+    assert answered >= 40 and sum(refused.values()) > 0, (answered, refused)
+    # Seen by the server: nginx logs each request it accepted, with how it was answered.
+    logs = project.logs()
+    accepted = accepted_requests(logs, protocol)
+    answer = "200 " if protocol == "http" else "200 grpc=0/-"
+    assert [line for line in accepted if not line.startswith(answer)] == []
+    assert len(accepted) == answered  # every accepted request was answered, and no other
+    state = project("ps", "--all", "--format={{.State}} {{.ExitCode}}", "tritonserver")
+    assert state.stdout.split() == ["exited", "0"]
+    assert "tritonserver stopped (exit code 0)" in logs
+
+
+def test_no_admin_key_is_named(demo_run):
+    result = ComposeProject(demo_run.repository, admin_key=None).up()
+    assert result.returncode != 0
+    assert "required variable TRITON_ADMIN_KEY is missing a value: set TRITON_ADMIN_KEY" in (
+        result.stderr
+    )
+
+
+def test_no_published_model_is_named(cpu_image, demo_run, compose_project, tmp_path):
+    repository = tmp_path / "model_repository"
+    for path in demo_run.repository.rglob("*"):
+        target = repository / path.relative_to(demo_run.repository)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.name != ONNX_FILE:
+            target.write_bytes(path.read_bytes())
+    project = compose_project(repository)
+    assert project.up().returncode != 0
+    assert (
+        "error: /workspace/model_repository/classifier/1/model.onnx does not exist; "
+        "publish a model first"
+    ) in project.logs()
+
+
+def test_a_port_already_taken_is_named(cpu_image, demo_run, compose_project):
+    project = compose_project(demo_run.repository)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", project.ports.grpc))
+        taken.listen()
+        result = project.up()
+    assert result.returncode != 0
+    assert re.search(rf"127\.0\.0\.1:{project.ports.grpc}\b.*address already in use", result.stderr)
+    assert ADMIN_KEY not in result.stderr
