@@ -73,13 +73,31 @@ def test_restricted_apis_need_the_admin_key(service):
     assert status({"admin-key": ADMIN_KEY}) == 200
 
 
+def processes_under(pid: int) -> dict[int, str]:
+    """pid -> command name of every process descending from `pid`, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # not a process, or it ended while we looked
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found[child] = Path(f"/proc/{child}/comm").read_text().strip()
+            todo.append(child)
+    return found
+
+
 def test_the_server_runs_unprivileged_and_cannot_write_the_repository(service):
-    top = service("top", "tritonserver").stdout.splitlines()
-    header = top[0].split()
-    rows = [line.split(maxsplit=len(header) - 1) for line in top[1:] if line.strip()]
-    (server,) = [row for row in rows if row[-1].split()[0].endswith("/bin/tritonserver")]
-    host_pid = server[header.index("PID")]
-    uids = Path(f"/proc/{host_pid}/status").read_text().split("Uid:")[1].split()[:2]
+    init = int(inspect(service, "{{.State.Pid}}"))  # the container's PID 1, seen from here
+    processes = processes_under(init)
+    servers = [pid for pid, name in processes.items() if name == "tritonserver"]
+    assert len(servers) == 1, processes
+    uids = Path(f"/proc/{servers[0]}/status").read_text().split("Uid:")[1].split()[:2]
     assert uids == ["1000", "1000"]  # real and effective: the image's triton-server user
 
     write = service("exec", "-T", "tritonserver", "touch", "/workspace/model_repository/x")
