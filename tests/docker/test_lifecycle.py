@@ -4,10 +4,11 @@ configuration fails at start with the item named."""
 import re
 import socket
 import threading
+import time
 from collections import Counter
 
 import pytest
-from conftest import ADMIN_KEY, ComposeProject
+from conftest import ADMIN_KEY, ComposeProject, run
 
 from resnet_triton.client import Classifier, ClientError
 from resnet_triton.repository import ONNX_FILE
@@ -117,3 +118,36 @@ def test_a_port_already_taken_is_named(cpu_image, demo_run, compose_project):
     assert result.returncode != 0
     assert re.search(rf"127\.0\.0\.1:{project.ports.grpc}\b.*address already in use", result.stderr)
     assert ADMIN_KEY not in result.stderr
+
+
+def test_a_dead_python_stub_restarts_the_container(cpu_image, demo_run, compose_project):
+    """Triton does not restart a dead stub; `serve` exits, the entrypoint ends the
+    container, and `restart: unless-stopped` brings a healthy one back."""
+    project = compose_project(demo_run.repository)
+    started = project.up()
+    assert started.returncode == 0, started.stderr + project.logs()[-3000:]
+    kill = (
+        'for d in /proc/[0-9]*; do [ "$(cat $d/comm)" = triton_python_b ]'
+        " && grep -q classifier_0_0 $d/cmdline && kill -9 ${d#/proc/} && echo killed; done"
+    )
+    killed = project("exec", "-T", "tritonserver", "sh", "-c", kill)
+    assert killed.stdout.split() == ["killed"], killed.stderr
+
+    container = project("ps", "--all", "--quiet", "tritonserver").stdout.strip()
+    state = "{{.RestartCount}} {{.State.Health.Status}}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        now = run(["docker", "inspect", f"--format={state}", container]).stdout.split()
+        if now == ["1", "healthy"]:
+            break
+        time.sleep(1)
+    assert now == ["1", "healthy"]
+    logs = project.logs()
+    assert "the Python-backend stub of model 'classifier'" in logs
+    assert "serve-cpu: resnet-triton serve exited; stopping the container" in logs
+    url = f"localhost:{project.ports.grpc}"
+    with Classifier(url, "grpc") as classifier:
+        (answer,) = classifier.classify_bytes(
+            [sorted(demo_run.val.glob("4/*.png"))[0].read_bytes()]
+        )
+    assert answer[0].label in {str(d) for d in range(10)}
