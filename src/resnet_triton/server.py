@@ -69,7 +69,7 @@ class Ports:
         """'<endpoint> port <n>' for each port that something already listens on."""
         taken = []
         for endpoint, port in asdict(self).items():
-            with socket.socket() as s:
+            with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
                 # A port in TIME_WAIT is free to a server (which sets SO_REUSEADDR too);
                 # a listening socket is not.
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
