@@ -9,6 +9,8 @@ import io
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +90,20 @@ def triton(repository, tmp_path_factory):
         server.stop()
 
 
+def restricted_api_statuses(http_port: int) -> list[int]:
+    """HTTP status of the repository index (a restricted API) with no admin key, a wrong
+    one, and the right one."""
+    url = f"http://localhost:{http_port}/v2/repository/index"
+    statuses = []
+    for headers in ({}, {"admin-key": "wrong"}, {"admin-key": ADMIN_KEY}):
+        request = urllib.request.Request(url, data=b"{}", headers=headers, method="POST")
+        try:
+            statuses.append(urllib.request.urlopen(request).status)
+        except urllib.error.HTTPError as exc:
+            statuses.append(exc.code)
+    return statuses
+
+
 def snapshot(repo):
     return {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} if repo.exists() else {}
 
@@ -160,6 +176,16 @@ def cpu_image(docker_engine) -> str:
     return "resnet-triton/tritonserver-cpu:latest"
 
 
+def compose_leftovers() -> list[tuple[str, str]]:
+    """(kind, compose project) of every container, network and volume compose made."""
+    project = '--format={{.Label "com.docker.compose.project"}}'
+    found = []
+    for kind in (["ps", "--all"], ["network", "ls"], ["volume", "ls"]):
+        names = run(["docker", *kind, "--filter=label=com.docker.compose.project", project])
+        found += [(kind[0], name) for name in names.stdout.split()]
+    return found
+
+
 class ComposeProject:
     """`docker compose` in the repository root, as a user types it (docker-compose.yml
     and the machine's override), under a project name of its own, on free ports."""
@@ -187,18 +213,9 @@ class ComposeProject:
     def logs(self) -> str:
         return self("logs", "--no-color", "tritonserver").stdout
 
-    def leftovers(self) -> list[str]:
-        """Containers, networks and volumes of this project that still exist."""
-        label = f"label=com.docker.compose.project={self.name}"
-        found = []
-        for kind in (["ps", "--all"], ["network", "ls"], ["volume", "ls"]):
-            names = run(["docker", *kind, "--quiet", f"--filter={label}"]).stdout.split()
-            found += [f"{kind[0]} {name}" for name in names]
-        return found
-
     def down(self) -> None:
         self("down", "--volumes", "--timeout=10")
-        assert self.leftovers() == []
+        assert [found for found in compose_leftovers() if found[1] == self.name] == []
 
 
 @pytest.fixture

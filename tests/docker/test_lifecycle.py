@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import ADMIN_KEY, ComposeProject, run
+from conftest import ADMIN_KEY, NAMES, ComposeProject, run
 
 from resnet_triton.client import Classifier, ClientError
 from resnet_triton.repository import ONNX_FILE
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.docker
 # What nginx logs for an inference of each protocol (docker/nginx.conf's log_format).
 REQUEST_LINES = {
     "grpc": '"POST /inference.GRPCInferenceService/ModelInfer HTTP/2.0"',
-    "http": '"POST /v2/models/resnet_ensemble/infer HTTP/1.1"',
+    "http": f'"POST /v2/models/{NAMES.ensemble}/infer HTTP/1.1"',
 }
 
 
@@ -126,9 +126,10 @@ def test_a_dead_python_stub_restarts_the_container(cpu_image, demo_run, compose_
     project = compose_project(demo_run.repository)
     started = project.up()
     assert started.returncode == 0, started.stderr + project.logs()[-3000:]
+    instance = f"{NAMES.classifier}_0_0"  # Triton's name for the classifier's instance
     kill = (
         'for d in /proc/[0-9]*; do [ "$(cat $d/comm)" = triton_python_b ]'
-        " && grep -q classifier_0_0 $d/cmdline && kill -9 ${d#/proc/} && echo killed; done"
+        f" && grep -q {instance} $d/cmdline && kill -9 ${{d#/proc/}} && echo killed; done"
     )
     killed = project("exec", "-T", "tritonserver", "sh", "-c", kill)
     assert killed.stdout.split() == ["killed"], killed.stderr
@@ -143,7 +144,7 @@ def test_a_dead_python_stub_restarts_the_container(cpu_image, demo_run, compose_
         time.sleep(1)
     assert now == ["1", "healthy"]
     logs = project.logs()
-    assert "the Python-backend stub of model 'classifier'" in logs
+    assert f"the Python-backend stub of model '{NAMES.classifier}'" in logs
     assert "serve-cpu: resnet-triton serve exited; stopping the container" in logs
     url = f"localhost:{project.ports.grpc}"
     with Classifier(url, "grpc") as classifier:

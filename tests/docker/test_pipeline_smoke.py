@@ -6,7 +6,7 @@ import re
 
 import pytest
 import yaml
-from conftest import ROOT, run
+from conftest import NAMES, ROOT, compose_leftovers
 
 from resnet_triton import cli
 
@@ -32,11 +32,8 @@ def test_smoke_test_in_the_cpu_container(cpu_image, checkpoint, digits, tmp_path
     assert (smoke["images"], smoke["failed_requests"]) == (120, 0)
     assert smoke["top1_accuracy"] >= 0.9
     log = (stage / "triton.log").read_text()  # the container's whole output
-    assert "ready: resnet_ensemble on HTTP 127.0.0.1:18000" in log  # its supervising serve
+    assert f"ready: {NAMES.ensemble} on HTTP 127.0.0.1:18000" in log  # its supervising serve
     assert "tritonserver stopped (exit code 0)" in log
     # Nothing of its compose project (resnet-triton-<8 hex digits>) is left.
-    project = '{{.Label "com.docker.compose.project"}}'
-    for kind in (["ps", "--all"], ["network", "ls"], ["volume", "ls"]):
-        found = run(["docker", *kind, "--filter=label=com.docker.compose.project",
-                     f"--format={project}"]).stdout.split()  # fmt: skip
-        assert [name for name in found if re.fullmatch(r"resnet-triton-[0-9a-f]{8}", name)] == []
+    smoke_projects = re.compile(r"resnet-triton-[0-9a-f]{8}")
+    assert [found for found in compose_leftovers() if smoke_projects.fullmatch(found[1])] == []
