@@ -145,3 +145,19 @@ def test_a_body_of_one_byte_chunks_does_not_reach_triton(service, demo_run):
     score, index, label = result.as_numpy(NAMES.scores)[0][0].decode().split(":")
     assert label == index and 0 < float(score) <= 1  # the digits' labels are their indices
     assert classify(f"localhost:{service.ports.grpc}", [path]).tolist() == [int(index)]
+
+
+def test_a_body_over_64_mib_is_refused_by_nginx(service):
+    with socket.create_connection(("127.0.0.1", service.ports.http), timeout=30) as connection:
+        connection.sendall(
+            f"POST /v2/models/{NAMES.ensemble}/infer HTTP/1.1\r\nHost: localhost\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {64 * 2**20 + 1}\r\n\r\n".encode()
+        )
+        answer = connection.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413 Request Entity Too Large")
+    assert b"Server: nginx" in answer
+    client = httpclient.InferenceServerClient(f"localhost:{service.ports.http}")
+    try:
+        assert client.is_model_ready(NAMES.ensemble)
+    finally:
+        client.close()
