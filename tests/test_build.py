@@ -1,6 +1,7 @@
 """Export, the accuracy gates, INT8, manifests, skipping, and publishing only what passes."""
 
 import json
+from importlib import metadata
 
 import numpy as np
 import onnx
@@ -14,7 +15,7 @@ from resnet_triton.errors import UserError
 from resnet_triton.export import ExportError, check_onnx, spec_from_onnx
 from resnet_triton.manifest import file_sha256, read_manifest
 from resnet_triton.resnet import load_checkpoint
-from resnet_triton.verify import POLICIES
+from resnet_triton.verify import POLICIES, POLYGRAPHY_MIN, polygraphy_too_old
 
 
 def options(checkpoint, digits, root, **kwargs):
@@ -157,3 +158,13 @@ def test_corrupt_onnx_file_is_named(tmp_path):
     path.write_bytes(b"\x08\x07garbage")
     with pytest.raises(ExportError, match="model.onnx is not a valid ONNX model"):
         check_onnx(path)
+
+
+def test_the_polygraphy_pin_covers_the_api_the_gates_use():
+    # 0.50.3, the last release before 0.53.4, has CompareFunc.simple and no SimpleCompareFunc.
+    pins = [r for r in metadata.requires("resnet-triton") if r.startswith("polygraphy")]
+    assert pins == [f"polygraphy>={POLYGRAPHY_MIN}"]
+    assert POLYGRAPHY_MIN == "0.53.4"
+    assert polygraphy_too_old("0.50.3").startswith(
+        "Polygraphy 0.50.3 is installed; the accuracy gates need 0.53.4 or newer"
+    )

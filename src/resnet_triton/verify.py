@@ -29,17 +29,34 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 
 import numpy as np
 import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
-from polygraphy.comparator import Comparator, SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 from torch import nn
 
 from resnet_triton.export import WithSoftmax
 from resnet_triton.spec import ModelSpec
+
+# SimpleCompareFunc, and compare_accuracy's list results, came in Polygraphy 0.53.4; an
+# NGC image's older copy (seen through --system-site-packages) must not be used.
+POLYGRAPHY_MIN = "0.53.4"
+
+
+def polygraphy_too_old(installed: str) -> str:
+    return (
+        f"Polygraphy {installed} is installed; the accuracy gates need {POLYGRAPHY_MIN} or newer "
+        f"(pip install 'polygraphy>={POLYGRAPHY_MIN}')"
+    )
+
+
+try:
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+except ImportError as exc:
+    raise ImportError(polygraphy_too_old(version("polygraphy"))) from exc
 
 
 @dataclass(frozen=True)
