@@ -131,6 +131,12 @@ def run(opts: BuildOptions) -> dict:
     target, gpu, why = resolve_target(opts.target)
     print(f"build target: {why}", flush=True)
     check_choice(f"precision for the {target} target", opts.precision, PRECISIONS[target])
+    plan_flags = [f for f in ("hardware_compatible", "version_compatible") if getattr(opts, f)]
+    if plan_flags and target != "gpu":
+        flags = " and ".join(f"--{f.replace('_', '-')}" for f in plan_flags)
+        raise UserError(f"{flags}: options of TensorRT plans (--target gpu), not of {target}")
+    if opts.hardware_compatible:
+        engine.check_hardware_compatible(gpu)
     spec, model, payload = load_checkpoint(opts.checkpoint)
     profile = engine.Profile.for_spec(spec, opts.opt_batch, opts.max_batch)
     val_dir, calibration_dir = _data_folders(opts, payload)

@@ -2,20 +2,30 @@
 
 A plan runs only on the TensorRT version and GPU compute capability it was
 built for, so both go into its file name (`model.sm90.plan`), its manifest
-and the content hash. One optimization profile: min 1, opt, max = the spec's
-max_batch_size (Triton refuses a plan whose max batch differs from the
-config's). TF32 stays off for FP32 plans so that they match ONNX Runtime
-FP32. INT8 is calibrated on real training images in batches of the profile's
-opt size; the calibration cache (named by the build's content hash) and the
-timing cache are kept in the work folder and reused by later builds.
+and the content hash; a `--hardware-compatible` plan (TensorRT's Ampere-plus
+level, built on an Ampere or newer GPU) runs on every Ampere or newer GPU and
+is served to them as the config's default_model_filename. One optimization
+profile: min 1, opt (the largest preferred batch), max = the spec's
+max_batch_size by default (Triton refuses a plan whose profile cannot take the
+config's max_batch_size; a larger profile max is allowed). TF32 stays off for
+FP32 plans so that they match ONNX Runtime FP32. INT8 is calibrated on real
+training images in batches of the profile's opt size; the calibration cache
+(`calibration.<content hash>.cache`) and the timing cache are kept in the
+work folder and reused by later builds.
 
-Nothing here runs without the `tensorrt` package and a CUDA GPU; `gpu_status`
-says which one is missing.
+The GPU is found through nvidia-smi, which the NVIDIA Container Toolkit puts in
+every GPU container, not through PyTorch: PyPI's torch needs a newer driver than
+the NGC images run on, and export needs no CUDA at all. Nothing here builds
+without the `tensorrt` package and a GPU; `gpu_status` says which one is missing.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +49,13 @@ class Profile:
         """The one profile a plan for this spec may have; errors name the limit."""
         limit = spec.batching.max_batch_size
         max_batch = limit if max_batch is None else max_batch
-        if max_batch != limit:
+        if max_batch < limit:
             raise UserError(
-                f"profile max batch {max_batch} must equal the spec's max_batch_size {limit}: "
-                "Triton refuses a plan whose max batch differs from its config"
+                f"profile max batch {max_batch} is below the spec's max_batch_size {limit}: "
+                "Triton refuses a plan whose profile cannot take the config's max_batch_size"
             )
-        if opt_batch is None:
-            opt_batch = max(spec.batching.preferred_batch_sizes)
+        if opt_batch is None:  # without preferred sizes the batcher forms batches up to max
+            opt_batch = max(spec.batching.preferred_batch_sizes, default=limit)
         if not 1 <= opt_batch <= max_batch:
             raise UserError(f"profile opt batch {opt_batch} must lie in 1..{max_batch}")
         return cls(1, opt_batch, max_batch)
@@ -65,22 +75,70 @@ class Gpu:
         return "sm" + self.compute_capability.replace(".", "")
 
 
+class NoGpu(Exception):
+    """No GPU to build for; the message says why."""
+
+
+def nvidia_smi() -> list[Gpu]:
+    """The GPUs the driver shows this process (CUDA_VISIBLE_DEVICES respected), in its order."""
+    binary = shutil.which("nvidia-smi")
+    if binary is None:
+        raise NoGpu(
+            "nvidia-smi is not on PATH (no NVIDIA driver here, or a container started "
+            "without a GPU)"
+        )
+    command = [binary, "--query-gpu=name,compute_cap", "--format=csv,noheader"]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        if not visible.strip() or visible.strip() == "-1":
+            raise NoGpu(f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU")
+        command.append(f"--id={visible.strip()}")
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise NoGpu("nvidia-smi did not answer within 60 s") from None
+    if result.returncode != 0:
+        said = (result.stdout + result.stderr).strip().splitlines() or ["(no output)"]
+        raise NoGpu(f"nvidia-smi failed (exit {result.returncode}): {said[0]}")
+    gpus = []
+    for line in result.stdout.strip().splitlines():
+        name, _, capability = line.rpartition(",")
+        if not re.fullmatch(r"\d+\.\d+", capability.strip()):
+            raise NoGpu(f"nvidia-smi gave no compute capability in {line!r} (driver too old?)")
+        gpus.append(Gpu(name.strip(), capability.strip()))
+    if not gpus:
+        raise NoGpu("nvidia-smi lists no GPU")
+    return gpus
+
+
 def gpu_status() -> tuple[Gpu | None, str]:
-    """(the GPU, a sentence) or (None, why the TensorRT path cannot run here)."""
+    """(the GPU to build for, a sentence) or (None, why the TensorRT path cannot run here)."""
     if importlib.util.find_spec("tensorrt") is None:
         return None, "the tensorrt Python package is not installed"
-    import torch
-
-    if not torch.cuda.is_available():
-        return None, "no CUDA GPU is visible"
-    import tensorrt
-
-    major, minor = torch.cuda.get_device_capability()
-    gpu = Gpu(torch.cuda.get_device_name(), f"{major}.{minor}")
-    return (
-        gpu,
-        f"TensorRT {tensorrt.__version__} on {gpu.name} (compute capability {major}.{minor})",
+    try:
+        gpus = nvidia_smi()
+    except NoGpu as exc:
+        return None, str(exc)
+    if len({gpu.compute_capability for gpu in gpus}) > 1:
+        listed = ", ".join(f"{g.name} ({g.compute_capability})" for g in gpus)
+        return None, (
+            f"GPUs of different compute capabilities are visible ({listed}): set "
+            "CUDA_VISIBLE_DEVICES to the one to build for"
+        )
+    gpu = gpus[0]
+    return gpu, (
+        f"TensorRT {trt_version()} on {gpu.name} (compute capability {gpu.compute_capability})"
     )
+
+
+def check_hardware_compatible(gpu: Gpu) -> None:
+    """Ampere-plus plans can only be built on an Ampere (8.0) or newer GPU."""
+    if int(gpu.compute_capability.split(".")[0]) < 8:
+        raise UserError(
+            f"--hardware-compatible builds a plan for every Ampere or newer GPU, which "
+            f"TensorRT can do only on one of them; {gpu.name} has compute capability "
+            f"{gpu.compute_capability} (8.0 or higher needed): build without the flag"
+        )
 
 
 def fixed_batches(arrays: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
