@@ -14,15 +14,15 @@ RUN apt-get update \
     && useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin triton-server
 # docker/ca-certificates/*.crt (gitignored, empty by default): CAs of a TLS-inspecting
 # proxy, trusted by pip during this step only; nothing of them stays in the image.
-COPY docker/requirements-cpu.txt /tmp/requirements-cpu.txt
+COPY docker/requirements-serving.txt /tmp/requirements-serving.txt
 RUN --mount=type=bind,source=docker/ca-certificates,target=/tmp/extra-ca \
     cat /etc/ssl/certs/ca-certificates.crt > /tmp/ca.pem \
     && find /tmp/extra-ca -name "*.crt" -exec cat {} + >> /tmp/ca.pem \
     && python3 -m venv /workspace/.venv \
     && export PIP_CERT=/tmp/ca.pem PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    && /workspace/.venv/bin/pip install -q -r /tmp/requirements-cpu.txt \
+    && /workspace/.venv/bin/pip install -q -r /tmp/requirements-serving.txt \
     && /workspace/.venv/bin/pip install -q --no-deps nvidia-pytriton==0.7.0 \
-    && rm /tmp/ca.pem /tmp/requirements-cpu.txt
+    && rm /tmp/ca.pem /tmp/requirements-serving.txt
 COPY pyproject.toml README.md /opt/resnet-triton/
 COPY src /opt/resnet-triton/src
 # No build isolation: setuptools is in the venv, so this step needs no network.

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from resnet_triton import serve
 from resnet_triton.repository import DEFAULT_ENV_PATH
-from resnet_triton.server import policy_flags
 from resnet_triton.spec import Names
 
 ROOT = Path(__file__).parent.parent
@@ -102,13 +102,19 @@ def test_healthcheck_classifies_through_the_ensemble(files):
     assert server["restart"] == "unless-stopped"
 
 
-def test_gpu_server_runs_the_serving_policy_after_the_engine():
+def test_gpu_server_is_supervised_by_serve_after_the_engine():
     gpu = services(GPU)
     server, engine = gpu["tritonserver"], gpu["engine"]
+    # serve, not tritonserver itself: it exits when a stub dies or the probe fails, so the
+    # restart policy acts (Docker never restarts a container that is merely unhealthy).
     command = server["command"]
-    assert command[0] == "tritonserver"
-    assert "--model-repository=/workspace/model_repository" in command
-    assert set(policy_flags(KEY)) <= set(command)
+    assert command[:2] == ["resnet-triton", "serve"]
+    args = serve.get_args_parser().parse_args(command[2:])
+    assert args.tritonserver == Path("/opt/tritonserver/bin/tritonserver")
+    assert args.repository == Path("/workspace/model_repository")
+    assert args.address == "0.0.0.0"  # in the container; published on loopback (above)
+    assert server["environment"]["TRITON_ADMIN_KEY"] == KEY  # serve's --admin-key default
+    assert server["restart"] == "unless-stopped"
     assert server["depends_on"]["engine"]["condition"] == "service_completed_successfully"
     for service in (server, engine):
         (device,) = service["deploy"]["resources"]["reservations"]["devices"]
@@ -118,6 +124,13 @@ def test_gpu_server_runs_the_serving_policy_after_the_engine():
     dockerfile = (ROOT / "Dockerfile").read_text()
     server_stage = dockerfile.split(" AS triton")[1].split("FROM ")[0]
     assert "\nUSER 1000\n" in server_stage
+    assert "ENV PATH=/workspace/.venv/bin:$PATH" in server_stage
+
+
+def test_engine_writes_as_the_exported_host_user():
+    # bash does not export UID/GID: compose would always have seen its 1000 default.
+    assert services(GPU, HOST_UID="1234", HOST_GID="5678")["engine"]["user"] == "1234:5678"
+    assert services(GPU, UID="1234", GID="5678")["engine"]["user"] == "1000:1000"
 
 
 def test_one_place_pins_the_ngc_release():
@@ -143,6 +156,7 @@ def test_execution_env_resolves_to_the_image_venv():
     venv = posixpath.normpath(DEFAULT_ENV_PATH.replace("$$TRITON_MODEL_DIRECTORY", model_dir))
     assert venv == "/workspace/.venv"
     assert "python3 -m venv /workspace/.venv" in (ROOT / "docker" / "cpu.Dockerfile").read_text()
+    # Both NGC stages make it with docker/ngc-venv.sh (tests/docker/test_ngc_env.py runs it).
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "virtualenv /workspace/.venv" in dockerfile
-    assert "python3 -m venv --system-site-packages /workspace/.venv" in dockerfile
+    assert dockerfile.count("RUN sh /tmp/ngc-venv.sh /workspace/.venv") == 2
+    assert "-m venv" not in dockerfile and "virtualenv" not in dockerfile

@@ -8,14 +8,19 @@ import pytest
 from resnet_triton.demo import demo_spec
 from resnet_triton.repository import (
     DEFAULT_ENV_PATH,
+    TENSORRT_BACKEND_CONFIG,
+    Plans,
+    backend_flags,
     classifier_config,
     ensemble_config,
     env_path_for,
     preprocess_config,
+    publish,
     read_config,
     render,
     rendered_files,
 )
+from resnet_triton.server import TritonServer
 from resnet_triton.spec import Batching, ModelSpec, Preprocessing
 
 COMMITTED = Path(__file__).parent.parent / "model_repository"
@@ -71,11 +76,12 @@ def test_env_path_is_relative_only_where_it_resolves_to_this_venv(tmp_path):
 
 def test_gpu_target_serves_tensorrt_plans_by_compute_capability(tmp_path):
     spec = ModelSpec(labels=("cat", "dog"))
-    plans = {"8.0": "model.sm80.plan", "9.0": "model.sm90.plan"}
+    plans = Plans({"8.0": "model.sm80.plan", "9.0": "model.sm90.plan"})
     render(spec, tmp_path, env_path="/opt/venv", target="gpu", plans=plans)
     config = read_config(tmp_path / "classifier" / "config.pbtxt")
     assert config.platform == "tensorrt_plan" and not config.backend
-    assert dict(config.cc_model_filenames) == plans
+    assert dict(config.cc_model_filenames) == plans.by_capability
+    assert config.default_model_filename == ""  # no plan for GPUs of other capabilities
     assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
     assert list(config.input[0].dims) == [3, 224, 224]
     assert not (tmp_path / "classifier" / "1" / "model.py").exists()
@@ -86,12 +92,48 @@ def test_gpu_target_serves_tensorrt_plans_by_compute_capability(tmp_path):
     assert all(cpu[k] == gpu[k] for k in shared) and len(shared) == 6
 
 
-def test_served_code_imports_only_what_the_triton_image_installs(tmp_path):
-    """The Dockerfile's triton stage installs numpy, Pillow and ONNX Runtime, not PyTorch."""
+def publish_plan(repo: Path, tmp_path: Path, capability: str, **flags) -> str:
+    """A stand-in plan file (no TensorRT here) published with a manifest like build's."""
+    artifact = tmp_path / "candidate.plan"
+    artifact.write_bytes(b"stand-in for a TensorRT plan")
+    name = f"model.sm{capability.replace('.', '')}.plan"
+    manifest = {"compute_capability": capability, "inputs": {"flags": flags}}
+    publish(artifact, ModelSpec(labels=("cat", "dog")), repo, name, manifest, "/opt/venv", "gpu")
+    return name
+
+
+def test_a_hardware_compatible_plan_serves_every_gpu_without_its_own(tmp_path):
+    repo = tmp_path / "repo"
+    sm90 = publish_plan(repo, tmp_path, "9.0", hardware_compatible=False)
+    config = read_config(repo / "classifier" / "config.pbtxt")
+    assert dict(config.cc_model_filenames) == {"9.0": sm90}
+    assert config.default_model_filename == ""
+    sm86 = publish_plan(repo, tmp_path, "8.6", hardware_compatible=True)
+    config = read_config(repo / "classifier" / "config.pbtxt")
+    assert dict(config.cc_model_filenames) == {"8.6": sm86, "9.0": sm90}
+    # An L4 (8.9) or A100 (8.0) finds the Ampere-plus plan instead of a missing model.plan.
+    assert config.default_model_filename == sm86
+
+
+def test_version_compatible_plans_get_the_tensorrt_backend_flag(tmp_path):
+    repo = tmp_path / "repo"
+    publish_plan(repo, tmp_path, "9.0", version_compatible=False)
+    assert backend_flags(repo) == []
+    assert TENSORRT_BACKEND_CONFIG not in TritonServer(repo).command
+    publish_plan(repo, tmp_path, "8.0", version_compatible=True)
+    assert backend_flags(repo) == ["--backend-config=tensorrt,version-compatible=true"]
+    ngc = Path("/opt/tritonserver/bin/tritonserver")
+    command = TritonServer(repo, binary=ngc).command
+    assert command[0] == str(ngc) and TENSORRT_BACKEND_CONFIG in command
+    assert not any(flag.startswith("--backend-directory") for flag in command)  # the image's own
+
+
+def test_served_code_imports_only_what_the_serving_images_install(tmp_path):
+    """Both serving images install docker/requirements-serving.txt: no PyTorch, no YAML."""
     (tmp_path / "triton_python_backend_utils.py").write_text("")  # Triton provides it
     script = (
-        "import sys; import resnet_triton.triton_models, resnet_triton.probe; "
-        "print(' '.join(sorted(m for m in ('torch', 'torchvision', 'tritonclient', "
+        "import sys; import resnet_triton.triton_models, resnet_triton.probe, "
+        "resnet_triton.serve; print(' '.join(sorted(m for m in ('torch', 'torchvision', "
         "'polygraphy', 'sklearn', 'yaml', 'matplotlib') if m in sys.modules)))"
     )
     result = subprocess.run(
@@ -102,5 +144,10 @@ def test_served_code_imports_only_what_the_triton_image_installs(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
-    dockerfile = (Path(__file__).parent.parent / "Dockerfile").read_text()
-    assert 'pip install --no-cache-dir "numpy<2" pillow onnxruntime' in dockerfile
+    root = Path(__file__).parent.parent
+    requirements = (root / "docker" / "requirements-serving.txt").read_text()
+    for package in ("numpy==", "pillow==", "onnxruntime==", "tritonclient[grpc,http]=="):
+        assert f"\n{package}" in requirements, package
+    triton_stage = (root / "Dockerfile").read_text().split(" AS triton")[1].split("FROM ")[0]
+    assert "-r /tmp/requirements-serving.txt" in triton_stage
+    assert "--no-deps" in triton_stage

@@ -6,6 +6,7 @@ Layout (names from `spec.names`):
     <repo>/preprocess/1/model.py         glue: imports resnet_triton.triton_models
     <repo>/classifier/config.pbtxt       CPU target: Python backend running ONNX Runtime;
                                          GPU target: tensorrt_plan, cc_model_filenames
+                                         (a hardware-compatible plan: default_model_filename)
     <repo>/classifier/1/model.py         CPU target only
     <repo>/classifier/1/model.onnx       CPU target (FP32 or INT8), placed by `publish`
     <repo>/classifier/1/model.sm90.plan  GPU target, one plan per compute capability
@@ -39,6 +40,7 @@ import shutil
 import struct
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -160,8 +162,23 @@ def classifier_config(spec: ModelSpec, env_path: str) -> mc.ModelConfig:
     return config
 
 
-def tensorrt_classifier_config(spec: ModelSpec, plans: dict[str, str]) -> mc.ModelConfig:
-    """The GPU classifier: TensorRT plans, one per compute capability ("9.0" -> file)."""
+@dataclass(frozen=True)
+class Plans:
+    """The TensorRT plans published for the classifier, as their manifests describe them."""
+
+    by_capability: dict[str, str] = field(default_factory=dict)  # "9.0" -> "model.sm90.plan"
+    # A hardware-compatible (Ampere-plus) plan, for every GPU without a plan of its own;
+    # Triton's default file name, model.plan, is never published.
+    portable: str | None = None
+    # A version-compatible plan loads only with TENSORRT_BACKEND_CONFIG given to Triton.
+    version_compatible: bool = False
+
+
+TENSORRT_BACKEND_CONFIG = "--backend-config=tensorrt,version-compatible=true"
+
+
+def tensorrt_classifier_config(spec: ModelSpec, plans: Plans) -> mc.ModelConfig:
+    """The GPU classifier: TensorRT plans, one per compute capability."""
     config = _model(
         spec, spec.names.classifier, mc.ModelInstanceGroup.KIND_GPU, spec.instances.classifier
     )
@@ -170,7 +187,9 @@ def tensorrt_classifier_config(spec: ModelSpec, plans: dict[str, str]) -> mc.Mod
     config.output.append(
         mc.ModelOutput(name=spec.names.scores, data_type=mc.TYPE_FP32, dims=[spec.num_classes])
     )
-    config.cc_model_filenames.update(plans)
+    config.cc_model_filenames.update(plans.by_capability)
+    if plans.portable:
+        config.default_model_filename = plans.portable
     config.model_warmup.extend(_classifier_warmup(spec))
     return config
 
@@ -212,12 +231,12 @@ def rendered_files(
     spec: ModelSpec,
     env_path: str = DEFAULT_ENV_PATH,
     target: str = "cpu",
-    plans: dict[str, str] | None = None,
+    plans: Plans | None = None,
 ) -> dict[str, str | bytes]:
     """Relative path -> content of every generated file (text, or bytes for binaries).
 
     target "cpu": the classifier is ONNX Runtime in the Python backend.
-    target "gpu": the classifier is `tensorrt_plan` with `plans` by compute capability.
+    target "gpu": the classifier is `tensorrt_plan` serving `plans`.
     """
     names = spec.names
 
@@ -234,7 +253,7 @@ def rendered_files(
     }
     if target == "gpu":
         files[f"{names.classifier}/config.pbtxt"] = pbtxt(
-            tensorrt_classifier_config(spec, plans or {})
+            tensorrt_classifier_config(spec, plans or Plans())
         )
     else:
         files[f"{names.classifier}/config.pbtxt"] = pbtxt(classifier_config(spec, env_path))
@@ -247,7 +266,7 @@ def render(
     repo: Path,
     env_path: str = DEFAULT_ENV_PATH,
     target: str = "cpu",
-    plans: dict[str, str] | None = None,
+    plans: Plans | None = None,
 ) -> list[Path]:
     """Write the generated files into `repo`; returns their paths."""
     written = []
@@ -262,13 +281,26 @@ def render(
     return written
 
 
-def published_plans(version_dir: Path) -> dict[str, str]:
-    """Compute capability -> plan file, from the manifests beside the plans."""
-    plans = {}
-    for manifest in sorted(version_dir.glob("*.plan.manifest.json")):
-        data = json.loads(manifest.read_text())
-        plans[data["compute_capability"]] = manifest.name.removesuffix(".manifest.json")
-    return plans
+def published_plans(version_dir: Path) -> Plans:
+    """The plans in a classifier version folder, from the manifests beside them."""
+    manifests = {
+        path.name.removesuffix(".manifest.json"): json.loads(path.read_text())
+        for path in sorted(version_dir.glob("*.plan.manifest.json"))
+    }
+    flags = {name: data["inputs"].get("flags", {}) for name, data in manifests.items()}
+    portable = [name for name, f in flags.items() if f.get("hardware_compatible")]
+    return Plans(
+        by_capability={data["compute_capability"]: name for name, data in manifests.items()},
+        portable=portable[0] if portable else None,
+        version_compatible=any(f.get("version_compatible") for f in flags.values()),
+    )
+
+
+def backend_flags(repository: Path) -> list[str]:
+    """tritonserver flags that the published models of `repository` need."""
+    version_dirs = {p.parent for p in Path(repository).glob("*/*/*.plan.manifest.json")}
+    needed = any(published_plans(d).version_compatible for d in version_dirs)
+    return [TENSORRT_BACKEND_CONFIG] if needed else []
 
 
 def publish(

@@ -127,6 +127,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "CVE-2025-23310/23311 and later: expose it only behind a proxy that bounds request "
         "bodies, as the CPU container does",
     )
+    parser.add_argument(
+        "--tritonserver",
+        type=Path,
+        help="the tritonserver binary to run, with its installation's backends (e.g. "
+        "/opt/tritonserver/bin/tritonserver in NVIDIA's image; default: the nvidia-pytriton "
+        "wheel's 2.51, CPU only)",
+    )
     parser.add_argument("--http-port", type=int, default=Ports.http)
     parser.add_argument("--grpc-port", type=int, default=Ports.grpc)
     parser.add_argument("--metrics-port", type=int, default=Ports.metrics)
@@ -149,7 +156,10 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    server = TritonServer(args.repository, ports, admin_key=args.admin_key, address=args.address)
+    server = TritonServer(
+        args.repository, ports, admin_key=args.admin_key, address=args.address,
+        binary=args.tritonserver,
+    )  # fmt: skip
     server.start()
     failure = None
     try:

@@ -4,6 +4,10 @@ The wheel ships `tritonserver` 2.51.0 (NGC 24.10) with the Python backend and
 the ensemble scheduler. Triton expects a backend folder per backend holding
 the backend library and its stub, so one is assembled, once per virtual
 environment, from the files the wheel spreads over several folders.
+
+Given another binary (`binary=`, `serve --tritonserver`), such as the NGC
+image's /opt/tritonserver/bin/tritonserver, the server runs with that
+installation's own backends and libraries instead.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 import tritonclient.http as httpclient
 
 from resnet_triton.errors import UserError
-from resnet_triton.repository import read_config
+from resnet_triton.repository import backend_flags, read_config
 
 
 class ServerError(UserError, RuntimeError):
@@ -159,8 +163,10 @@ class TritonServer:
         exit_timeout_s: int = 30,
         admin_key: str | None = None,
         address: str = LOOPBACK,
+        binary: Path | None = None,
     ):
         self.repository = Path(repository).resolve()
+        self.binary = binary  # None: the nvidia-pytriton wheel's tritonserver
         self.ports = ports
         self.address = address
         self.log_path = log_path
@@ -181,11 +187,15 @@ class TritonServer:
 
     @property
     def command(self) -> list[str]:
-        binary = _pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
+        if self.binary is None:
+            binary = _pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
+            backends = [f"--backend-directory={backend_directory()}"]
+        else:
+            binary, backends = self.binary, []  # the installation's own backends folder
         return [
             str(binary),
             f"--model-repository={self.repository}",
-            f"--backend-directory={backend_directory()}",
+            *backends,
             f"--id={self.server_id}",
             f"--http-address={self.address}",
             f"--http-port={self.ports.http}",
@@ -196,14 +206,17 @@ class TritonServer:
             *policy_flags(self.admin_key),
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *backend_flags(self.repository),
         ]
 
     def environment(self) -> dict[str, str]:
-        return server_environment()
+        return server_environment() if self.binary is None else dict(os.environ)
 
     def start(self) -> TritonServer:
         if not self.repository.is_dir():
             raise ServerError(f"model repository {self.repository} does not exist")
+        if self.binary is not None and not os.access(self.binary, os.X_OK):
+            raise ServerError(f"--tritonserver {self.binary} is not an executable file")
         taken = self.ports.taken(self.address)
         if taken:
             raise ServerError(
