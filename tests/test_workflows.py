@@ -2,6 +2,7 @@
 
 import ast
 import fnmatch
+import os
 import shutil
 import subprocess
 import sys
@@ -152,3 +153,28 @@ def test_engine_jobs_build_smoke_and_publish_in_order():
     assert commands.index("$PIPELINE publish") < commands.index("$PIPELINE push")
     # Forks' code never reaches the self-hosted GPU runners.
     assert "head.repo.full_name == github.repository" in jobs["engine"]["if"]
+
+
+def test_a_restored_environment_is_not_set_up_again(tmp_path):
+    """CI restores .venv from its cache into a fresh checkout, whose files are all newer
+    than the stamp: `make setup` must see the content, not the age, and skip."""
+    for name in ("Makefile", "pyproject.toml", ".ci/package-lock.json"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+
+    def make(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", *args, "setup"], cwd=tmp_path, capture_output=True,
+                              text=True)  # fmt: skip
+
+    (stamp,) = [line.split()[1] for line in make("-n").stdout.splitlines()
+                if line.startswith("touch ")]  # fmt: skip
+    (tmp_path / stamp).parent.mkdir()
+    (tmp_path / stamp).touch()  # what a finished `make setup` leaves
+    assert make("-q").returncode == 0
+    later = (tmp_path / stamp).stat().st_mtime + 3600
+    for name in ("Makefile", "pyproject.toml", ".ci/package-lock.json"):
+        os.utime(tmp_path / name, (later, later))  # a fresh checkout
+    assert make("-q").returncode == 0
+    with open(tmp_path / "pyproject.toml", "a") as f:
+        f.write("# a changed dependency\n")
+    assert make("-q").returncode == 1
