@@ -17,8 +17,12 @@ CHECKPOINT ?= artifacts/demo/train/checkpoint.pt
 PRECISION ?= fp32
 TARGET ?= auto
 # make pipeline: the engine pipeline for one target of build/pipeline.yaml, as CI runs it.
+# MODEL_STORE_URI: the model store (s3://, gs:// or a folder); by default a folder that
+# holds the demo's model and images as its inputs (make demo first).
 PIPELINE_CONFIG ?= build/pipeline.yaml
 PIPELINE_TARGET ?= cpu-fp32
+DEMO_STORE := $(CURDIR)/artifacts/demo/model-store
+MODEL_STORE_URI ?= $(DEMO_STORE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # perf_analyzer (from tritonclient) links against libb64; wrk drives the baseline in make bench.
 OS_PACKAGES := libb64-0d wrk
@@ -57,7 +61,14 @@ build: setup
 # Build, gate, smoke-test and publish one target into the model store; a second
 # run with nothing changed skips. What .github/workflows/engines.yml runs per target.
 pipeline: setup
-	$(BIN)/resnet-triton pipeline all --config $(PIPELINE_CONFIG) --target $(PIPELINE_TARGET)
+ifeq ($(MODEL_STORE_URI),$(DEMO_STORE))
+	@[ -f artifacts/demo/train/checkpoint.pt ] || { echo "error: no demo model: run make demo, or set MODEL_STORE_URI"; exit 1; }
+	mkdir -p $(DEMO_STORE)/inputs
+	ln -sfn ../../train/checkpoint.pt $(DEMO_STORE)/inputs/checkpoint.pt
+	ln -sfn ../../digits/val $(DEMO_STORE)/inputs/val
+	ln -sfn ../../digits/train $(DEMO_STORE)/inputs/train
+endif
+	MODEL_STORE_URI=$(MODEL_STORE_URI) $(BIN)/resnet-triton pipeline all --config $(PIPELINE_CONFIG) --target $(PIPELINE_TARGET)
 
 test: setup docker-tools lint
 	$(BIN)/python -m pytest

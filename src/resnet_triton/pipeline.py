@@ -5,8 +5,8 @@ and what `make pipeline` runs here. Every step reads the pipeline config
 (build/pipeline.yaml) and works in <work>/<target>/:
 
   matrix   the targets as a GitHub Actions matrix (JSON), with their runner labels
-  pull     copy the store from `store_uri` (s3:// or gs://) into `store`, if set,
-           and with --target the inputs the config gives as URIs
+  pull     copy the store from `store_uri` (s3://, gs:// or a folder) into `store`,
+           if set, and with --target the inputs the config gives as URIs
   build    seed a staging repository from the store, then `resnet-triton build`
            into it: export, accuracy gates, manifest. Skipped (nothing to do in
            the later steps) when the store already holds a model built from the
@@ -21,6 +21,10 @@ and what `make pipeline` runs here. Every step reads the pipeline config
   push     copy `store` back to `store_uri`, if set
   all      pull, build, smoke, publish, push
 
+String values may name environment variables as ${NAME}: build/pipeline.yaml
+reads everything from ${MODEL_STORE_URI}, and an unset variable stops the step
+with the field and the variable named.
+
 The store is a folder of Triton model repositories, one per target kind
 (<store>/cpu, <store>/gpu; build/README.md). GPU targets share <store>/gpu:
 one plan per compute capability, picked by Triton through cc_model_filenames.
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -71,6 +76,25 @@ REMOTE = {
 
 class PipelineError(UserError):
     """A step cannot run as configured, or its checks failed; nothing was published."""
+
+
+VARIABLE = re.compile(r"\$\{(\w+)\}")
+
+
+def expand(value, where: str):
+    """`value` with every ${NAME} replaced by the environment's NAME, which must be set."""
+    if not isinstance(value, str):
+        return value
+
+    def lookup(match: re.Match) -> str:
+        if not os.environ.get(match[1]):
+            raise PipelineError(
+                f"{where} uses ${{{match[1]}}}, which is not set: export {match[1]} (in the "
+                f"engine workflow, the repository variable {match[1]}; build/README.md)"
+            )
+        return os.environ[match[1]]
+
+    return VARIABLE.sub(lookup, value)
 
 
 @dataclass(frozen=True)
@@ -114,7 +138,7 @@ class PipelineConfig:
     min_accuracy: float = 0.9
     holdout_images: int = 500
     store: Path = Path("artifacts/model_store")
-    store_uri: str | None = None  # s3:// or gs:// copy of the store, the one servers read
+    store_uri: str | None = None  # s3://, gs:// or folder copy of the store, which servers read
     # EXECUTION_ENV_PATH in the store's configs: the default finds the Triton image's
     # /workspace/.venv from a repository mounted at /workspace/model_repository; a server
     # reading s3:// or gs:// itself needs the absolute path (build/README.md).
@@ -128,6 +152,7 @@ class PipelineConfig:
         except (OSError, yaml.YAMLError) as exc:
             raise PipelineError(f"cannot read pipeline config {path}: {exc}") from None
         kwargs = fields_of(cls, data, f"pipeline config {path}")
+        kwargs = {k: expand(v, f"pipeline config {path}: {k}") for k, v in kwargs.items()}
         for key in ("checkpoint", "images", "holdout", "targets"):
             if not kwargs.get(key):
                 raise PipelineError(f"pipeline config {path}: field {key!r} is required")
@@ -152,9 +177,9 @@ class PipelineConfig:
                     f"pipeline config {path}: {key} {value} is not a local path, s3:// or gs://"
                 )
         store_uri = kwargs.get("store_uri")
-        if store_uri is not None and scheme(str(store_uri)) not in REMOTE:
+        if store_uri is not None and is_remote(str(store_uri)) and scheme(store_uri) not in REMOTE:
             raise PipelineError(
-                f"pipeline config {path}: store_uri {store_uri} is not an s3:// or gs:// URI"
+                f"pipeline config {path}: store_uri {store_uri} is not s3://, gs:// or a folder"
             )
         for key in ("store", "work_dir"):
             if key in kwargs:
@@ -266,7 +291,15 @@ def sync_store(config: PipelineConfig, direction: str) -> None:
     config.store.mkdir(parents=True, exist_ok=True)
     pair = [config.store_uri, str(config.store)]
     source, dest = pair if direction == "pull" else pair[::-1]
-    subprocess.run([*copy_command(config.store_uri, folder=True), source, dest], check=True)
+    if is_remote(config.store_uri):
+        subprocess.run([*copy_command(config.store_uri, folder=True), source, dest], check=True)
+    elif Path(source).is_dir():  # a folder (a mounted share): copied, as sync does
+        shutil.copytree(
+            source, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    else:
+        print(f"{source} does not exist yet: nothing to {direction}")
+        return
     report(f"{direction}: {source} -> {dest}")
 
 

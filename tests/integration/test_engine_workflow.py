@@ -41,24 +41,34 @@ def run_steps(job: dict, env: dict, kind: str) -> list[str]:
 
 def test_cpu_target_through_the_workflow_steps(tmp_path, checkpoint, digits):
     workflow = yaml.safe_load((ROOT / ".github/workflows/engines.yml").read_text())
+    # The shipped build/pipeline.yaml as it is, reading from a model store laid out as
+    # its comments say (a folder here, s3:// or gs:// in production); only the work
+    # folders, the target list and the held-out count are the test's.
+    store_root = tmp_path / "model-store"
+    (store_root / "inputs").mkdir(parents=True)
+    (store_root / "inputs" / "checkpoint.pt").symlink_to(checkpoint)
+    (store_root / "inputs" / "val").symlink_to(digits / "val")
+    (store_root / "inputs" / "train").symlink_to(digits / "train")
+    shipped = yaml.safe_load((ROOT / "build" / "pipeline.yaml").read_text())
+    assert shipped["checkpoint"] == "${MODEL_STORE_URI}/inputs/checkpoint.pt"
     config = tmp_path / "pipeline.yaml"
     config.write_text(
         yaml.safe_dump(
             {
-                "checkpoint": str(checkpoint),
-                "images": str(digits / "val"),
-                "holdout": str(digits / "val"),
+                **shipped,
                 "holdout_images": 60,
                 "store": str(tmp_path / "store"),
                 "work_dir": str(tmp_path / "work"),
-                "targets": {"cpu-fp32": {"target": "cpu", "precision": "fp32"}},
+                "targets": {"cpu-fp32": shipped["targets"]["cpu-fp32"]},
             }
         )
     )
     pipeline = workflow["env"]["PIPELINE"]
     assert "--config build/pipeline.yaml" in pipeline
+    assert workflow["env"]["MODEL_STORE_URI"] == "${{ vars.MODEL_STORE_URI }}"
     env = {
         **os.environ,
+        "MODEL_STORE_URI": str(store_root),
         "PIPELINE": pipeline.replace("build/pipeline.yaml", str(config)),
         "GITHUB_OUTPUT": str(tmp_path / "output"),
     }
@@ -77,7 +87,7 @@ def test_cpu_target_through_the_workflow_steps(tmp_path, checkpoint, digits):
     ]
     status = yaml.safe_load((tmp_path / "work" / "cpu-fp32" / "status.json").read_text())
     assert status["changed"] and status["smoke"]["passed"]
-    assert not (tmp_path / "store").exists()  # nothing published by the engine job
+    assert not (tmp_path / "store" / "cpu").exists()  # nothing published by the engine job
 
     publish_env = {**env, "MATRIX": matrix}
     assert run_steps(jobs["publish"], publish_env, "cpu") == [
@@ -88,3 +98,6 @@ def test_cpu_target_through_the_workflow_steps(tmp_path, checkpoint, digits):
     ]
     published = tmp_path / "store" / "cpu" / "classifier" / "1" / "model.onnx"
     assert read_manifest(published)["content_hash"] == status["content_hash"]
+    # Pushed to the store's repositories, where servers read it.
+    pushed = store_root / "repositories" / "cpu" / "classifier" / "1" / "model.onnx"
+    assert pushed.read_bytes() == published.read_bytes()
