@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 from resnet_triton.client import Classifier, ClientError
 from resnet_triton.repository import WARMUP_FILE, serialized_bytes, warmup_image
 from resnet_triton.serve import python_stubs
-from resnet_triton.server import Ports, ServerError, TritonServer
+from resnet_triton.server import Ports, ServerError, TritonServer, server_environment
 
 pytestmark = pytest.mark.integration
 
@@ -180,6 +180,49 @@ def test_supervisor_stops_when_a_python_stub_dies(repository, tmp_path):
     assert f"the Python-backend stub of model '{NAMES.classifier}'" in rest
     assert "stopped the server (exit 1 for the process manager)" in rest
     assert noticed < 60
+
+
+def test_serve_runs_another_installations_tritonserver(repository, tmp_path):
+    """`serve --tritonserver`, as the GPU compose service runs NVIDIA's binary: the
+    installation's own backends, no environment of ours. Stand-in installation: a
+    wrapper that runs the wheel's server with a backends folder of its own."""
+    binary = tmp_path / "tritonserver" / "bin" / "tritonserver"
+    binary.parent.mkdir(parents=True)
+    server = TritonServer(repository)
+    wheel, ours = server.command[0], server.command[2]  # binary, --backend-directory=...
+    assert ours.startswith("--backend-directory=")
+    library_path = server_environment()["LD_LIBRARY_PATH"]
+    binary.write_text(f'#!/bin/sh\nLD_LIBRARY_PATH={library_path} exec {wheel} {ours} "$@"\n')
+    binary.chmod(0o755)
+    ports = Ports.free()
+    serve = subprocess.Popen(
+        [
+            sys.executable, "-m", "resnet_triton", "serve", "--repository", str(repository),
+            "--tritonserver", str(binary), "--http-port", str(ports.http),
+            "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics),
+            "--admin-key", ADMIN_KEY,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        for line in serve.stdout:
+            if line.startswith("ready:"):
+                break
+        assert "supervising 2 Python-backend stubs" in line
+        with Classifier(f"localhost:{ports.grpc}", "grpc", NAMES.ensemble) as client:
+            (result,) = client.classify([PHOTOS[0]], top_k=1)
+        assert result.ok
+        serve.send_signal(signal.SIGTERM)
+        rest = serve.communicate(timeout=120)[0]
+    finally:
+        serve.kill()
+    assert serve.returncode == 0, rest
+    assert "tritonserver stopped (exit code 0)" in rest
+    missing = TritonServer(repository, binary=tmp_path / "nothing" / "tritonserver")
+    with pytest.raises(ServerError, match="nothing/tritonserver is not an executable file"):
+        missing.start()
 
 
 def _ppid(proc: Path) -> int | None:
