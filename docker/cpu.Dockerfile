@@ -29,7 +29,7 @@ COPY src /opt/resnet-triton/src
 # Triton's backend folder is assembled once here: the venv is read-only at run time.
 RUN /workspace/.venv/bin/pip install -q --no-cache-dir --no-deps --no-build-isolation /opt/resnet-triton \
     && rm -rf /opt/resnet-triton \
-    && /workspace/.venv/bin/python -c "from resnet_triton.server import backend_directory as b; b()"
+    && /workspace/.venv/bin/python -c "from resnet_triton.serving.server import backend_directory as b; b()"
 COPY docker/nginx.conf /etc/resnet-triton/nginx.conf
 COPY docker/serve-cpu.sh /usr/local/bin/serve-cpu
 ENV PATH=/workspace/.venv/bin:$PATH

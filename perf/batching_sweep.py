@@ -21,8 +21,8 @@ from pathlib import Path
 from perf_tools import ensemble_input, published_model, run_perf_analyzer
 
 from resnet_triton.data import package_photos
-from resnet_triton.repository import ONNX_FILE, env_path_for, render
-from resnet_triton.server import Ports, TritonServer
+from resnet_triton.serving.repository import ONNX_FILE, env_path_for, render
+from resnet_triton.serving.server import Ports, TritonServer
 
 CANDIDATES = [
     ((), 0),  # no waiting: batch whatever is queued

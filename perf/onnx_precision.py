@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from resnet_triton.build import gate_images
-from resnet_triton.export import spec_from_onnx
+from resnet_triton.build.export import spec_from_onnx
 
 
 def images_per_second(path: Path, pixels: np.ndarray, batch: int, seconds: float) -> float:

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from resnet_triton.export import spec_from_onnx
-from resnet_triton.repository import ONNX_FILE, serialized_bytes
-from resnet_triton.server import preflight
+from resnet_triton.build.export import spec_from_onnx
+from resnet_triton.serving.repository import ONNX_FILE, serialized_bytes
+from resnet_triton.serving.server import preflight
 from resnet_triton.spec import ModelSpec
 
 PERF_ANALYZER = Path(sys.executable).parent / "perf_analyzer"  # NVIDIA's, from tritonclient

@@ -39,7 +39,7 @@ from perf_tools import (
 
 from resnet_triton.data import package_photos
 from resnet_triton.preprocess import preprocess_files
-from resnet_triton.server import Ports, TritonServer
+from resnet_triton.serving.server import Ports, TritonServer
 
 PERF = Path(__file__).parent
 

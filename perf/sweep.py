@@ -20,7 +20,7 @@ from perf_tools import classifier_input, ensemble_input, published_model, run_pe
 
 from resnet_triton.data import package_photos
 from resnet_triton.preprocess import preprocess_files
-from resnet_triton.server import Ports, TritonServer
+from resnet_triton.serving.server import Ports, TritonServer
 
 
 def main() -> int:

@@ -21,9 +21,10 @@ import pytest
 import sklearn
 from onnx import numpy_helper
 
-from resnet_triton import build, demo
+from resnet_triton import demo
+from resnet_triton.build import command as build
 from resnet_triton.data import package_photos, write_digits
-from resnet_triton.server import Ports, TritonServer
+from resnet_triton.serving.server import Ports, TritonServer
 from resnet_triton.spec import Names
 from resnet_triton.training import TrainConfig
 from resnet_triton.training import run as train

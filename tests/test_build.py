@@ -10,12 +10,13 @@ import pytest
 from conftest import damage, snapshot
 from PIL import Image
 
-from resnet_triton import build, engine
+from resnet_triton.build import command as build
+from resnet_triton.build import engine
+from resnet_triton.build.export import ExportError, check_onnx, spec_from_onnx
+from resnet_triton.build.manifest import file_sha256, read_manifest
+from resnet_triton.build.verify import POLICIES, POLYGRAPHY_MIN, polygraphy_too_old
 from resnet_triton.errors import UserError
-from resnet_triton.export import ExportError, check_onnx, spec_from_onnx
-from resnet_triton.manifest import file_sha256, read_manifest
 from resnet_triton.resnet import load_checkpoint
-from resnet_triton.verify import POLICIES, POLYGRAPHY_MIN, polygraphy_too_old
 
 
 def options(checkpoint, digits, root, **kwargs):

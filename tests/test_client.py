@@ -7,7 +7,7 @@ from geventhttpclient.response import HTTPConnectionClosed
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from resnet_triton.client import (
+from resnet_triton.client.classifier import (
     Classifier,
     ClientError,
     ModelInfo,
@@ -64,7 +64,7 @@ def test_retries_back_off_then_give_up(monkeypatch):
             raise InferenceServerException("busy", status="StatusCode.UNAVAILABLE")
 
     monkeypatch.setattr(classifier, "_client", lambda: Flaky())
-    monkeypatch.setattr("resnet_triton.client.time.sleep", sleeps.append)
+    monkeypatch.setattr("resnet_triton.client.classifier.time.sleep", sleeps.append)
     with pytest.raises(ClientError, match="busy"):
         classifier._infer([b"x"], 1)
     assert len(calls) == 3 and sleeps == [0.01, 0.02]

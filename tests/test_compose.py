@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from resnet_triton import serve
-from resnet_triton.repository import DEFAULT_ENV_PATH
+from resnet_triton.serving import serve
+from resnet_triton.serving.repository import DEFAULT_ENV_PATH
 from resnet_triton.spec import Names
 
 ROOT = Path(__file__).parent.parent
@@ -97,7 +97,7 @@ def test_repository_is_mounted_read_only(files, tmp_path):
 def test_healthcheck_classifies_through_the_ensemble(files):
     server = services(files)["tritonserver"]
     probe = server["healthcheck"]["test"]
-    assert probe[:4] == ["CMD", "/workspace/.venv/bin/python", "-m", "resnet_triton.probe"]
+    assert probe[:4] == ["CMD", "/workspace/.venv/bin/python", "-m", "resnet_triton.serving.probe"]
     assert probe[probe.index("--model") + 1] == Names().ensemble
     assert server["restart"] == "unless-stopped"
 

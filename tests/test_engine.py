@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_triton import build, engine
+from resnet_triton.build import command as build
+from resnet_triton.build import engine
+from resnet_triton.build.manifest import read_manifest
 from resnet_triton.errors import UserError
-from resnet_triton.manifest import read_manifest
-from resnet_triton.repository import read_config
+from resnet_triton.serving.repository import read_config
 from resnet_triton.spec import Batching, ModelSpec
 
 GPU, WHY = engine.gpu_status()
@@ -80,7 +81,7 @@ def test_gpu_is_found_through_nvidia_smi_not_torch(stand_ins):
     assert why == "TensorRT 10.13.3 on NVIDIA H100 80GB HBM3 (compute capability 9.0)"
     assert args.read_text().split() == ["--query-gpu=name,compute_cap", "--format=csv,noheader"]
     # The NGC images' driver can be older than PyPI's CUDA torch needs: torch is not asked.
-    script = "import sys; sys.modules['torch'] = None; from resnet_triton import engine; "
+    script = "import sys; sys.modules['torch'] = None; from resnet_triton.build import engine; "
     script += "print(engine.gpu_status()[0])"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)

@@ -15,12 +15,14 @@ import torch
 import yaml
 from conftest import damage, snapshot
 
-from resnet_triton import build, cli, engine, pipeline
+from resnet_triton import cli, pipeline
+from resnet_triton.build import command as build
+from resnet_triton.build import engine
+from resnet_triton.build.manifest import file_sha256, read_manifest
 from resnet_triton.client import Classifier
 from resnet_triton.errors import UserError
-from resnet_triton.manifest import file_sha256, read_manifest
-from resnet_triton.repository import DEFAULT_ENV_PATH, read_config
-from resnet_triton.server import ContainerTritonServer, Ports, TritonServer
+from resnet_triton.serving.repository import DEFAULT_ENV_PATH, read_config
+from resnet_triton.serving.server import ContainerTritonServer, Ports, TritonServer
 
 ROOT = Path(__file__).parent.parent
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from resnet_triton.demo import demo_spec
-from resnet_triton.repository import (
+from resnet_triton.serving.repository import (
     DEFAULT_ENV_PATH,
     TENSORRT_BACKEND_CONFIG,
     Plans,
@@ -20,7 +20,7 @@ from resnet_triton.repository import (
     render,
     rendered_files,
 )
-from resnet_triton.server import TritonServer
+from resnet_triton.serving.server import TritonServer
 from resnet_triton.spec import Batching, ModelSpec, Preprocessing
 
 COMMITTED = Path(__file__).parent.parent / "model_repository"
@@ -132,8 +132,8 @@ def test_served_code_imports_only_what_the_serving_images_install(tmp_path):
     """Both serving images install docker/requirements-serving.txt: no PyTorch, no YAML."""
     (tmp_path / "triton_python_backend_utils.py").write_text("")  # Triton provides it
     script = (
-        "import sys; import resnet_triton.triton_models, resnet_triton.probe, "
-        "resnet_triton.serve; print(' '.join(sorted(m for m in ('torch', 'torchvision', "
+        "import sys; import resnet_triton.serving.triton_models, resnet_triton.serving.probe, "
+        "resnet_triton.serving.serve; print(' '.join(sorted(m for m in ('torch', 'torchvision', "
         "'polygraphy', 'sklearn', 'yaml', 'matplotlib') if m in sys.modules)))"
     )
     result = subprocess.run(

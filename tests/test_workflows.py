@@ -76,20 +76,32 @@ def test_cpu_workflow_runs_lint_and_the_test_suite_on_every_push_and_pr():
     assert "pyproject.toml" in cache["with"]["key"]
 
 
+def module_file(module: str) -> Path:
+    """src/ path of a resnet_triton module ("build.engine") or package ("build")."""
+    path = PACKAGE / module.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
 def pipeline_imports() -> set[str]:
-    """Modules of the package that `resnet_triton.pipeline` imports, directly or not."""
-    seen, todo = set(), ["pipeline"]
+    """Files of the package that `resnet_triton.pipeline` imports, directly or not."""
+    seen, todo = (
+        set(),
+        ["pipeline"] + [f"pipeline.{p.stem}" for p in (PACKAGE / "pipeline").glob("*.py")],
+    )
     while todo:
         module = todo.pop()
         if module in seen:
             continue
         seen.add(module)
-        for node in ast.parse((PACKAGE / f"{module}.py").read_text()).body:
-            if isinstance(node, ast.ImportFrom) and node.module == "resnet_triton":
-                todo += [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("resnet_"):
-                todo.append(node.module.removeprefix("resnet_triton."))
-    return seen
+        if "." in module:  # a submodule's package __init__ runs first
+            todo.append(module.rsplit(".", 1)[0])
+        for node in ast.parse(module_file(module).read_text()).body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("resnet_triton"):
+                base = node.module.removeprefix("resnet_triton").removeprefix(".")
+                for alias in node.names:
+                    name = f"{base}.{alias.name}".lstrip(".")
+                    todo.append(name if module_file(name).is_file() else base)
+    return {str(module_file(m).relative_to(ROOT)) for m in seen if m}
 
 
 def triggered(path: str, patterns: list[str]) -> bool:
@@ -117,8 +129,8 @@ def test_engine_workflow_triggers_on_everything_an_engine_is_built_from():
     assert triggers["push"]["branches"] == ["main"]
     inputs = ["build/pipeline.yaml", ".env", "Dockerfile", "docker-compose.yml",
               "docker-compose.gpu.yml", "pyproject.toml"]  # fmt: skip
-    served = {"triton_models"}  # runs inside Triton, imported by the generated model.py
-    inputs += [f"src/resnet_triton/{module}.py" for module in pipeline_imports() | served]
+    served = {"src/resnet_triton/serving/triton_models.py"}  # imported by the generated model.py
+    inputs += sorted(pipeline_imports() | served)
     tracked = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
@@ -129,7 +141,7 @@ def test_engine_workflow_triggers_on_everything_an_engine_is_built_from():
     for path in inputs:
         assert (ROOT / path).is_file() and triggered(path, paths), path
     for path in ("build/README.md", "README.md", "src/resnet_triton/training/loop.py", "tests/x",
-                 "docker/cpu.Dockerfile"):  # fmt: skip
+                 "docker/cpu.Dockerfile", "src/resnet_triton/client/classify.py"):  # fmt: skip
         assert not triggered(path, paths), path
     for pattern in paths:  # no filter that matches nothing (a renamed file)
         assert pattern.startswith("!") or any(fnmatch.fnmatch(f, pattern) for f in tracked), pattern

@@ -10,12 +10,12 @@ from resnet_triton.errors import UserError
 # command -> (module with get_args_parser() and main(args), one-line help)
 COMMANDS = {
     "train": ("resnet_triton.training", "fine-tune a ResNet on an ImageFolder dataset"),
-    "build": ("resnet_triton.build", "export ONNX, run the accuracy gate, publish to the repo"),
-    "render": ("resnet_triton.repository", "write the model repository configs from a spec"),
-    "serve": ("resnet_triton.serve", "run the local Triton server on the model repository"),
-    "classify": ("resnet_triton.classify", "classify image files through the Triton ensemble"),
+    "build": ("resnet_triton.build.command", "export ONNX, gate it, publish to the repository"),
+    "render": ("resnet_triton.serving.repository", "write the repository configs from a spec"),
+    "serve": ("resnet_triton.serving.serve", "run the local Triton server on the repository"),
+    "classify": ("resnet_triton.client.classify", "classify image files through the ensemble"),
     "pipeline": (
-        "resnet_triton.pipeline",
+        "resnet_triton.pipeline.command",
         "build, gate, smoke-test and publish one target to the model store (CI's engine job)",
     ),
     "demo": ("resnet_triton.demo", "the whole pipeline on scikit-learn's digits"),

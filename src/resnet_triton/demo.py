@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from resnet_triton import build
+from resnet_triton.build import command as build
 from resnet_triton.client import Classifier
 from resnet_triton.data import EvalTransform, image_folder, write_digits
 from resnet_triton.errors import UserError
 from resnet_triton.resnet import load_checkpoint
-from resnet_triton.server import Ports, TritonServer
+from resnet_triton.serving.server import Ports, TritonServer
 from resnet_triton.spec import ModelSpec
 from resnet_triton.training import TrainConfig, predict
 from resnet_triton.training import run as train

@@ -13,7 +13,7 @@ import tritonclient.http as httpclient
 from conftest import NAMES, ComposeProject, restricted_api_statuses, run
 
 from resnet_triton.client import Classifier
-from resnet_triton.server import Ports, TritonServer
+from resnet_triton.serving.server import Ports, TritonServer
 
 pytestmark = pytest.mark.docker
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import ADMIN_KEY, NAMES, ComposeProject, run
 
 from resnet_triton.client import Classifier, ClientError
-from resnet_triton.repository import ONNX_FILE
+from resnet_triton.serving.repository import ONNX_FILE
 
 pytestmark = pytest.mark.docker
 

@@ -11,7 +11,7 @@ import tritonclient.http as httpclient
 from conftest import NAMES
 
 from resnet_triton.cli import main
-from resnet_triton.server import Ports
+from resnet_triton.serving.server import Ports
 
 pytestmark = pytest.mark.integration
 

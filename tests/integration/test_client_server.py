@@ -12,8 +12,8 @@ import tritonclient.http as httpclient
 from conftest import ADMIN_KEY, NAMES
 from PIL import Image
 
-from resnet_triton.classify import get_args_parser, main
 from resnet_triton.client import AsyncClassifier, Classifier, ClientError
+from resnet_triton.client.classify import get_args_parser, main
 from resnet_triton.data import image_folder
 
 pytestmark = pytest.mark.integration

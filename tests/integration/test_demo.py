@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from resnet_triton.repository import read_config
+from resnet_triton.serving.repository import read_config
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from resnet_triton.manifest import read_manifest
+from resnet_triton.build.manifest import read_manifest
 
 pytestmark = pytest.mark.integration
 

@@ -22,9 +22,9 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from resnet_triton.client import Classifier, ClientError
-from resnet_triton.repository import WARMUP_FILE, serialized_bytes, warmup_image
-from resnet_triton.serve import python_stubs
-from resnet_triton.server import Ports, ServerError, TritonServer, server_environment
+from resnet_triton.serving.repository import WARMUP_FILE, serialized_bytes, warmup_image
+from resnet_triton.serving.serve import python_stubs
+from resnet_triton.serving.server import Ports, ServerError, TritonServer, server_environment
 
 pytestmark = pytest.mark.integration
 

@@ -11,15 +11,15 @@ import tritonclient.http as httpclient
 from conftest import NAMES
 from tritonclient.utils import InferenceServerException
 
-from resnet_triton import build
+from resnet_triton.build import command as build
+from resnet_triton.build.export import spec_from_onnx
+from resnet_triton.build.manifest import read_manifest
+from resnet_triton.build.verify import TorchRunner
 from resnet_triton.client import Classifier, ClientError
 from resnet_triton.data import image_folder
-from resnet_triton.export import spec_from_onnx
-from resnet_triton.manifest import read_manifest
 from resnet_triton.preprocess import preprocess_files
 from resnet_triton.resnet import load_checkpoint
-from resnet_triton.server import Ports, TritonServer
-from resnet_triton.verify import TorchRunner
+from resnet_triton.serving.server import Ports, TritonServer
 
 pytestmark = pytest.mark.integration
 

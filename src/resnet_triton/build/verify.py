@@ -38,7 +38,7 @@ from polygraphy.common import TensorMetadata
 from polygraphy.logger import G_LOGGER
 from torch import nn
 
-from resnet_triton.export import WithSoftmax
+from resnet_triton.build.export import WithSoftmax
 from resnet_triton.spec import ModelSpec
 
 # SimpleCompareFunc, and compare_accuracy's list results, came in Polygraphy 0.53.4; an

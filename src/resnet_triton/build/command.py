@@ -30,18 +30,18 @@ import numpy as np
 import onnxruntime as ort
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
-from resnet_triton import engine
+from resnet_triton.build import engine
+from resnet_triton.build.export import copy_metadata, export_onnx, fold_if_equal, spec_from_onnx
+from resnet_triton.build.manifest import content_hash, file_sha256, files_sha256, is_up_to_date
+from resnet_triton.build.quantize import SETTINGS as QUANTIZATION
+from resnet_triton.build.quantize import quantize_int8
+from resnet_triton.build.verify import TorchRunner, run_gate
 from resnet_triton.data import image_folder
 from resnet_triton.errors import UserError
-from resnet_triton.export import copy_metadata, export_onnx, fold_if_equal, spec_from_onnx
-from resnet_triton.manifest import content_hash, file_sha256, files_sha256, is_up_to_date
 from resnet_triton.preprocess import preprocess_files
-from resnet_triton.quantize import SETTINGS as QUANTIZATION
-from resnet_triton.quantize import quantize_int8
-from resnet_triton.repository import ONNX_FILE, env_path_for, publish
 from resnet_triton.resnet import load_checkpoint
+from resnet_triton.serving.repository import ONNX_FILE, env_path_for, publish
 from resnet_triton.spec import ModelSpec, check_choice
-from resnet_triton.verify import TorchRunner, run_gate
 
 TARGETS = ("auto", "cpu", "gpu")
 PRECISIONS = {"cpu": ("fp32", "int8"), "gpu": ("fp32", "fp16", "int8")}

@@ -49,7 +49,7 @@ from tritonclient.utils import (
 )
 
 from resnet_triton.errors import UserError
-from resnet_triton.server import ADMIN_HEADER
+from resnet_triton.serving.server import ADMIN_HEADER
 from resnet_triton.spec import Names
 
 PROTOCOLS = {"grpc": "localhost:8001", "http": "localhost:8000"}

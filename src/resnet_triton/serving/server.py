@@ -32,7 +32,7 @@ from pathlib import Path
 import tritonclient.http as httpclient
 
 from resnet_triton.errors import UserError
-from resnet_triton.repository import backend_flags, read_config
+from resnet_triton.serving.repository import backend_flags, read_config
 
 
 class ServerError(UserError, RuntimeError):

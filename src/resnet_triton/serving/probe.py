@@ -5,7 +5,7 @@ not restart it and may keep reporting the model ready. An inference through
 the whole ensemble is the check that cannot be fooled. Standard library only,
 so it runs in the serving image as a Docker healthcheck:
 
-    python -m resnet_triton.probe --url localhost:8000 --model resnet_ensemble
+    python -m resnet_triton.serving.probe --url localhost:8000 --model resnet_ensemble
 
 Exit 0 and one line with the top-1 answer when the ensemble answers, 1 with
 the reason when it does not.

@@ -17,8 +17,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from resnet_triton.build.manifest import file_sha256
 from resnet_triton.errors import UserError
-from resnet_triton.manifest import file_sha256
 from resnet_triton.spec import ModelSpec
 
 OPSET = 18  # supported by ONNX Runtime >= 1.14 and TensorRT >= 8.6

@@ -10,7 +10,7 @@ supervisor therefore watches three things, every second: the tritonserver
 process, each Python-backend stub process (found under tritonserver at
 start), and the readiness of every model; and every `--probe-interval`
 seconds it classifies the shipped warmup photo through each ensemble
-(resnet_triton.probe). On any failure it stops the server and exits 1 with
+(resnet_triton.serving.probe). On any failure it stops the server and exits 1 with
 a message naming the model. It does not restart the server itself: the
 process manager that runs it (systemd `Restart=on-failure`, Docker
 `restart: unless-stopped`, Kubernetes) restarts, counts and alerts, which a
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import tritonclient.http as httpclient
 
-from resnet_triton.probe import probe
-from resnet_triton.repository import read_config
-from resnet_triton.server import (
+from resnet_triton.serving.probe import probe
+from resnet_triton.serving.repository import read_config
+from resnet_triton.serving.server import (
     ADMIN_HEADER,
     LOOPBACK,
     RESTRICTED_APIS,

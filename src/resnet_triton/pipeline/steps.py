@@ -1,0 +1,162 @@
+"""The steps that build, smoke-test and publish one target (the package docstring has the list)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from resnet_triton.build import command as build
+from resnet_triton.build import engine
+from resnet_triton.build.manifest import file_sha256, read_manifest
+from resnet_triton.client import Classifier
+from resnet_triton.data import image_folder
+from resnet_triton.pipeline.config import PipelineConfig, PipelineError
+from resnet_triton.pipeline.store import Stage, report, require
+from resnet_triton.serving.repository import env_path_for, publish, published_plans, render
+from resnet_triton.serving.server import ContainerTritonServer, Ports, TritonServer
+from resnet_triton.spec import check_choice
+
+SERVERS = ("local", "docker")
+
+
+def build_step(config: PipelineConfig, name: str, force: bool = False) -> Stage:
+    target = config.target(name)
+    stage = Stage(config.work_dir / name)
+    stage.status_path.unlink(missing_ok=True)  # a failed build leaves nothing to publish
+    checkpoint = require(config, stage, "checkpoint")
+    digest = file_sha256(checkpoint) if config.checkpoint_sha256 else None
+    if digest != config.checkpoint_sha256:
+        raise PipelineError(
+            f"{checkpoint} has SHA-256 {digest}, not the pinned "
+            f"checkpoint_sha256 {config.checkpoint_sha256}"
+        )
+    if target.target == "gpu":
+        gpu, _ = engine.gpu_status()  # no GPU at all: build.run names what is missing
+        if gpu is not None and gpu.compute_capability != target.compute_capability:
+            raise PipelineError(
+                f"target {name} expects compute capability {target.compute_capability}, but "
+                f"this runner has {gpu.name} ({gpu.compute_capability}): check its labels"
+            )
+    # Staging starts as the store's repository, so an unchanged build is skipped and
+    # the other GPUs' plans stay in the rendered config.
+    shutil.rmtree(stage.repository, ignore_errors=True)
+    published = config.store / target.repository
+    if published.is_dir():
+        shutil.copytree(published, stage.repository)
+    options = build.BuildOptions(
+        checkpoint=checkpoint,
+        repository=stage.repository,
+        work_dir=stage.root / "build",
+        precision=target.precision,
+        target=target.target,
+        images=require(config, stage, "images"),
+        calibration=require(config, stage, "calibration"),
+        onnx=require(config, stage, "onnx"),
+        force=force,
+    )
+    result = build.run(options)
+    stage.status = {
+        "target": name,
+        "changed": not result["skipped"],
+        "content_hash": result["content_hash"],
+        "file": Path(result["published"]).name,
+        "spec": result["spec"].to_dict(),
+        "smoke": None,
+    }
+    stage.save()
+    verdict = "built and gated" if stage.status["changed"] else "unchanged"
+    report(f"{name}: {verdict} ({target.precision}, content hash {result['content_hash'][:12]})")
+    return stage
+
+
+def smoke_step(config: PipelineConfig, name: str, server: str = "local") -> Stage:
+    check_choice("server", server, SERVERS)
+    target = config.target(name)
+    stage = Stage(config.work_dir / name).load()
+    if not stage.status["changed"]:
+        print(f"{name}: unchanged since the published build; no smoke test needed")
+        return stage
+    spec = stage.spec
+    env_path = env_path_for(stage.repository) if server == "local" else config.env_path
+    plans = published_plans(stage.model_file.parent) if target.target == "gpu" else None
+    render(spec, stage.repository, env_path, target.target, plans)
+
+    holdout = require(config, stage, "holdout")
+    paths, labels = build.sample(holdout, config.holdout_images)
+    classes = image_folder(holdout).classes
+    log = stage.root / "triton.log"
+    if server == "local":
+        triton = TritonServer(stage.repository, Ports.free(), log_path=log, exit_timeout_s=5)
+    else:
+        triton = ContainerTritonServer(
+            stage.repository, Ports.free(), log_path=log, target=target.target
+        )
+    with triton:
+        triton.wait_ready([spec.names.ensemble], timeout=300)
+        url = f"localhost:{triton.ports.grpc}"
+        with Classifier(url, "grpc", spec.names.ensemble, concurrency=4) as client:
+            results = client.classify(paths, top_k=1)
+    failed = [r for r in results if not r.ok]
+    correct = sum(
+        r.ok and r.top1.label == classes[label] for r, label in zip(results, labels, strict=True)
+    )
+    accuracy = round(correct / len(paths), 4)
+    smoke = {
+        "passed": not failed and accuracy >= config.min_accuracy,
+        "content_hash": stage.status["content_hash"],
+        "images": len(paths),
+        "failed_requests": len(failed),
+        "top1_accuracy": accuracy,
+        "min_accuracy": config.min_accuracy,
+        "server": server,
+    }
+    stage.status["smoke"] = smoke
+    stage.save()
+    line = (
+        f"{name}: smoke test on {len(paths)} held-out images through {spec.names.ensemble}: "
+        f"top-1 {accuracy:.4f} (min {config.min_accuracy}), "
+        f"{len(failed)} failed requests"
+    )
+    report(line)
+    if failed:
+        raise PipelineError(f"{line}; first: {failed[0].source}: {failed[0].error}")
+    if not smoke["passed"]:
+        raise PipelineError(f"{line}: below min_accuracy; nothing published")
+    return stage
+
+
+def publish_step(config: PipelineConfig, name: str) -> Path | None:
+    target = config.target(name)
+    stage = Stage(config.work_dir / name).load()
+    if not stage.status["changed"]:
+        print(f"{name}: the store already holds this build; nothing to publish")
+        return None
+    smoke = stage.status.get("smoke") or {}
+    if not smoke.get("passed") or smoke.get("content_hash") != stage.status["content_hash"]:
+        raise PipelineError(f"{name}: this build has not passed `pipeline smoke`; not publishing")
+    staged = stage.model_file
+    manifest = read_manifest(staged)
+    if (
+        manifest is None
+        or manifest["content_hash"] != stage.status["content_hash"]
+        or manifest["output_sha256"] != file_sha256(staged)
+    ):
+        raise PipelineError(f"{staged} does not match its manifest or the build; not publishing")
+    repo = config.store / target.repository
+    destination = publish(
+        staged, stage.spec, repo, staged.name, manifest, config.env_path, target.target
+    )
+    stage.status["published"] = str(destination)
+    stage.save()
+    report(f"{name}: published {destination} ({target.precision})")
+    return destination
+
+
+def matrix(config: PipelineConfig) -> dict:
+    """{"include": [...]}, one entry per target, for `strategy.matrix` in the workflow."""
+    return {
+        "include": [
+            {"target": t.name, "kind": t.target, "runs-on": list(t.runs_on)}
+            for t in config.targets.values()
+        ]
+    }
