@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from resnet_triton.data import write_digits
+from resnet_triton.digits import write_digits
 from resnet_triton.training import TrainConfig
 from resnet_triton.training.distributed import Context
 from resnet_triton.training.loop import Trainer
@@ -28,7 +28,7 @@ def images_per_second(cfg: TrainConfig, warmup: int, steps: int) -> float:
         cfg, Context(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     )
     trainer.set_stage(0)
-    images, labels = next(iter(trainer.train_loader))  # (batch, 3, crop, crop)
+    images, labels = next(iter(trainer.data.loader))  # (batch, 3, crop, crop)
     for _ in range(warmup):
         trainer.step(images, labels, stepping=True)
     if torch.cuda.is_available():

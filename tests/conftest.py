@@ -23,7 +23,8 @@ from onnx import numpy_helper
 
 from resnet_triton import demo
 from resnet_triton.build import command as build
-from resnet_triton.data import package_photos, write_digits
+from resnet_triton.data import package_photos
+from resnet_triton.digits import write_digits
 from resnet_triton.serving.server import Ports, TritonServer
 from resnet_triton.spec import Names
 from resnet_triton.training import TrainConfig

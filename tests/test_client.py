@@ -7,8 +7,8 @@ from geventhttpclient.response import HTTPConnectionClosed
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from resnet_triton.client.classifier import (
-    Classifier,
+from resnet_triton.client import Classifier
+from resnet_triton.client.protocol import (
     ClientError,
     ModelInfo,
     _retryable,

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_triton.data import Augmentation, DataError, image_folder, load_splits, write_digits
+from resnet_triton.data import Augmentation, DataError, image_folder, load_splits
+from resnet_triton.digits import write_digits
 from resnet_triton.spec import Preprocessing
 
 

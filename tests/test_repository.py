@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_triton.demo import demo_spec
+from resnet_triton.digits import demo_spec
 from resnet_triton.serving.repository import (
     DEFAULT_ENV_PATH,
     TENSORRT_BACKEND_CONFIG,

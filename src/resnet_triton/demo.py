@@ -23,21 +23,13 @@ from torch.utils.data import DataLoader
 
 from resnet_triton.build import command as build
 from resnet_triton.client import Classifier
-from resnet_triton.data import EvalTransform, image_folder, write_digits
+from resnet_triton.data import EvalTransform, image_folder
+from resnet_triton.digits import DEMO_ARCH, write_digits
 from resnet_triton.errors import UserError
 from resnet_triton.resnet import load_checkpoint
 from resnet_triton.serving.server import Ports, TritonServer
-from resnet_triton.spec import ModelSpec
 from resnet_triton.training import TrainConfig, predict
 from resnet_triton.training import run as train
-
-DEMO_ARCH = "resnet18"  # small enough to train from scratch on 2 cores in minutes
-DIGIT_LABELS = tuple(str(d) for d in range(10))
-
-
-def demo_spec() -> ModelSpec:
-    """The spec the demo's training produces; the committed repository is rendered from it."""
-    return ModelSpec(labels=DIGIT_LABELS, arch=DEMO_ARCH)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

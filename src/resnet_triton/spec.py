@@ -22,6 +22,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Pillow format names. TIFF, ICO, PSD and the rest are refused: rare in photo
 # data sets, and a larger attack surface for a server decoding untrusted bytes.
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+# Their file extensions: what `classify` picks from a folder.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 PILLOW_BOMB_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: Pillow warns above, fails at 2x
 
 

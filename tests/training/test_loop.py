@@ -117,8 +117,8 @@ def test_class_balance(tmp_path):
     assert trainer.loss_fn.weight.tolist() == pytest.approx([60 / (2 * 48), 60 / (2 * 12)])
 
     trainer = Trainer(TrainConfig(class_balance="sampler", **base), Context())
-    trainer.shuffle_generator.manual_seed(0)
-    drawn = np.array(trainer.splits.train.targets)[list(trainer.sampler)]
+    trainer.data.shuffle.manual_seed(0)
+    drawn = np.array(trainer.splits.train.targets)[list(trainer.data.sampler)]
     assert len(drawn) == 60
     assert 0.35 <= drawn.mean() <= 0.65  # the rare class drawn about half the time
 

@@ -1,12 +1,38 @@
-"""The client side: a library over gRPC and HTTP (classifier) and `resnet-triton classify`.
+"""Classify images through the Triton ensemble: one API over gRPC and HTTP, sync and asyncio.
 
-Nothing here imports PyTorch or the server side.
+    with Classifier("localhost:8001", "grpc") as classifier:
+        results = classifier.classify(["cat.jpg", pil_image, png_bytes], top_k=3)
+    for r in results:
+        print(r.source, r.top1.label if r.ok else r.error)
+
+- Images are bytes, paths, PIL images or uint8 arrays (H, W[, 3]); PIL images
+  and arrays are sent as PNG, the rest as they are.
+- The model's metadata and config are read once; long lists are split into
+  requests of at most the model's max_batch_size, `concurrency` in flight.
+- A request of several images that the server refuses is sent again one
+  image at a time, so every image gets its own answer or its own error
+  (naming the image); the others are unaffected.
+- Only errors that are safe to retry are retried, with exponential backoff:
+  the server or connection being unavailable. Invalid input, unknown models
+  and timeouts are not.
+- Labels come from the server (the ensemble's label file through Triton's
+  classification extension): the client holds no copy of them.
+- `shared_memory=True` (sync gRPC/HTTP) passes inputs through system shared
+  memory when client and server share a host; registering a region is a
+  restricted API, so it needs the server's admin key.
+
+classifier  Classifier, the synchronous client (threads; shared memory)
+aio         AsyncClassifier, the asyncio client
+protocol    what both share: results, encoding, the batching policy, retries
+classify    `resnet-triton classify`
+
+Nothing here imports PyTorch or the server side (tests/test_package.py).
 """
 
-from resnet_triton.client.classifier import (
+from resnet_triton.client.aio import AsyncClassifier
+from resnet_triton.client.classifier import Classifier
+from resnet_triton.client.protocol import (
     PROTOCOLS,
-    AsyncClassifier,
-    Classifier,
     ClientError,
     ModelInfo,
     Prediction,

@@ -10,11 +10,10 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
 from resnet_triton.client import PROTOCOLS, Classifier, ClientError, Result
-from resnet_triton.spec import Names
+from resnet_triton.spec import IMAGE_EXTENSIONS, Names
 
 FORMATS = ("text", "json", "csv")
 
@@ -31,7 +30,7 @@ def expand_paths(inputs: list[str]) -> list[Path]:
             paths += matches
         elif path.is_dir():
             paths += sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
             )
         elif path.is_file():
             paths.append(path)

@@ -363,7 +363,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     if args.demo:
-        from resnet_triton.demo import demo_spec
+        from resnet_triton.digits import demo_spec
 
         spec = demo_spec()
     else:

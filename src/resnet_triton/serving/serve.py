@@ -28,17 +28,10 @@ from pathlib import Path
 
 import tritonclient.http as httpclient
 
+from resnet_triton.endpoints import ADMIN_HEADER, LOOPBACK, RESTRICTED_APIS
 from resnet_triton.serving.probe import probe
 from resnet_triton.serving.repository import read_config
-from resnet_triton.serving.server import (
-    ADMIN_HEADER,
-    LOOPBACK,
-    RESTRICTED_APIS,
-    Ports,
-    ServerError,
-    TritonServer,
-    preflight,
-)
+from resnet_triton.serving.server import Ports, ServerError, TritonServer, preflight
 
 STUB = "triton_python_backend_stub"
 

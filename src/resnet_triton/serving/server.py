@@ -31,18 +31,20 @@ from pathlib import Path
 
 import tritonclient.http as httpclient
 
+from resnet_triton.endpoints import (
+    ADMIN_HEADER,
+    GRPC_PORT,
+    HTTP_PORT,
+    LOOPBACK,
+    METRICS_PORT,
+    RESTRICTED_APIS,
+)
 from resnet_triton.errors import UserError
 from resnet_triton.serving.repository import backend_flags, read_config
 
 
 class ServerError(UserError, RuntimeError):
     """The server could not start, or stopped being usable."""
-
-
-# Management APIs that change or expose server state need this header; inference,
-# health, metadata, model config, statistics and metrics stay open.
-RESTRICTED_APIS = "model-repository,shared-memory,logging"
-ADMIN_HEADER = "admin-key"
 
 
 def policy_flags(admin_key: str) -> list[str]:
@@ -58,16 +60,11 @@ def policy_flags(admin_key: str) -> list[str]:
     ]
 
 
-# Triton 2.51, the local server, predates the fixes for CVE-2025-23310/23311 and
-# later bulletins: it is for development, on loopback unless asked otherwise.
-LOOPBACK = "127.0.0.1"
-
-
 @dataclass(frozen=True)
 class Ports:
-    http: int = 8000
-    grpc: int = 8001
-    metrics: int = 8002
+    http: int = HTTP_PORT
+    grpc: int = GRPC_PORT
+    metrics: int = METRICS_PORT
 
     def taken(self, address: str) -> list[str]:
         """'<endpoint> port <n>' for each port that something already listens on."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from resnet_triton.training.config import TrainConfig, config_from_args, get_args_parser
-from resnet_triton.training.loop import predict, run
+from resnet_triton.training.loaders import predict
+from resnet_triton.training.loop import run
 
 __all__ = ["TrainConfig", "get_args_parser", "main", "predict", "run"]
 

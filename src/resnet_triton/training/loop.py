@@ -19,7 +19,6 @@ processes; no generator state has to travel in the checkpoint.
 from __future__ import annotations
 
 import json
-import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -31,10 +30,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import (
     DataLoader,
-    DistributedSampler,
-    RandomSampler,
-    Subset,
-    WeightedRandomSampler,
 )
 from tqdm import tqdm
 
@@ -49,6 +44,7 @@ from resnet_triton.resnet import (
 from resnet_triton.spec import ModelSpec, Preprocessing, SpecError
 from resnet_triton.training import distributed, report, strategy
 from resnet_triton.training.config import TrainConfig
+from resnet_triton.training.loaders import eval_loader, predict, seed_epoch, train_loader
 from resnet_triton.training.optim import Schedule, build_ema, build_optimizer
 
 
@@ -62,30 +58,12 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
 
 
-def seed_epoch(cfg: TrainConfig, epoch: int, rank: int) -> None:
-    seed = cfg.seed + 1000 * epoch + rank
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def improved(cfg: TrainConfig, record: dict, best: dict | None) -> bool:
     if best is None:
         return True
     if cfg.monitor == "val_loss":
         return record["val_loss"] < best["val_loss"]
     return record["val_top1"] > best["val_top1"]
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
-    """Softmax probabilities (N, num_classes) in float32, the dtype that is exported."""
-    model.eval()
-    out = []
-    for images, _ in loader:
-        images = images.to(device, memory_format=torch.channels_last)
-        out.append(torch.softmax(model(images).float(), dim=1).cpu())
-    return torch.cat(out).numpy()
 
 
 class Trainer:
@@ -114,8 +92,8 @@ class Trainer:
         self.model = build_model(self.spec, cfg.weights).to(ctx.device, memory_format=memory)
         self.optimizer = build_optimizer(strategy.parameter_groups(self.model, cfg), cfg)
         self.micro_batch = cfg.batch_size // ctx.world_size
-        self.train_loader, self.sampler = self._train_loader()
-        self.steps_per_epoch = max(1, len(self.train_loader) // cfg.accumulate)
+        self.data = train_loader(self.splits.train, cfg, ctx, self.micro_batch)
+        self.steps_per_epoch = max(1, len(self.data.loader) // cfg.accumulate)
         self.schedule = Schedule(self.optimizer, cfg, self.steps_per_epoch)
         cuda = ctx.device.type == "cuda"
         self.amp_dtype = torch.float16 if cuda else torch.bfloat16
@@ -129,39 +107,6 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
         self.state = LoopState()
         self.net = self.model  # what forward goes through: DDP-wrapped under torchrun
-
-    def _train_loader(self):
-        cfg, ctx, train = self.cfg, self.ctx, self.splits.train
-        self.shuffle_generator = torch.Generator()
-        if ctx.distributed:
-            sampler = DistributedSampler(
-                train, ctx.world_size, ctx.rank, seed=cfg.seed, drop_last=True
-            )
-        elif cfg.class_balance == "sampler":
-            counts = class_counts(train)
-            weights = 1.0 / counts[np.array(train.targets)]
-            sampler = WeightedRandomSampler(
-                weights, len(train), replacement=True, generator=self.shuffle_generator
-            )
-        else:
-            sampler = RandomSampler(train, generator=self.shuffle_generator)
-        self.loader_generator = torch.Generator()
-        loader = DataLoader(
-            train,
-            batch_size=self.micro_batch,
-            sampler=sampler,
-            drop_last=len(train) >= self.micro_batch * ctx.world_size,
-            num_workers=cfg.workers,
-            generator=self.loader_generator,  # seeds the workers' augmentation
-            pin_memory=ctx.device.type == "cuda",
-        )
-        return loader, sampler
-
-    def _eval_loader(self, dataset) -> DataLoader:
-        # Each process predicts every world_size-th image; results are gathered,
-        # so metrics cover the whole split exactly once.
-        shard = Subset(dataset, range(self.ctx.rank, len(dataset), self.ctx.world_size))
-        return DataLoader(shard, batch_size=self.micro_batch, num_workers=self.cfg.workers)
 
     def log(self, message: str) -> None:
         if self.ctx.is_main:
@@ -250,14 +195,11 @@ class Trainer:
     def train_epoch(self, epoch: int, stage: int) -> tuple[float, int]:
         cfg = self.cfg
         strategy.set_train_mode(self.model, cfg, stage)
-        self.shuffle_generator.manual_seed(cfg.seed + epoch)
-        self.loader_generator.manual_seed(cfg.seed + 1000 * epoch + self.ctx.rank)
-        if isinstance(self.sampler, DistributedSampler):
-            self.sampler.set_epoch(epoch)
+        self.data.start_epoch(cfg.seed, epoch, self.ctx.rank)
         micro_steps = self.steps_per_epoch * cfg.accumulate  # whole optimizer steps only
         losses, seen = [], 0
         bar = tqdm(
-            self.train_loader,
+            self.data.loader,
             total=micro_steps,
             desc=f"epoch {epoch}/{cfg.epochs}",
             leave=False,
@@ -277,7 +219,11 @@ class Trainer:
 
     def evaluate(self, model: nn.Module, dataset) -> np.ndarray:
         """Probabilities for every image of `dataset`, in dataset order, on every rank."""
-        probs = predict(model, self._eval_loader(dataset), self.ctx.device)
+        probs = predict(
+            model,
+            eval_loader(dataset, self.ctx, self.micro_batch, self.cfg.workers),
+            self.ctx.device,
+        )
         parts = distributed.gather(self.ctx, probs)
         full = np.empty((len(dataset), self.spec.num_classes), dtype=np.float32)
         for rank, part in enumerate(parts):

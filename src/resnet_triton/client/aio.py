@@ -1,0 +1,100 @@
+"""The asyncio client: `await AsyncClassifier.connect(...)`, over gRPC or HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import tritonclient.grpc.aio as grpcaio
+import tritonclient.http.aio as httpaio
+from tritonclient.utils import InferenceServerException
+
+from resnet_triton.client.protocol import (
+    CONNECTION_ERRORS,
+    ClientError,
+    ImageLike,
+    Job,
+    ModelInfo,
+    Prediction,
+    Result,
+    _Item,
+    _Protocol,
+)
+from resnet_triton.spec import Names
+
+
+class AsyncClassifier(_Protocol):
+    """asyncio client over tritonclient's aio modules: `await AsyncClassifier.connect(...)`."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        protocol: str = "grpc",
+        model: str = Names().ensemble,
+        timeout_s: float = 60.0,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+        concurrency: int = 4,
+    ):
+        super().__init__(url, protocol, model, timeout_s, retries, backoff_s, concurrency)
+        self.module = grpcaio if self.grpc else httpaio
+        if self.grpc:
+            self.client = grpcaio.InferenceServerClient(self.url)
+        else:
+            self.client = httpaio.InferenceServerClient(self.url, conn_timeout=timeout_s)
+        self.info: ModelInfo | None = None
+
+    @classmethod
+    async def connect(cls, *args, **kwargs) -> AsyncClassifier:
+        self = cls(*args, **kwargs)
+        try:
+            ready = await self.client.is_model_ready(self.model)
+            metadata = await self.client.get_model_metadata(self.model)
+            config = await self.client.get_model_config(self.model)
+        except (InferenceServerException, OSError) as exc:
+            await self.close()
+            raise self.unknown_model(exc) from None
+        try:
+            self.info = self.model_info(metadata, config, ready)
+        except ClientError:
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def __aenter__(self) -> AsyncClassifier:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def _infer(self, payloads: list[bytes], top_k: int) -> list[tuple[Prediction, ...]]:
+        for attempt in range(self.retries + 1):
+            try:
+                infer_input, output = self.request(self.module, self.info, payloads, top_k)
+                options = {"client_timeout": self.timeout_s} if self.grpc else {}
+                result = await self.client.infer(
+                    self.model, [infer_input], outputs=[output], **options
+                )
+                return self.parse(result, self.info, len(payloads), top_k)
+            except (InferenceServerException, *CONNECTION_ERRORS) as exc:
+                await asyncio.sleep(self.retry_delay(exc, attempt))
+        raise AssertionError("unreachable")
+
+    async def classify(self, images: Sequence[ImageLike], top_k: int = 1) -> list[Result]:
+        """Every image classified, in order; failures are per image, in Result.error."""
+        job = Job(images, self.info.max_batch_size)
+        limit = asyncio.Semaphore(max(1, self.concurrency))
+
+        async def run(batch: list[_Item]) -> None:
+            try:
+                async with limit:
+                    rows = await self._infer([i.data for i in batch], top_k)
+                job.answered(batch, rows)
+            except ClientError as exc:
+                await asyncio.gather(*(run(alone) for alone in job.refused(batch, exc)))
+
+        await asyncio.gather(*(run(batch) for batch in job.batches))
+        return job.results()

@@ -1,0 +1,220 @@
+"""What the sync and async clients share: results, image encoding, the batching policy
+(`Job`), request building and parsing, and the retry policy. The package docstring
+(resnet_triton.client) describes the behaviour."""
+
+from __future__ import annotations
+
+import http.client
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from resnet_triton.endpoints import GRPC_PORT, HTTP_PORT
+from resnet_triton.errors import UserError
+
+PROTOCOLS = {"grpc": f"localhost:{GRPC_PORT}", "http": f"localhost:{HTTP_PORT}"}
+RETRYABLE_STATUS = {"StatusCode.UNAVAILABLE", "503", "502"}
+# The connection went away (refused, reset, closed before the answer: a server that
+# stops or restarts, a proxy in front of one that is gone); tritonclient's HTTP
+# clients raise these unwrapped (geventhttpclient's HTTPConnectionClosed is an
+# http.client.HTTPException).
+CONNECTION_ERRORS = (OSError, http.client.HTTPException, aiohttp.ClientConnectionError)
+
+ImageLike = bytes | str | Path | Image.Image | np.ndarray
+
+
+class ClientError(UserError):
+    """The server, the model or an image cannot be used as asked."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Result:
+    source: str
+    predictions: tuple[Prediction, ...] = ()
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def top1(self) -> Prediction | None:
+        return self.predictions[0] if self.predictions else None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    input_name: str
+    output_name: str
+    max_batch_size: int
+
+
+@dataclass
+class _Item:
+    index: int
+    source: str
+    data: bytes | None = None
+    error: str | None = field(default=None)
+
+
+def parse_classification(entry: bytes | str) -> Prediction:
+    """One "score:index:label" string of the classification extension."""
+    text = entry.decode() if isinstance(entry, bytes) else entry
+    score, index, label = text.split(":", 2)  # a label may itself contain ':'
+    return Prediction(label=label, index=int(index), score=float(score))
+
+
+def encode_image(image: ImageLike) -> tuple[str, bytes]:
+    """(a name for messages, encoded bytes); errors name the input."""
+    if isinstance(image, bytes):
+        return f"<{len(image)} bytes>", image
+    if isinstance(image, str | Path):
+        try:
+            return str(image), Path(image).read_bytes()
+        except OSError as exc:
+            raise ClientError(f"{image}: cannot read: {exc.strerror}") from None
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ClientError(
+                f"arrays must be uint8 (H, W) or (H, W, 3|4), got {image.dtype} {image.shape}"
+            )
+        image = Image.fromarray(image)
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")  # lossless: the server sees these exact pixels
+        return f"<PIL {image.mode} {image.width}x{image.height}>", buffer.getvalue()
+    raise ClientError(f"cannot classify a {type(image).__name__}; give bytes, a path, a PIL "
+                      "image or a uint8 array")  # fmt: skip
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, InferenceServerException):
+        return str(exc.status()) in RETRYABLE_STATUS
+    return isinstance(exc, CONNECTION_ERRORS)  # the server may be back
+
+
+def _message(exc: Exception) -> str:
+    return exc.message() if isinstance(exc, InferenceServerException) else str(exc)
+
+
+class Job:
+    """The images of one classify() call, and the policy both clients follow: encode each
+    once, send them in requests of at most max_batch_size, and when the server refuses a
+    request of several images, send each of them alone, so that only the image at fault
+    fails (with its own error) and every other image is answered."""
+
+    def __init__(self, images: Sequence[ImageLike], max_batch_size: int):
+        self.items = _encode_all(images)
+        ready = [item for item in self.items if item.error is None]
+        self.batches = [ready[i : i + max_batch_size] for i in range(0, len(ready), max_batch_size)]
+        self.answers: dict[int, Result] = {}
+
+    def answered(self, batch: list[_Item], rows: list[tuple[Prediction, ...]]) -> None:
+        self.answers.update(
+            {i.index: Result(i.source, row) for i, row in zip(batch, rows, strict=True)}
+        )
+
+    def refused(self, batch: list[_Item], error: ClientError) -> list[list[_Item]]:
+        """The requests to send instead: each image alone, or none once one image failed."""
+        if len(batch) > 1:
+            return [[item] for item in batch]
+        self.answers[batch[0].index] = Result(batch[0].source, error=str(error))
+        return []
+
+    def results(self) -> list[Result]:
+        """One Result per image, in the order given."""
+        return [
+            self.answers.get(item.index) or Result(item.source, error=item.error or "no answer")
+            for item in self.items
+        ]
+
+
+def _encode_all(images: Sequence[ImageLike]) -> list[_Item]:
+    items = []
+    for index, image in enumerate(images):
+        try:
+            source, data = encode_image(image)
+            items.append(_Item(index, source, data))
+        except ClientError as exc:
+            items.append(_Item(index, str(image)[:80], error=str(exc)))
+    return items
+
+
+class _Protocol:
+    """What the sync and async clients share: settings, requests, parsing, retry policy."""
+
+    def __init__(self, url, protocol, model, timeout_s, retries, backoff_s, concurrency):
+        if protocol not in PROTOCOLS:
+            choices = ", ".join(PROTOCOLS)
+            raise ClientError(f"unknown protocol {protocol!r}; choose one of {choices}")
+        self.protocol = protocol
+        self.url = url or PROTOCOLS[protocol]
+        self.model = model
+        self.timeout_s = timeout_s
+        self.retries, self.backoff_s, self.concurrency = retries, backoff_s, concurrency
+
+    @property
+    def grpc(self) -> bool:
+        return self.protocol == "grpc"
+
+    def model_info(self, metadata, config, ready: bool) -> ModelInfo:
+        if not ready:
+            raise ClientError(f"model {self.model!r} at {self.url} is not ready")
+        if self.grpc:
+            return ModelInfo(
+                self.model,
+                metadata.inputs[0].name,
+                metadata.outputs[0].name,
+                config.config.max_batch_size,
+            )
+        return ModelInfo(
+            self.model,
+            metadata["inputs"][0]["name"],
+            metadata["outputs"][0]["name"],
+            config["max_batch_size"],
+        )
+
+    def unknown_model(self, exc: Exception) -> ClientError:
+        message = _message(exc)
+        if "unknown model" in message.lower() or "not found" in message.lower():
+            return ClientError(f"unknown model {self.model!r} at {self.url}: {message}")
+        return ClientError(f"cannot reach Triton at {self.url} ({self.protocol}): {message}")
+
+    def request(self, module, info: ModelInfo, payloads: list[bytes], top_k: int):
+        batch = np.array([[p] for p in payloads], dtype=np.object_)  # (n, 1) BYTES
+        infer_input = module.InferInput(info.input_name, list(batch.shape), "BYTES")
+        if self.grpc:
+            infer_input.set_data_from_numpy(batch)
+            output = module.InferRequestedOutput(info.output_name, class_count=top_k)
+        else:
+            infer_input.set_data_from_numpy(batch, binary_data=True)
+            output = module.InferRequestedOutput(
+                info.output_name, binary_data=True, class_count=top_k
+            )
+        return infer_input, output
+
+    @staticmethod
+    def parse(result, info: ModelInfo, count: int, top_k: int) -> list[tuple[Prediction, ...]]:
+        rows = result.as_numpy(info.output_name).reshape(count, top_k)
+        return [tuple(parse_classification(entry) for entry in row) for row in rows]
+
+    def retry_delay(self, exc: Exception, attempt: int) -> float:
+        """Seconds to wait before retrying a failed request; raises ClientError when it should
+        not be retried (the last attempt, or a failure other than an unavailable server)."""
+        if attempt == self.retries or not _retryable(exc):
+            raise ClientError(_message(exc)) from None
+        return self.backoff_s * 2**attempt

@@ -1,0 +1,17 @@
+"""Where the server listens and what its restricted APIs need: shared by server and client.
+
+A small module of its own so that the client side names the admin header and
+default ports without importing the server launcher.
+"""
+
+# The local server (Triton 2.51) predates the fixes for CVE-2025-23310/23311 and later
+# bulletins: it listens on loopback unless asked otherwise.
+LOOPBACK = "127.0.0.1"
+HTTP_PORT = 8000
+GRPC_PORT = 8001
+METRICS_PORT = 8002
+
+# Management APIs that change or expose server state need ADMIN_HEADER; inference,
+# health, metadata, model config, statistics and metrics stay open.
+RESTRICTED_APIS = "model-repository,shared-memory,logging"
+ADMIN_HEADER = "admin-key"

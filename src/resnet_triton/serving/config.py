@@ -1,0 +1,75 @@
+"""How a deployment serves the model: every setting that tunes serving without retraining.
+
+The model contract (architecture, labels, preprocessing, names, max batch size)
+travels with the checkpoint and the ONNX file in `ModelSpec`. What is here is
+read when the repository is rendered: by `resnet-triton render` and `build`
+(`--serving FILE`, YAML), and per target in build/pipeline.yaml (`serving:`).
+The defaults below are the one place they are set; perf/README.md records the
+measurements behind them (`make bench-batching`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from resnet_triton.spec import ModelSpec, SpecError, fields_of
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    # Triton's dynamic batcher, on the preprocess and classifier models.
+    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
+    max_queue_delay_us: int = 2000
+    # Model instances per server (instance_group count).
+    preprocess_instances: int = 1
+    classifier_instances: int = 1
+    # The CPU classifier's ONNX Runtime: intra-op threads (0: one per physical core),
+    # and whether idle threads spin (off: they sleep, leaving the cores to preprocessing).
+    intra_op_threads: int = 0
+    allow_spinning: bool = False
+    # Warm every model up at load (a real photo, zero tensors), so that the first
+    # requests do not pay for lazy initialization and a broken model fails at start.
+    warmup: bool = True
+    # Versions served at once from a model's folder (version_policy latest N).
+    versions: int = 1
+
+    def validate(self, spec: ModelSpec) -> None:
+        """Errors name the field; batch sizes are checked against the model's limit."""
+        limit = spec.max_batch_size
+        outside = [b for b in self.preferred_batch_sizes if not 1 <= b <= limit]
+        if outside:
+            raise SpecError(
+                f"serving.preferred_batch_sizes {outside} lie outside 1..max_batch_size ({limit})"
+            )
+        minimums = {
+            "max_queue_delay_us": 0, "preprocess_instances": 1, "classifier_instances": 1,
+            "intra_op_threads": 0, "versions": 1,
+        }  # fmt: skip
+        for name, least in minimums.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise SpecError(f"serving.{name} must be an integer >= {least}, got {value!r}")
+        for name in ("allow_spinning", "warmup"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(
+                    f"serving.{name} must be true or false, got {getattr(self, name)!r}"
+                )
+
+    @classmethod
+    def from_dict(cls, data: dict | None, where: str = "serving") -> ServingConfig:
+        return cls(**fields_of(cls, data or {}, where))
+
+    @classmethod
+    def load(cls, path: Path) -> ServingConfig:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise SpecError(f"cannot read serving config {path}: {exc}") from None
+        return cls.from_dict(data, f"serving config {path}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,126 @@
+"""The package's shape: folders named like the stages, no import cycle, small modules,
+and a client side that never loads PyTorch."""
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+PACKAGE = ROOT / "src" / "resnet_triton"
+MAX_LINES = 400
+
+
+def modules() -> dict[str, Path]:
+    """Dotted name below resnet_triton ("build.engine"; a package is its __init__) -> file."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def imports(path: Path, known: dict[str, Path]) -> set[str]:
+    """The package's modules that `path` imports, anywhere in it (functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("resnet_triton"):
+            base = node.module.removeprefix("resnet_triton").removeprefix(".")
+            for alias in node.names:
+                name = f"{base}.{alias.name}".lstrip(".")
+                found.add(name if name in known else base)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("resnet_triton."):
+                    found.add(alias.name.removeprefix("resnet_triton."))
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    known = modules()
+    graph = {name: imports(path, known) for name, path in known.items()}
+    for name in known:  # importing a submodule runs its package's __init__ first
+        if "." in name:
+            graph[name].add(name.rsplit(".", 1)[0])
+    return graph
+
+
+def cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None."""
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == node.rsplit(".", 1)[0] and node.startswith(f"{nxt}."):
+                continue  # a package's own __init__ importing its submodule is not a cycle
+            if state.get(nxt) == "open":
+                return path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt]
+            if nxt not in state:
+                found = visit(nxt, [*path, nxt])
+                if found:
+                    return found
+        state[node] = "done"
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start, [start])
+            if found:
+                return found
+    return None
+
+
+def test_folders_are_the_stages_and_the_core_stays_at_the_top():
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert packages == {"build", "client", "pipeline", "serving", "training"}
+    top = {p.stem for p in PACKAGE.glob("*.py")}
+    assert top == {
+        "__init__", "__main__", "cli", "data", "demo", "digits", "endpoints", "errors",
+        "preprocess", "resnet", "spec",
+    }  # fmt: skip
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert "client.classifier" in graph and "serving.server" in graph["serving.serve"]
+    assert cycle(graph) is None, " -> ".join(cycle(graph))
+
+
+def test_the_cycle_finder_finds_one():
+    assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_lower_stages_do_not_import_upward():
+    graph = import_graph()
+    core = {"errors", "spec", "preprocess", "data", "resnet", "endpoints", "digits"}
+    for name in core:
+        assert graph[name] <= core, (name, graph[name] - core)
+    for name in ("client", "client.classifier", "client.classify"):
+        assert not {d for d in graph[name] if d.split(".")[0] in ("serving", "build")}, name
+
+
+def test_no_module_is_over_400_lines():
+    sizes = {name: len(path.read_text().splitlines()) for name, path in modules().items()}
+    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_the_client_cli_runs_without_pytorch():
+    script = (
+        "import sys\n"
+        "from resnet_triton.client import AsyncClassifier, Classifier\n"
+        "from resnet_triton import cli\n"
+        "try:\n"
+        "    cli.main(['classify', '--help'])\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "usage: resnet-triton classify" in result.stdout
+    assert result.stdout.splitlines()[-1] == "[]"
