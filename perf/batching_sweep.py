@@ -1,17 +1,16 @@
-"""`make bench-batching`: the dynamic-batcher settings behind the spec's defaults.
+"""`make bench-batching`: the dynamic-batcher settings behind the serving defaults.
 
 For each candidate (preferred batch sizes, max queue delay), renders a copy of
 the published repository with those settings on both batching models, starts
 the local server, and runs perf_analyzer against the ensemble with real
 photos at a fixed client concurrency. Prints a table and writes
 <out>/batching_sweep.json; perf/README.md records the run that chose the
-defaults in spec.Batching.
+defaults in resnet_triton/serving/config.py (ServingConfig).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 from perf_tools import ensemble_input, published_model, run_perf_analyzer
 
 from resnet_triton.data import package_photos
+from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.repository import ONNX_FILE, env_path_for, render
 from resnet_triton.serving.server import Ports, TritonServer
 
@@ -46,13 +46,10 @@ def main() -> int:
     input_data = ensemble_input(package_photos(), spec.names.image, args.out / "sweep_input.json")
     rows = []
     for preferred, delay in CANDIDATES:
-        batching = dataclasses.replace(
-            spec.batching, preferred_batch_sizes=preferred, max_queue_delay_us=delay
-        )
-        candidate = dataclasses.replace(spec, batching=batching)
+        serving = ServingConfig(preferred_batch_sizes=preferred, max_queue_delay_us=delay)
         with tempfile.TemporaryDirectory() as tmp:
             repo = Path(tmp) / "repo"
-            render(candidate, repo, env_path_for(repo))
+            render(spec, repo, env_path_for(repo), serving=serving)
             shutil.copy(onnx_path, repo / spec.names.classifier / "1" / ONNX_FILE)
             with TritonServer(repo, Ports.free(), log_path=Path(tmp) / "log") as server:
                 server.wait_ready([spec.names.ensemble])

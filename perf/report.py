@@ -193,7 +193,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    ceiling = onnxruntime_ceiling(onnx_path, pixels, spec.batching.max_batch_size, 10)
+    ceiling = onnxruntime_ceiling(onnx_path, pixels, spec.max_batch_size, 10)
     triton = measure_triton(
         args.repository, spec, photos, pixels, args.levels, args.interval_ms, args.out
     )

@@ -1,6 +1,7 @@
 """Export, the accuracy gates, INT8, manifests, skipping, and publishing only what passes."""
 
 import json
+import shutil
 from importlib import metadata
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from conftest import damage, snapshot
 from PIL import Image
 
+from resnet_triton import cli
 from resnet_triton.build import command as build
 from resnet_triton.build import engine
 from resnet_triton.build.export import ExportError, check_onnx, spec_from_onnx
@@ -17,6 +19,7 @@ from resnet_triton.build.manifest import file_sha256, read_manifest
 from resnet_triton.build.verify import POLICIES, POLYGRAPHY_MIN, polygraphy_too_old
 from resnet_triton.errors import UserError
 from resnet_triton.resnet import load_checkpoint
+from resnet_triton.serving.repository import read_config
 
 
 def options(checkpoint, digits, root, **kwargs):
@@ -38,7 +41,7 @@ def test_onnx_is_one_checked_file_with_dynamic_batch(repository, checkpoint):
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, out.name) == (spec.names.pixels, spec.names.scores)
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 64, 64]
-    for batch in (1, 5, spec.batching.max_batch_size):
+    for batch in (1, 5, spec.max_batch_size):
         x = np.random.default_rng(batch).normal(size=(batch, 3, 64, 64)).astype(np.float32)
         scores = session.run(None, {inp.name: x})[0]
         assert scores.shape == (batch, 10)
@@ -59,7 +62,7 @@ def test_export_gate_passes_on_real_images_within_tolerance(repository):
 
 def test_int8_is_built_gated_published_and_then_skipped(checkpoint, digits, tmp_path, capsys):
     result = build.run(options(checkpoint, digits, tmp_path, precision="int8"))
-    export_gate, int8_gate = result["reports"]
+    export_gate, int8_gate = result.reports
     assert int8_gate.gate == "int8" and int8_gate.passed
     assert int8_gate.top1_agreement >= 0.98 and int8_gate.accuracy_drop <= 0.01
     published = tmp_path / "repo" / "classifier" / "1" / "model.onnx"
@@ -73,15 +76,15 @@ def test_int8_is_built_gated_published_and_then_skipped(checkpoint, digits, tmp_
 
     before = snapshot(tmp_path / "repo")
     again = build.run(options(checkpoint, digits, tmp_path, precision="int8"))
-    assert again["skipped"] and again["content_hash"] == result["content_hash"]
+    assert again.skipped and again.content_hash == result.content_hash
     assert snapshot(tmp_path / "repo") == before
     assert "up to date" in capsys.readouterr().out
 
     # Another precision, or a damaged published file, means a rebuild.
     fp32 = build.run(options(checkpoint, digits, tmp_path, precision="fp32"))
-    assert not fp32["skipped"] and fp32["content_hash"] != result["content_hash"]
+    assert not fp32.skipped and fp32.content_hash != result.content_hash
     published.write_bytes(published.read_bytes()[:-10])
-    assert not build.run(options(checkpoint, digits, tmp_path))["skipped"]
+    assert not build.run(options(checkpoint, digits, tmp_path)).skipped
 
 
 def test_another_model_changes_the_content_hash(checkpoint, digits, tmp_path):
@@ -89,7 +92,7 @@ def test_another_model_changes_the_content_hash(checkpoint, digits, tmp_path):
     damaged = tmp_path / "other.onnx"
     damage(tmp_path / "work" / "model.fp32.onnx", damaged, scale=1e-3)  # tiny: still passes
     second = build.run(options(checkpoint, digits, tmp_path, onnx=damaged))
-    assert not second["skipped"] and second["content_hash"] != first["content_hash"]
+    assert not second.skipped and second.content_hash != first.content_hash
 
 
 def test_damaged_model_is_rejected_and_repository_untouched(
@@ -131,7 +134,6 @@ def test_int8_calibrated_on_blank_images_fails_its_gate(checkpoint, digits, tmp_
     [
         ({"precision": "fp16"}, "unknown precision for the cpu target 'fp16'; choose one of fp32"),
         ({"target": "tpu"}, "unknown target 'tpu'; choose one of auto, cpu, gpu"),
-        ({"max_batch": 16}, "profile max batch 16 is below the spec's max_batch_size 32"),
         ({"opt_batch": 0}, "profile opt batch 0 must lie in 1..32"),
         (
             {"precision": "int8", "calibration_images": 5000},
@@ -168,4 +170,40 @@ def test_the_polygraphy_pin_covers_the_api_the_gates_use():
     assert POLYGRAPHY_MIN == "0.53.4"
     assert polygraphy_too_old("0.50.3").startswith(
         "Polygraphy 0.50.3 is installed; the accuracy gates need 0.53.4 or newer"
+    )
+
+
+def test_a_serving_setting_changes_the_configs_without_retraining_or_rebuilding(
+    repository, checkpoint, digits, tmp_path, capsys
+):
+    repo = tmp_path / "model_repository"
+    shutil.copytree(repository, repo)
+    model = repo / "classifier" / "1" / "model.onnx"
+    before = file_sha256(model)
+    assert read_config(repo / "classifier" / "config.pbtxt").instance_group[0].count == 1
+    serving = tmp_path / "serving.yaml"
+    serving.write_text(
+        "preferred_batch_sizes: [4]\nmax_queue_delay_us: 100\nclassifier_instances: 2\n"
+    )
+    args = ["build", "--checkpoint", str(checkpoint), "--target", "cpu", "--repository", str(repo),
+            "--images", str(digits / "val"), "--work-dir", str(tmp_path / "work")]  # fmt: skip
+    assert cli.main([*args, "--serving", str(serving)]) == 0
+    assert "up to date:" in capsys.readouterr().out  # the same model: nothing exported
+    assert file_sha256(model) == before
+    config = read_config(repo / "classifier" / "config.pbtxt")
+    assert list(config.dynamic_batching.preferred_batch_size) == [4]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 100
+    assert config.instance_group[0].count == 2
+    assert config.max_batch_size == 32  # the model's limit, from the checkpoint
+    # `render` does the same from the checkpoint alone; a bad value is named.
+    serving.write_text("preferred_batch_sizes: [64]\n")
+    assert cli.main(["render", "--checkpoint", str(checkpoint), "--repository", str(repo),
+                     "--serving", str(serving)]) == 1  # fmt: skip
+    assert "serving.preferred_batch_sizes [64] lie outside 1..max_batch_size (32)" in (
+        capsys.readouterr().err
+    )
+    serving.write_text("queue_delay: 5\n")
+    assert cli.main([*args, "--serving", str(serving)]) == 1
+    assert (
+        f"unknown field(s) ['queue_delay'] in serving config {serving}" in capsys.readouterr().err
     )

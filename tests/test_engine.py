@@ -13,25 +13,22 @@ from resnet_triton.build import engine
 from resnet_triton.build.manifest import read_manifest
 from resnet_triton.errors import UserError
 from resnet_triton.serving.repository import read_config
-from resnet_triton.spec import Batching, ModelSpec
+from resnet_triton.spec import ModelSpec
 
 GPU, WHY = engine.gpu_status()
 needs_gpu = pytest.mark.skipif(GPU is None, reason=f"TensorRT path unavailable: {WHY}")
 
 
-def test_profile_follows_the_spec():
-    spec = ModelSpec(labels=("a", "b"), batching=Batching(16, (4, 8), 100))
-    profile = engine.Profile.for_spec(spec)
+def test_profile_follows_the_spec_and_the_serving_config():
+    spec = ModelSpec(labels=("a", "b"), max_batch_size=16)
+    profile = engine.Profile.for_spec(spec, preferred=(4, 8))
     assert (profile.min, profile.opt, profile.max) == (1, 8, 16)
     assert profile.shapes(spec)["max"] == [16, 3, 224, 224]
-    # Triton refuses a plan whose profile cannot take the config's max_batch_size; a
-    # larger profile max is fine.
-    with pytest.raises(UserError, match="profile max batch 8 is below the spec's max_batch_size"):
-        engine.Profile.for_spec(spec, max_batch=8)
-    assert engine.Profile.for_spec(spec, max_batch=64).max == 64
+    assert engine.Profile.for_spec(spec, opt_batch=2).opt == 2
+    with pytest.raises(UserError, match="profile opt batch 32 must lie in 1..16"):
+        engine.Profile.for_spec(spec, opt_batch=32)
     # No preferred sizes (the batcher then forms batches up to the max): opt is the max.
-    alone = ModelSpec(labels=("a", "b"), batching=Batching(16, (), 100))
-    assert engine.Profile.for_spec(alone).opt == 16
+    assert engine.Profile.for_spec(spec).opt == 16
 
 
 def test_calibration_batches_are_cut_to_the_opt_batch():
@@ -153,7 +150,7 @@ def test_plans_pass_their_gates_and_are_published(checkpoint, digits, tmp_path, 
         images=digits / "val",
     )  # fmt: skip
     result = build.run(opts)
-    assert all(r.passed for r in result["reports"])
+    assert all(r.passed for r in result.reports)
     plan = tmp_path / "repo" / "classifier" / "1" / f"model.{GPU.tag}.plan"
     manifest = read_manifest(plan)
     assert manifest["compute_capability"] == GPU.compute_capability
@@ -161,8 +158,8 @@ def test_plans_pass_their_gates_and_are_published(checkpoint, digits, tmp_path, 
     config = read_config(tmp_path / "repo" / "classifier" / "config.pbtxt")
     assert config.platform == "tensorrt_plan"
     assert dict(config.cc_model_filenames) == {GPU.compute_capability: plan.name}
-    assert build.run(opts)["skipped"]
+    assert build.run(opts).skipped
     if precision == "int8":
-        key = result["content_hash"][:16]
+        key = result.content_hash[:16]
         assert (tmp_path / "work" / f"calibration.{key}.cache").is_file()
     assert (tmp_path / "work" / "timing.cache").is_file()

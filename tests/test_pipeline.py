@@ -345,6 +345,22 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     assert "the store already holds this build; nothing to publish" in out
     assert snapshot(store) == first
 
+    # A serving setting of the target changed: the same model, new configs, smoke-tested
+    # and published; nothing is retrained or rebuilt.
+    model = published.read_bytes()
+    tuned = {"cpu": {"target": "cpu", "precision": "fp32", "serving": {"classifier_instances": 2}}}
+    config = dry_run_config(tmp_path, checkpoint, digits, targets=tuned)
+    capsys.readouterr()
+    stage = pipeline.build_step(config, "cpu")
+    assert stage.status["changed"] and "cpu: unchanged model, new serving configs" in (
+        capsys.readouterr().out
+    )
+    pipeline.smoke_step(config, "cpu")
+    pipeline.publish_step(config, "cpu")
+    assert read_config(store / "classifier" / "config.pbtxt").instance_group[0].count == 2
+    assert published.read_bytes() == model
+    config = dry_run_config(tmp_path, checkpoint, digits)
+
     # A damaged published model, what the weekly run is for, is rebuilt.
     published.write_bytes(published.read_bytes()[:-10])
     assert pipeline.build_step(config, "cpu").status["changed"]

@@ -6,11 +6,10 @@ from pathlib import Path
 import pytest
 
 from resnet_triton.digits import demo_spec
+from resnet_triton.serving.config import ServingConfig
+from resnet_triton.serving.plans import TENSORRT_BACKEND_CONFIG, Plans, backend_flags
 from resnet_triton.serving.repository import (
     DEFAULT_ENV_PATH,
-    TENSORRT_BACKEND_CONFIG,
-    Plans,
-    backend_flags,
     classifier_config,
     ensemble_config,
     env_path_for,
@@ -21,7 +20,7 @@ from resnet_triton.serving.repository import (
     rendered_files,
 )
 from resnet_triton.serving.server import TritonServer
-from resnet_triton.spec import Batching, ModelSpec, Preprocessing
+from resnet_triton.spec import ModelSpec, Preprocessing
 
 COMMITTED = Path(__file__).parent.parent / "model_repository"
 
@@ -40,14 +39,15 @@ def test_every_value_comes_from_the_spec(tmp_path):
     spec = ModelSpec(
         labels=("cat", "dog", "owl"),
         preprocessing=Preprocessing(resize_size=160, crop_size=128),
-        batching=Batching(max_batch_size=4, preferred_batch_sizes=(2, 4), max_queue_delay_us=500),
+        max_batch_size=4,
     )
-    render(spec, tmp_path, env_path="/opt/venv")
+    serving = ServingConfig(preferred_batch_sizes=(2, 4), max_queue_delay_us=500)
+    render(spec, tmp_path, env_path="/opt/venv", serving=serving)
     pre = read_config(tmp_path / "preprocess" / "config.pbtxt")
     cls = read_config(tmp_path / "classifier" / "config.pbtxt")
     ens = read_config(tmp_path / "resnet_ensemble" / "config.pbtxt")
-    assert pre == preprocess_config(spec, "/opt/venv")
-    assert cls == classifier_config(spec, "/opt/venv")
+    assert pre == preprocess_config(spec, "/opt/venv", serving)
+    assert cls == classifier_config(spec, "/opt/venv", serving)
     assert ens == ensemble_config(spec)
     for config in (pre, cls, ens):
         assert config.max_batch_size == 4

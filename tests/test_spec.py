@@ -1,8 +1,11 @@
 import json
+from pathlib import Path
 
 import pytest
 
-from resnet_triton.spec import Batching, ModelSpec, Preprocessing, SpecError
+from resnet_triton.spec import ModelSpec, Preprocessing, SpecError
+
+DATA = Path(__file__).parent / "data"
 
 
 def test_round_trips_through_json():
@@ -10,7 +13,7 @@ def test_round_trips_through_json():
         labels=("cat", "dog", "owl"),
         arch="resnet34",
         preprocessing=Preprocessing(resize_size=160, crop_size=128),
-        batching=Batching(max_batch_size=16, preferred_batch_sizes=(4, 16)),
+        max_batch_size=16,
     )
     again = ModelSpec.from_json(spec.to_json())
     assert again == spec
@@ -34,7 +37,7 @@ def test_preprocessing_round_trips_through_triton_parameters():
         ({"labels": ("a", "b\nc")}, "non-empty single lines"),
         ({"preprocessing": Preprocessing(resize_size=200, crop_size=224)}, "resize_size (200)"),
         ({"preprocessing": Preprocessing(interpolation="lanczos")}, "interpolation 'lanczos'"),
-        ({"batching": Batching(max_batch_size=8)}, "[16, 32] lie outside 1..max_batch_size (8)"),
+        ({"max_batch_size": 0}, "max_batch_size must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_fields_are_named(kwargs, message):
@@ -48,3 +51,13 @@ def test_unknown_field_in_saved_spec_is_named():
     data["preprocessing"]["crop"] = 3
     with pytest.raises(SpecError, match=r"unknown field\(s\) \['crop'\] in preprocessing"):
         ModelSpec.from_dict(data)
+
+
+def test_a_spec_written_before_serving_settings_left_it_still_loads():
+    """Checkpoints and ONNX files up to 2026-11-25 carry `batching` and `instances`."""
+    saved = json.loads((DATA / "spec-2026-11-25.json").read_text())
+    assert saved["batching"]["preferred_batch_sizes"] == [4, 16]  # what such a file holds
+    spec = ModelSpec.from_dict(saved)
+    assert spec.max_batch_size == 16  # the model contract keeps the batch limit
+    assert spec.labels == ("ok", "scratch", "dent") and spec.arch == "resnet18"
+    assert "batching" not in spec.to_dict() and "instances" not in spec.to_dict()

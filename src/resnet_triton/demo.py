@@ -73,7 +73,7 @@ def run(out: Path, repository: Path, epochs: int = 5, lr: float = 2e-3, concurre
         options = build.BuildOptions(
             checkpoint, repository, out / "build", target="cpu", images=data / "val", force=True
         )
-        gate = build.run(options)["reports"][0]  # the export gate: ONNX Runtime vs PyTorch
+        gate = build.run(options).reports[0]  # the export gate: ONNX Runtime vs PyTorch
 
     with stage("pytorch_reference"):
         spec, model, _ = load_checkpoint(checkpoint)

@@ -2,9 +2,12 @@
 
 Everything that two stages must agree on lives in `ModelSpec`: the
 architecture and labels, the preprocessing, the tensor and model names, and
-the batching limits. Training saves it in the checkpoint, export copies it
-into the ONNX metadata, and the model repository, clients and benchmarks are
-rendered from it. Nothing else hard-codes these values.
+the largest batch the model takes. Training saves it in the checkpoint, export
+copies it into the ONNX metadata, and the model repository, clients and
+benchmarks are rendered from it. Nothing else hard-codes these values.
+
+How a deployment serves the model (dynamic batching, instances, threads,
+warmup) is not part of it: resnet_triton.serving.config, read at render time.
 """
 
 from __future__ import annotations
@@ -116,42 +119,6 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
-class Batching:
-    """Server-side batching: Triton's max_batch_size and dynamic batcher settings."""
-
-    max_batch_size: int = 32
-    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
-    max_queue_delay_us: int = 2000
-
-    def validate(self) -> None:
-        if self.max_batch_size < 1:
-            raise SpecError(f"batching.max_batch_size must be >= 1, got {self.max_batch_size}")
-        too_big = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
-        if too_big:
-            raise SpecError(
-                f"batching.preferred_batch_sizes {too_big} lie outside 1..max_batch_size "
-                f"({self.max_batch_size})"
-            )
-        if self.max_queue_delay_us < 0:
-            raise SpecError(
-                f"batching.max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}"
-            )
-
-
-@dataclass(frozen=True)
-class Instances:
-    """Model instances per server (Triton's instance_group count)."""
-
-    preprocess: int = 1
-    classifier: int = 1
-
-    def validate(self) -> None:
-        for name in ("preprocess", "classifier"):
-            if getattr(self, name) < 1:
-                raise SpecError(f"instances.{name} must be >= 1, got {getattr(self, name)}")
-
-
-@dataclass(frozen=True)
 class Names:
     """Model and tensor names shared by ONNX, config.pbtxt files and clients."""
 
@@ -169,8 +136,9 @@ class ModelSpec:
     arch: str = "resnet50"
     head_dropout: float = 0.0  # > 0: the head is Dropout + Linear (changes state_dict keys)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
-    batching: Batching = field(default_factory=Batching)
-    instances: Instances = field(default_factory=Instances)
+    # The largest batch of images the exported model, a TensorRT profile and every
+    # served model take (Triton's max_batch_size).
+    max_batch_size: int = 32
     names: Names = field(default_factory=Names)
 
     def __post_init__(self) -> None:
@@ -191,9 +159,9 @@ class ModelSpec:
         bad = [label for label in self.labels if not label or "\n" in label]
         if bad:
             raise SpecError(f"labels must be non-empty single lines, got {bad!r}")
+        if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
+            raise SpecError(f"max_batch_size must be an integer >= 1, got {self.max_batch_size!r}")
         self.preprocessing.validate()
-        self.batching.validate()
-        self.instances.validate()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -203,14 +171,19 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelSpec:
-        """Rebuild a spec, naming any unknown or malformed field."""
+        """Rebuild a spec, naming any unknown or malformed field.
+
+        Specs written before the serving settings left it (checkpoints and ONNX
+        files up to 2026-11-25) carry `batching` and `instances`: the batch limit is
+        kept, the rest is a deployment's choice now (serving.config) and is dropped.
+        """
+        if isinstance(data, dict) and ("batching" in data or "instances" in data):
+            batching = data.get("batching")
+            data = {k: v for k, v in data.items() if k not in ("batching", "instances")}
+            if isinstance(batching, dict) and "max_batch_size" in batching:
+                data.setdefault("max_batch_size", batching["max_batch_size"])
         kwargs = fields_of(cls, data, "spec")
-        for key, part in (
-            ("preprocessing", Preprocessing),
-            ("batching", Batching),
-            ("instances", Instances),
-            ("names", Names),
-        ):
+        for key, part in (("preprocessing", Preprocessing), ("names", Names)):
             if key in kwargs:
                 kwargs[key] = part(**fields_of(part, kwargs[key], key))
         if "labels" not in kwargs:

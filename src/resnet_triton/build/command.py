@@ -22,7 +22,7 @@ import json
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,12 +35,14 @@ from resnet_triton.build.export import copy_metadata, export_onnx, fold_if_equal
 from resnet_triton.build.manifest import content_hash, file_sha256, files_sha256, is_up_to_date
 from resnet_triton.build.quantize import SETTINGS as QUANTIZATION
 from resnet_triton.build.quantize import quantize_int8
-from resnet_triton.build.verify import TorchRunner, run_gate
+from resnet_triton.build.verify import GateReport, TorchRunner, run_gate
 from resnet_triton.data import image_folder
 from resnet_triton.errors import UserError
 from resnet_triton.preprocess import preprocess_files
 from resnet_triton.resnet import load_checkpoint
-from resnet_triton.serving.repository import ONNX_FILE, env_path_for, publish
+from resnet_triton.serving.config import ServingConfig
+from resnet_triton.serving.plans import published_plans
+from resnet_triton.serving.repository import ONNX_FILE, env_path_for, publish, render
 from resnet_triton.spec import ModelSpec, check_choice
 
 TARGETS = ("auto", "cpu", "gpu")
@@ -63,14 +65,23 @@ class BuildOptions:
     calibration_images: int = 128
     gate_images: int = 64
     agreement_images: int = 1000
-    opt_batch: int | None = None
-    max_batch: int | None = None
+    opt_batch: int | None = None  # TensorRT profile; default from the serving config
     workspace_gib: float = 4.0
     hardware_compatible: bool = False
     version_compatible: bool = False
     onnx: Path | None = None
     env_path: str | None = None
+    serving: ServingConfig = ServingConfig()  # rendered into the repository's configs
     force: bool = False
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    skipped: bool  # the published model was built from the same inputs: configs re-rendered
+    content_hash: str
+    published: Path  # the model file in the repository
+    spec: ModelSpec
+    reports: list[GateReport] = field(default_factory=list)
 
 
 def resolve_target(requested: str) -> tuple[str, engine.Gpu | None, str]:
@@ -127,7 +138,7 @@ def _data_folders(opts: BuildOptions, payload: dict) -> tuple[Path, Path]:
     return val, calibration
 
 
-def run(opts: BuildOptions) -> dict:
+def run(opts: BuildOptions) -> BuildResult:
     target, gpu, why = resolve_target(opts.target)
     print(f"build target: {why}", flush=True)
     check_choice(f"precision for the {target} target", opts.precision, PRECISIONS[target])
@@ -138,7 +149,12 @@ def run(opts: BuildOptions) -> dict:
     if opts.hardware_compatible:
         engine.check_hardware_compatible(gpu)
     spec, model, payload = load_checkpoint(opts.checkpoint)
-    profile = engine.Profile.for_spec(spec, opts.opt_batch, opts.max_batch)
+    opts.serving.validate(spec)
+    profile = engine.Profile.for_spec(spec, opts.opt_batch, opts.serving.preferred_batch_sizes)
+    plan = engine.PlanSettings(
+        opts.precision, profile, opts.workspace_gib, opts.hardware_compatible,
+        opts.version_compatible,
+    )  # fmt: skip
     val_dir, calibration_dir = _data_folders(opts, payload)
     work = opts.work_dir
     work.mkdir(parents=True, exist_ok=True)
@@ -163,7 +179,6 @@ def run(opts: BuildOptions) -> dict:
         "onnx_sha256": file_sha256(fp32),
         "precision": opts.precision,
         "target": target,
-        "profile": vars(profile),
         "calibration_sha256": files_sha256(calibration) if calibration else None,
         "calibration_images": len(calibration),
     }
@@ -173,20 +188,17 @@ def run(opts: BuildOptions) -> dict:
             inputs["quantization"] = QUANTIZATION
         filename = ONNX_FILE
     else:
-        flags = {
-            "tf32": False,
-            "workspace_gib": opts.workspace_gib,
-            "hardware_compatible": opts.hardware_compatible,
-            "version_compatible": opts.version_compatible,
-        }
         inputs |= {"tensorrt": engine.trt_version(), "compute_capability": gpu.compute_capability}
-        inputs |= {"flags": flags}
+        inputs |= {"profile": vars(profile), "flags": plan.flags()}
         filename = f"model.{gpu.tag}.plan"
     key = content_hash(inputs)
     published = opts.repository / spec.names.classifier / "1" / filename
+    env_path = opts.env_path or env_path_for(opts.repository)
     if not opts.force and is_up_to_date(published, key):
         print(f"up to date: {published} was built from the same inputs (content hash {key[:12]})")
-        return {"skipped": True, "content_hash": key, "published": str(published), "spec": spec}
+        plans = published_plans(published.parent) if target == "gpu" else None
+        render(spec, opts.repository, env_path, target, plans, opts.serving)
+        return BuildResult(True, key, published, spec)
 
     val_paths, val_labels = sample(val_dir, opts.agreement_images)
 
@@ -214,8 +226,8 @@ def run(opts: BuildOptions) -> dict:
         else:
             artifact = work / f"model.{opts.precision}.{gpu.tag}.plan"
             engine.build_plan(
-                fp32, artifact, spec, opts.precision, profile, pixels_only, work, key[:16],
-                opts.workspace_gib, opts.hardware_compatible, opts.version_compatible,
+                fp32, artifact, spec, plan, calibration=pixels_only, work_dir=work,
+                cache_key=key[:16],
             )  # fmt: skip
             candidate = engine.plan_runner(artifact, f"tensorrt-{opts.precision}")
         print(f"built {artifact}", flush=True)
@@ -249,16 +261,11 @@ def run(opts: BuildOptions) -> dict:
             for r in reports
         ],
     }
-    env_path = opts.env_path or env_path_for(opts.repository)
-    destination = publish(artifact, spec, opts.repository, filename, manifest, env_path, target)
+    destination = publish(
+        artifact, spec, opts.repository, filename, manifest, env_path, target, opts.serving
+    )
     print(f"published {destination} ({opts.precision}, {target})")
-    return {
-        "skipped": False,
-        "content_hash": key,
-        "published": str(destination),
-        "spec": spec,
-        "reports": reports,
-    }
+    return BuildResult(False, key, destination, spec, reports)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -296,9 +303,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="validation images for the top-1 agreement and accuracy gates",
     )
     parser.add_argument("--opt-batch", type=int, help="TensorRT profile opt batch")
-    parser.add_argument(
-        "--max-batch", type=int, help="TensorRT profile max batch: the spec's max_batch_size"
-    )
     parser.add_argument("--workspace-gib", type=float, default=d.workspace_gib)
     parser.add_argument(
         "--hardware-compatible",
@@ -317,10 +321,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(it must carry the checkpoint's spec)",
     )
     parser.add_argument("--env-path", help="EXECUTION_ENV_PATH for Python-backend models")
+    parser.add_argument(
+        "--serving",
+        type=Path,
+        help="serving configuration (YAML, fields of serving/config.py) rendered into the "
+        "repository's configs; an unchanged model is not rebuilt, its configs are re-rendered",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even when up to date")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    run(BuildOptions(**{k: v for k, v in vars(args).items() if v is not None}))
+    options = {k: v for k, v in vars(args).items() if v is not None}
+    if "serving" in options:
+        options["serving"] = ServingConfig.load(options["serving"])
+    run(BuildOptions(**options))
     return 0

@@ -5,9 +5,9 @@ built for, so both go into its file name (`model.sm90.plan`), its manifest
 and the content hash; a `--hardware-compatible` plan (TensorRT's Ampere-plus
 level, built on an Ampere or newer GPU) runs on every Ampere or newer GPU and
 is served to them as the config's default_model_filename. One optimization
-profile: min 1, opt (the largest preferred batch), max = the spec's
-max_batch_size by default (Triton refuses a plan whose profile cannot take the
-config's max_batch_size; a larger profile max is allowed). TF32 stays off for
+profile: min 1, opt (the serving configuration's largest preferred batch, or
+--opt-batch), max = the spec's max_batch_size, which is also the served
+config's (Triton refuses a plan whose profile cannot take it). TF32 stays off for
 FP32 plans so that they match ONNX Runtime FP32. INT8 is calibrated on real
 training images in batches of the profile's opt size; the calibration cache
 (`calibration.<content hash>.cache`) and the timing cache are kept in the
@@ -44,25 +44,41 @@ class Profile:
 
     @classmethod
     def for_spec(
-        cls, spec: ModelSpec, opt_batch: int | None = None, max_batch: int | None = None
+        cls, spec: ModelSpec, opt_batch: int | None = None, preferred: tuple[int, ...] = ()
     ) -> Profile:
-        """The one profile a plan for this spec may have; errors name the limit."""
-        limit = spec.batching.max_batch_size
-        max_batch = limit if max_batch is None else max_batch
-        if max_batch < limit:
-            raise UserError(
-                f"profile max batch {max_batch} is below the spec's max_batch_size {limit}: "
-                "Triton refuses a plan whose profile cannot take the config's max_batch_size"
-            )
-        if opt_batch is None:  # without preferred sizes the batcher forms batches up to max
-            opt_batch = max(spec.batching.preferred_batch_sizes, default=limit)
-        if not 1 <= opt_batch <= max_batch:
-            raise UserError(f"profile opt batch {opt_batch} must lie in 1..{max_batch}")
-        return cls(1, opt_batch, max_batch)
+        """The one profile a plan for this spec has: opt is `opt_batch`, else the largest
+        preferred batch of the serving configuration, else (no preferred sizes: the
+        batcher forms batches up to the max) the max."""
+        limit = spec.max_batch_size
+        if opt_batch is None:
+            opt_batch = max(preferred, default=limit)
+        if not 1 <= opt_batch <= limit:
+            raise UserError(f"profile opt batch {opt_batch} must lie in 1..{limit}")
+        return cls(1, opt_batch, limit)
 
     def shapes(self, spec: ModelSpec) -> dict[str, list[int]]:
         tail = list(spec.preprocessing.input_shape)
         return {k: [getattr(self, k), *tail] for k in ("min", "opt", "max")}
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Everything a plan is built with besides the network and calibration images."""
+
+    precision: str  # fp32 (TF32 off), fp16 or int8
+    profile: Profile
+    workspace_gib: float = 4.0
+    hardware_compatible: bool = False  # Ampere-plus: runs on every Ampere or newer GPU
+    version_compatible: bool = False  # later TensorRT versions can run it
+
+    def flags(self) -> dict:
+        """The build flags recorded in the manifest and its content hash."""
+        return {
+            "tf32": False,
+            "workspace_gib": self.workspace_gib,
+            "hardware_compatible": self.hardware_compatible,
+            "version_compatible": self.version_compatible,
+        }
 
 
 @dataclass(frozen=True)
@@ -168,16 +184,13 @@ def build_plan(
     onnx_path: Path,
     plan_path: Path,
     spec: ModelSpec,
-    precision: str,
-    profile: Profile,
+    settings: PlanSettings,
+    *,
     calibration: Iterator[np.ndarray] | None,
     work_dir: Path,
     cache_key: str,
-    workspace_gib: float = 4.0,
-    hardware_compatible: bool = False,
-    version_compatible: bool = False,
-) -> dict:
-    """Build and save a plan; returns the build flags for the manifest.
+) -> None:
+    """Build and save a plan.
 
     `cache_key` names the INT8 calibration cache: scales belong to one model,
     calibration set and profile, and a cache from another build must not be reused.
@@ -191,6 +204,7 @@ def build_plan(
     )
     from polygraphy.backend.trt import Profile as TrtProfile
 
+    profile, precision = settings.profile, settings.precision
     shapes = profile.shapes(spec)
     trt_profile = TrtProfile().add(spec.names.pixels, shapes["min"], shapes["opt"], shapes["max"])
     calibrator = None
@@ -205,22 +219,16 @@ def build_plan(
         profiles=[trt_profile],
         calibrator=calibrator,
         load_timing_cache=str(timing_cache) if timing_cache.is_file() else None,
-        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_gib * (1 << 30))},
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(settings.workspace_gib * (1 << 30))},
         hardware_compatibility_level=(
-            trt.HardwareCompatibilityLevel.AMPERE_PLUS if hardware_compatible else None
+            trt.HardwareCompatibilityLevel.AMPERE_PLUS if settings.hardware_compatible else None
         ),
-        version_compatible=version_compatible or None,
+        version_compatible=settings.version_compatible or None,
     )
     build = EngineBytesFromNetwork(
         NetworkFromOnnxPath(str(onnx_path)), config=config, save_timing_cache=str(timing_cache)
     )
     plan_path.write_bytes(build())
-    return {
-        "tf32": False,
-        "workspace_gib": workspace_gib,
-        "hardware_compatible": hardware_compatible,
-        "version_compatible": version_compatible,
-    }
 
 
 def plan_runner(plan_path: Path, name: str):

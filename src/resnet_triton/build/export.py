@@ -42,7 +42,7 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, checkpoint: Path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapped = WithSoftmax(model.float().eval())
     example = torch.zeros(2, *spec.preprocessing.input_shape)  # (2, 3, crop, crop)
-    batch = torch.export.Dim("batch", min=1, max=spec.batching.max_batch_size)
+    batch = torch.export.Dim("batch", min=1, max=spec.max_batch_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter
         program = torch.onnx.export(

@@ -16,6 +16,7 @@ import yaml
 
 from resnet_triton.build.command import PRECISIONS
 from resnet_triton.errors import UserError
+from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.repository import DEFAULT_ENV_PATH
 from resnet_triton.spec import check_choice, fields_of
 
@@ -64,6 +65,7 @@ class Target:
     runs_on: tuple[str, ...] = ()  # GitHub runner labels; the hosted runner for cpu
     compute_capability: str | None = None  # gpu: what the runners' GPU must have ("9.0")
     repository: str = ""  # folder in the store; default: the target kind
+    serving: ServingConfig = ServingConfig()  # how its repository serves (serving/config.py)
 
     def __post_init__(self) -> None:
         where = f"targets.{self.name}"
@@ -83,6 +85,9 @@ class Target:
             object.__setattr__(self, "compute_capability", str(self.compute_capability))
         object.__setattr__(self, "runs_on", tuple(self.runs_on) or HOSTED_RUNNER)
         object.__setattr__(self, "repository", self.repository or self.target)
+        if isinstance(self.serving, dict):
+            serving = ServingConfig.from_dict(self.serving, f"{where}.serving")
+            object.__setattr__(self, "serving", serving)
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,15 @@ class PipelineConfig:
             name: Target(**{**fields_of(Target, entry, f"targets.{name}"), "name": name})
             for name, entry in kwargs["targets"].items()
         }
+        # A repository has one set of configs: targets that share it share serving settings.
+        by_repository: dict[str, Target] = {}
+        for t in kwargs["targets"].values():
+            first = by_repository.setdefault(t.repository, t)
+            if first.serving != t.serving:
+                raise PipelineError(
+                    f"pipeline config {path}: targets {first.name} and {t.name} publish into the "
+                    f"same store repository {t.repository!r} with different `serving:` settings"
+                )
         # One model file per (repository, compute capability): model.onnx, model.sm90.plan.
         files = [(t.repository, t.compute_capability) for t in kwargs["targets"].values()]
         if len(files) != len(set(files)):

@@ -12,7 +12,8 @@ from resnet_triton.client import Classifier
 from resnet_triton.data import image_folder
 from resnet_triton.pipeline.config import PipelineConfig, PipelineError
 from resnet_triton.pipeline.store import Stage, report, require
-from resnet_triton.serving.repository import env_path_for, publish, published_plans, render
+from resnet_triton.serving.plans import published_plans
+from resnet_triton.serving.repository import env_path_for, publish, render
 from resnet_triton.serving.server import ContainerTritonServer, Ports, TritonServer
 from resnet_triton.spec import check_choice
 
@@ -52,21 +53,33 @@ def build_step(config: PipelineConfig, name: str, force: bool = False) -> Stage:
         images=require(config, stage, "images"),
         calibration=require(config, stage, "calibration"),
         onnx=require(config, stage, "onnx"),
+        env_path=config.env_path,  # as the store's configs have it, to compare them
+        serving=target.serving,
         force=force,
     )
     result = build.run(options)
+    # An unchanged model whose serving settings changed is re-rendered, smoke-tested and
+    # published like a new one: only its configs differ from the store's.
+    configs_changed = result.skipped and configs(stage.repository) != configs(published)
     stage.status = {
         "target": name,
-        "changed": not result["skipped"],
-        "content_hash": result["content_hash"],
-        "file": Path(result["published"]).name,
-        "spec": result["spec"].to_dict(),
+        "changed": not result.skipped or configs_changed,
+        "content_hash": result.content_hash,
+        "file": result.published.name,
+        "spec": result.spec.to_dict(),
         "smoke": None,
     }
     stage.save()
-    verdict = "built and gated" if stage.status["changed"] else "unchanged"
-    report(f"{name}: {verdict} ({target.precision}, content hash {result['content_hash'][:12]})")
+    verdict = "built and gated" if not result.skipped else "unchanged"
+    if configs_changed:
+        verdict = "unchanged model, new serving configs"
+    report(f"{name}: {verdict} ({target.precision}, content hash {result.content_hash[:12]})")
     return stage
+
+
+def configs(repository: Path) -> dict[str, str]:
+    """Every config.pbtxt of a repository by model, empty for a missing repository."""
+    return {p.parent.name: p.read_text() for p in sorted(repository.glob("*/config.pbtxt"))}
 
 
 def smoke_step(config: PipelineConfig, name: str, server: str = "local") -> Stage:
@@ -79,7 +92,7 @@ def smoke_step(config: PipelineConfig, name: str, server: str = "local") -> Stag
     spec = stage.spec
     env_path = env_path_for(stage.repository) if server == "local" else config.env_path
     plans = published_plans(stage.model_file.parent) if target.target == "gpu" else None
-    render(spec, stage.repository, env_path, target.target, plans)
+    render(spec, stage.repository, env_path, target.target, plans, target.serving)
 
     holdout = require(config, stage, "holdout")
     paths, labels = build.sample(holdout, config.holdout_images)
@@ -144,8 +157,9 @@ def publish_step(config: PipelineConfig, name: str) -> Path | None:
         raise PipelineError(f"{staged} does not match its manifest or the build; not publishing")
     repo = config.store / target.repository
     destination = publish(
-        staged, stage.spec, repo, staged.name, manifest, config.env_path, target.target
-    )
+        staged, stage.spec, repo, staged.name, manifest, config.env_path, target.target,
+        target.serving,
+    )  # fmt: skip
     stage.status["published"] = str(destination)
     stage.save()
     report(f"{name}: published {destination} ({target.precision})")

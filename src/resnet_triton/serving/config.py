@@ -14,8 +14,6 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from resnet_triton.spec import ModelSpec, SpecError, fields_of
 
 
@@ -65,6 +63,8 @@ class ServingConfig:
 
     @classmethod
     def load(cls, path: Path) -> ServingConfig:
+        import yaml  # here: the serving images, which never read this file, have no PyYAML
+
         try:
             data = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError) as exc:

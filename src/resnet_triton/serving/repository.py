@@ -16,13 +16,14 @@ Layout (names from `spec.names`):
     <repo>/resnet_ensemble/1/            ensembles need a (empty) version folder
     <repo>/preprocess/warmup/image       a small real photo, serialized, for model warmup
 
-Every model: max_batch_size, the dynamic batcher's preferred sizes and queue
-delay, and instance counts from the spec; version policy "latest 1" (one
-version served; a new model replaces the old one in the same folder);
-warmup at load (preprocess: a real JPEG through the whole decode path;
-classifier: zero tensors at batch 1 and at max_batch_size), so the first
-requests do not pay for lazy initialization, and a model that cannot run
-fails at start instead of on the first request.
+Every model: max_batch_size from the spec (the model contract); from the
+serving configuration (serving/config.py, a deployment's choice): the dynamic
+batcher's preferred sizes and queue delay, instance counts, the classifier's
+ONNX Runtime threads, the version policy (latest N; by default one version
+served, a new model replacing the old one in the same folder) and warmup at
+load (preprocess: a real JPEG through the whole decode path; classifier: zero
+tensors at batch 1 and at max_batch_size), so the first requests do not pay
+for lazy initialization and a model that cannot run fails at start.
 
 Response cache: off. It keys on the request bytes, so it only pays when the
 same image bytes come back, which photo traffic rarely does, and each entry
@@ -34,13 +35,11 @@ traffic that repeats.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import struct
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -48,11 +47,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet_triton.build.manifest import write_manifest
+from resnet_triton.serving.config import ServingConfig
+from resnet_triton.serving.plans import Plans, published_plans
 from resnet_triton.spec import ModelSpec
 
 # The stub's interpreter ignores PYTHONPATH; EXECUTION_ENV_PATH points it at the
 # project's virtual environment, here relative to the committed repository.
 DEFAULT_ENV_PATH = "$$TRITON_MODEL_DIRECTORY/../../.venv"
+DEFAULTS = ServingConfig()
 ONNX_FILE = "model.onnx"
 WARMUP_FILE = "image"  # in <model>/warmup/, where Triton looks for input_data_file
 
@@ -91,26 +93,25 @@ MODEL_PY = (
 )
 
 
-def _dynamic_batching(spec: ModelSpec) -> mc.ModelDynamicBatching:
-    return mc.ModelDynamicBatching(
-        preferred_batch_size=list(spec.batching.preferred_batch_sizes),
-        max_queue_delay_microseconds=spec.batching.max_queue_delay_us,
-    )
-
-
-def _model(spec: ModelSpec, name: str, kind, instances: int) -> mc.ModelConfig:
+def _model(
+    spec: ModelSpec, serving: ServingConfig, name: str, kind, instances: int
+) -> mc.ModelConfig:
     """What the preprocess and classifier models share, whatever their backend."""
+    versions = mc.ModelVersionPolicy.Latest(num_versions=serving.versions)
     return mc.ModelConfig(
         name=name,
-        max_batch_size=spec.batching.max_batch_size,
-        dynamic_batching=_dynamic_batching(spec),
+        max_batch_size=spec.max_batch_size,
+        dynamic_batching=mc.ModelDynamicBatching(
+            preferred_batch_size=list(serving.preferred_batch_sizes),
+            max_queue_delay_microseconds=serving.max_queue_delay_us,
+        ),
         instance_group=[mc.ModelInstanceGroup(count=instances, kind=kind)],
-        version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
+        version_policy=mc.ModelVersionPolicy(latest=versions),
     )
 
 
-def _python_model(spec: ModelSpec, name: str, env_path: str, params: dict[str, str], instances):
-    config = _model(spec, name, mc.ModelInstanceGroup.KIND_CPU, instances)
+def _python_model(spec, serving, name: str, env_path: str, params: dict[str, str], instances):
+    config = _model(spec, serving, name, mc.ModelInstanceGroup.KIND_CPU, instances)
     config.backend = "python"
     for key, value in {**params, "EXECUTION_ENV_PATH": env_path}.items():
         config.parameters[key].string_value = value
@@ -125,7 +126,7 @@ def _classifier_warmup(spec: ModelSpec) -> list[mc.ModelWarmup]:
         mc.ModelWarmup(
             name=f"zeros, batch {size}", batch_size=size, inputs={spec.names.pixels: pixels}
         )
-        for size in sorted({1, spec.batching.max_batch_size})
+        for size in sorted({1, spec.max_batch_size})
     ]
 
 
@@ -137,51 +138,47 @@ def _pixels(spec: ModelSpec, cls):
     )
 
 
-def preprocess_config(spec: ModelSpec, env_path: str) -> mc.ModelConfig:
+def preprocess_config(
+    spec: ModelSpec, env_path: str, serving: ServingConfig = DEFAULTS
+) -> mc.ModelConfig:
     params = spec.preprocessing.to_params()
-    config = _python_model(spec, spec.names.preprocess, env_path, params, spec.instances.preprocess)
+    name, instances = spec.names.preprocess, serving.preprocess_instances
+    config = _python_model(spec, serving, name, env_path, params, instances)
     config.input.append(mc.ModelInput(name=spec.names.image, data_type=mc.TYPE_STRING, dims=[1]))
     config.output.append(_pixels(spec, mc.ModelOutput))
     image = mc.ModelWarmup.Input(data_type=mc.TYPE_STRING, dims=[1], input_data_file=WARMUP_FILE)
-    config.model_warmup.append(
-        mc.ModelWarmup(name="real photo", batch_size=1, inputs={spec.names.image: image})
-    )
+    if serving.warmup:
+        config.model_warmup.append(
+            mc.ModelWarmup(name="real photo", batch_size=1, inputs={spec.names.image: image})
+        )
     return config
 
 
-def classifier_config(spec: ModelSpec, env_path: str) -> mc.ModelConfig:
-    # intra_op_threads 0: one per physical core. allow_spinning 0: idle ONNX Runtime
-    # threads sleep instead of spinning on cores the preprocess model needs.
-    params = {"onnx_file": ONNX_FILE, "intra_op_threads": "0", "allow_spinning": "0"}
-    config = _python_model(spec, spec.names.classifier, env_path, params, spec.instances.classifier)
+def classifier_config(
+    spec: ModelSpec, env_path: str, serving: ServingConfig = DEFAULTS
+) -> mc.ModelConfig:
+    params = {
+        "onnx_file": ONNX_FILE,
+        "intra_op_threads": str(serving.intra_op_threads),
+        "allow_spinning": str(int(serving.allow_spinning)),
+    }
+    name, instances = spec.names.classifier, serving.classifier_instances
+    config = _python_model(spec, serving, name, env_path, params, instances)
     config.input.append(_pixels(spec, mc.ModelInput))
     config.output.append(
         mc.ModelOutput(name=spec.names.scores, data_type=mc.TYPE_FP32, dims=[spec.num_classes])
     )
-    config.model_warmup.extend(_classifier_warmup(spec))
+    if serving.warmup:
+        config.model_warmup.extend(_classifier_warmup(spec))
     return config
 
 
-@dataclass(frozen=True)
-class Plans:
-    """The TensorRT plans published for the classifier, as their manifests describe them."""
-
-    by_capability: dict[str, str] = field(default_factory=dict)  # "9.0" -> "model.sm90.plan"
-    # A hardware-compatible (Ampere-plus) plan, for every GPU without a plan of its own;
-    # Triton's default file name, model.plan, is never published.
-    portable: str | None = None
-    # A version-compatible plan loads only with TENSORRT_BACKEND_CONFIG given to Triton.
-    version_compatible: bool = False
-
-
-TENSORRT_BACKEND_CONFIG = "--backend-config=tensorrt,version-compatible=true"
-
-
-def tensorrt_classifier_config(spec: ModelSpec, plans: Plans) -> mc.ModelConfig:
+def tensorrt_classifier_config(
+    spec: ModelSpec, plans: Plans, serving: ServingConfig = DEFAULTS
+) -> mc.ModelConfig:
     """The GPU classifier: TensorRT plans, one per compute capability."""
-    config = _model(
-        spec, spec.names.classifier, mc.ModelInstanceGroup.KIND_GPU, spec.instances.classifier
-    )
+    gpu = mc.ModelInstanceGroup.KIND_GPU
+    config = _model(spec, serving, spec.names.classifier, gpu, serving.classifier_instances)
     config.platform = "tensorrt_plan"
     config.input.append(_pixels(spec, mc.ModelInput))
     config.output.append(
@@ -190,7 +187,8 @@ def tensorrt_classifier_config(spec: ModelSpec, plans: Plans) -> mc.ModelConfig:
     config.cc_model_filenames.update(plans.by_capability)
     if plans.portable:
         config.default_model_filename = plans.portable
-    config.model_warmup.extend(_classifier_warmup(spec))
+    if serving.warmup:
+        config.model_warmup.extend(_classifier_warmup(spec))
     return config
 
 
@@ -213,7 +211,7 @@ def ensemble_config(spec: ModelSpec) -> mc.ModelConfig:
     return mc.ModelConfig(
         name=names.ensemble,
         platform="ensemble",
-        max_batch_size=spec.batching.max_batch_size,
+        max_batch_size=spec.max_batch_size,
         input=[mc.ModelInput(name=names.image, data_type=mc.TYPE_STRING, dims=[1])],
         output=[
             mc.ModelOutput(
@@ -232,6 +230,7 @@ def rendered_files(
     env_path: str = DEFAULT_ENV_PATH,
     target: str = "cpu",
     plans: Plans | None = None,
+    serving: ServingConfig = DEFAULTS,
 ) -> dict[str, str | bytes]:
     """Relative path -> content of every generated file (text, or bytes for binaries).
 
@@ -239,12 +238,13 @@ def rendered_files(
     target "gpu": the classifier is `tensorrt_plan` serving `plans`.
     """
     names = spec.names
+    serving.validate(spec)
 
     def pbtxt(config: mc.ModelConfig) -> str:
         return HEADER + text_format.MessageToString(config)
 
     files = {
-        f"{names.preprocess}/config.pbtxt": pbtxt(preprocess_config(spec, env_path)),
+        f"{names.preprocess}/config.pbtxt": pbtxt(preprocess_config(spec, env_path, serving)),
         f"{names.preprocess}/1/model.py": MODEL_PY.format(cls="PreprocessModel"),
         f"{names.preprocess}/warmup/{WARMUP_FILE}": serialized_bytes(warmup_image()),
         f"{names.ensemble}/config.pbtxt": pbtxt(ensemble_config(spec)),
@@ -253,10 +253,12 @@ def rendered_files(
     }
     if target == "gpu":
         files[f"{names.classifier}/config.pbtxt"] = pbtxt(
-            tensorrt_classifier_config(spec, plans or Plans())
+            tensorrt_classifier_config(spec, plans or Plans(), serving)
         )
     else:
-        files[f"{names.classifier}/config.pbtxt"] = pbtxt(classifier_config(spec, env_path))
+        files[f"{names.classifier}/config.pbtxt"] = pbtxt(
+            classifier_config(spec, env_path, serving)
+        )
         files[f"{names.classifier}/1/model.py"] = MODEL_PY.format(cls="OnnxClassifierModel")
     return dict(sorted(files.items()))
 
@@ -267,10 +269,11 @@ def render(
     env_path: str = DEFAULT_ENV_PATH,
     target: str = "cpu",
     plans: Plans | None = None,
+    serving: ServingConfig = DEFAULTS,
 ) -> list[Path]:
     """Write the generated files into `repo`; returns their paths."""
     written = []
-    for relative, content in rendered_files(spec, env_path, target, plans).items():
+    for relative, content in rendered_files(spec, env_path, target, plans, serving).items():
         path = repo / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, bytes):
@@ -281,28 +284,6 @@ def render(
     return written
 
 
-def published_plans(version_dir: Path) -> Plans:
-    """The plans in a classifier version folder, from the manifests beside them."""
-    manifests = {
-        path.name.removesuffix(".manifest.json"): json.loads(path.read_text())
-        for path in sorted(version_dir.glob("*.plan.manifest.json"))
-    }
-    flags = {name: data["inputs"].get("flags", {}) for name, data in manifests.items()}
-    portable = [name for name, f in flags.items() if f.get("hardware_compatible")]
-    return Plans(
-        by_capability={data["compute_capability"]: name for name, data in manifests.items()},
-        portable=portable[0] if portable else None,
-        version_compatible=any(f.get("version_compatible") for f in flags.values()),
-    )
-
-
-def backend_flags(repository: Path) -> list[str]:
-    """tritonserver flags that the published models of `repository` need."""
-    version_dirs = {p.parent for p in Path(repository).glob("*/*/*.plan.manifest.json")}
-    needed = any(published_plans(d).version_compatible for d in version_dirs)
-    return [TENSORRT_BACKEND_CONFIG] if needed else []
-
-
 def publish(
     artifact: Path,
     spec: ModelSpec,
@@ -311,6 +292,7 @@ def publish(
     manifest: dict,
     env_path: str = DEFAULT_ENV_PATH,
     target: str = "cpu",
+    serving: ServingConfig = DEFAULTS,
 ) -> Path:
     """Install a gated model file with its manifest and render the configs for `target`.
 
@@ -329,7 +311,7 @@ def publish(
     Path(partial).replace(destination)
     write_manifest(destination, manifest)
     plans = published_plans(version_dir) if target == "gpu" else None
-    render(spec, repo, env_path, target, plans)
+    render(spec, repo, env_path, target, plans, serving)
     return destination
 
 
@@ -353,6 +335,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--env-path", help="EXECUTION_ENV_PATH for the Python-backend models (default: this venv)"
     )
     parser.add_argument(
+        "--serving",
+        type=Path,
+        help="serving configuration (YAML, fields of serving/config.py; default: its defaults)",
+    )
+    parser.add_argument(
         "--target",
         choices=("cpu", "gpu"),
         default="cpu",
@@ -374,6 +361,7 @@ def main(args: argparse.Namespace) -> int:
     plans = None
     if args.target == "gpu":
         plans = published_plans(args.repository / spec.names.classifier / "1")
-    for path in render(spec, args.repository, env_path, args.target, plans):
+    serving = ServingConfig.load(args.serving) if args.serving else DEFAULTS
+    for path in render(spec, args.repository, env_path, args.target, plans, serving):
         print(path)
     return 0

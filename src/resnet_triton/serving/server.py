@@ -40,7 +40,8 @@ from resnet_triton.endpoints import (
     RESTRICTED_APIS,
 )
 from resnet_triton.errors import UserError
-from resnet_triton.serving.repository import backend_flags, read_config
+from resnet_triton.serving.plans import backend_flags
+from resnet_triton.serving.repository import read_config
 
 
 class ServerError(UserError, RuntimeError):
