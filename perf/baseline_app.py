@@ -2,7 +2,8 @@
 
 POST /predict with the encoded image as the body; answers the top-1 label
 index and score. One image per request, no batching, preprocessing written
-the way tutorials write it (PIL resize + numpy normalize). Run by
+the way tutorials write it (PIL resize + numpy normalize), with the sizes,
+mean, std and interpolation of the model's spec (its ONNX metadata). Run by
 perf/report.py under uvicorn with one worker:
 
     ONNX_MODEL=model_repository/classifier/1/model.onnx \\
@@ -13,29 +14,36 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from fastapi import FastAPI, HTTPException, Request
 from PIL import Image
 
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)  # as tutorials hard-code them
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+from resnet_triton.build.export import spec_from_onnx
+
+MODEL = Path(os.environ["ONNX_MODEL"])
+PREP = spec_from_onnx(MODEL).preprocessing
+MEAN = np.array(PREP.mean, dtype=np.float32)
+STD = np.array(PREP.std, dtype=np.float32)
+RESAMPLE = Image.Resampling[PREP.interpolation.upper()]
 
 app = FastAPI()
-session = ort.InferenceSession(os.environ["ONNX_MODEL"], providers=["CPUExecutionProvider"])
+session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
 input_name = session.get_inputs()[0].name
 
 
 def preprocess(data: bytes) -> np.ndarray:
     image = Image.open(io.BytesIO(data)).convert("RGB")
     width, height = image.size
-    scale = 256 / min(width, height)
-    image = image.resize((round(width * scale), round(height * scale)), Image.BILINEAR)
-    left, top = (image.width - 224) // 2, (image.height - 224) // 2
-    image = image.crop((left, top, left + 224, top + 224))
+    scale = PREP.resize_size / min(width, height)
+    image = image.resize((round(width * scale), round(height * scale)), RESAMPLE)
+    crop = PREP.crop_size
+    left, top = (image.width - crop) // 2, (image.height - crop) // 2
+    image = image.crop((left, top, left + crop, top + crop))
     pixels = (np.asarray(image, dtype=np.float32) / 255.0 - MEAN) / STD
-    return pixels.transpose(2, 0, 1)[None]  # (1, 3, 224, 224)
+    return pixels.transpose(2, 0, 1)[None]  # (1, 3, crop, crop)
 
 
 @app.post("/predict")

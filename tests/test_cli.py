@@ -1,5 +1,9 @@
 """Every expected failure is one line on stderr and exit code 1 (2 for usage)."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -70,3 +74,15 @@ def test_build_refuses_a_checkpoint_of_another_kind(capsys, tmp_path):
     code, _, err = run_cli(capsys, "build", "--checkpoint", str(tmp_path / "other.pt"))
     assert code == 1
     assert "is not a resnet-triton checkpoint" in err
+
+
+@pytest.mark.parametrize(
+    ("script", "command"),
+    [("train/train.py", "train"), ("build/build.py", "build"), ("build/pipeline.py", "pipeline")],
+)
+def test_the_stage_folders_hold_thin_entry_points(script, command):
+    root = Path(__file__).parent.parent
+    result = subprocess.run([sys.executable, str(root / script), "--help"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: resnet-triton {command} ")

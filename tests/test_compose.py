@@ -139,7 +139,7 @@ def test_one_place_pins_the_ngc_release():
         assert gpu[name]["image"] == f"resnet-triton/{name}:{release()}"
         assert gpu[name]["build"]["args"]["TRITON_RELEASE"] == release()
     # Anything else that names an NGC image names the same release.
-    for path in [ROOT / "perf" / "model_analyzer.yaml", ROOT / "README.md"]:
+    for path in [ROOT / "README.md", ROOT / "build" / "README.md"]:
         for found in re.findall(r"nvcr\.io/nvidia/[\w-]+:(\d\d\.\d\d)", path.read_text()):
             assert found == release(), path
 

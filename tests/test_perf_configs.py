@@ -1,0 +1,64 @@
+"""perf/'s configurations come from the published model and the release pin, never copies:
+the Model Analyzer config (rendered) and the FastAPI baseline's preprocessing."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+from conftest import PHOTOS
+
+from resnet_triton.build.export import spec_from_onnx
+from resnet_triton.preprocess import preprocess_files
+from resnet_triton.serving.config import ServingConfig
+from resnet_triton.serving.repository import render
+from resnet_triton.spec import ModelSpec, Preprocessing
+
+ROOT = Path(__file__).parent.parent
+PERF = ROOT / "perf"
+
+
+def test_model_analyzer_config_is_rendered_from_the_repository_and_the_pin(tmp_path):
+    spec = ModelSpec(labels=("a", "b"), max_batch_size=8,
+                     preprocessing=Preprocessing(resize_size=160, crop_size=128))  # fmt: skip
+    render(spec, tmp_path / "repo", "/opt/venv", serving=ServingConfig(preferred_batch_sizes=(8,)))
+    out = tmp_path / "config.yaml"
+    result = subprocess.run(
+        [sys.executable, str(PERF / "model_analyzer.py"), "--repository", str(tmp_path / "repo"),
+         "--out", str(out)], capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(out.read_text())
+    release = re.search(r"^TRITON_RELEASE=(\S+)$", (ROOT / ".env").read_text(), re.M)[1]
+    assert config["triton_docker_image"] == f"nvcr.io/nvidia/tritonserver:{release}-py3"
+    assert config["run_config_search_max_model_batch_size"] == 8
+    assert (
+        config["profile_models"]["classifier"]["perf_analyzer_flags"]["shape"] == "PIXELS:3,128,128"
+    )
+
+
+def test_the_baseline_preprocesses_with_the_models_spec(repository):
+    """Its tutorial-style PIL code, with the spec's sizes and normalization from the
+    ONNX metadata, matches the shared preprocessing within resampling differences."""
+    script = (
+        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import baseline_app as b; "
+        "np.save(sys.argv[2], np.concatenate([b.preprocess(open(p, 'rb').read()) "
+        "for p in sys.argv[3:]]))"
+    )
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"baseline-{os.getpid()}.npy"
+    model = repository / "classifier" / "1" / "model.onnx"
+    env = {**os.environ, "ONNX_MODEL": str(model)}
+    photos = [str(p) for p in PHOTOS[:3]]
+    result = subprocess.run([sys.executable, "-c", script, str(PERF), str(out), *photos],
+                            capture_output=True, text=True, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    pixels = np.load(out)
+    out.unlink()
+    prep = spec_from_onnx(model).preprocessing
+    assert prep.crop_size != 224  # the test model's own size, not the tutorials' 224
+    reference = preprocess_files(photos, prep)
+    assert pixels.shape == reference.shape == (3, 3, prep.crop_size, prep.crop_size)
+    assert np.abs(pixels - reference).mean() < 0.05  # same crop and normalization

@@ -1,0 +1,12 @@
+"""Fine-tune a ResNet on an ImageFolder: `python train/train.py ...` is `resnet-triton train ...`.
+
+A thin entry point over the package (the code is in src/resnet_triton/), kept in the
+stage's folder the way torchvision's references/ are; `--help` lists every option.
+"""
+
+import sys
+
+from resnet_triton import cli
+
+if __name__ == "__main__":
+    sys.exit(cli.main(["train", *sys.argv[1:]]))
