@@ -84,6 +84,13 @@ def test_folders_are_the_stages_and_the_core_stays_at_the_top():
     }  # fmt: skip
 
 
+def test_tests_mirror_the_package():
+    for package in ("build", "client", "pipeline", "serving", "training"):
+        assert list((ROOT / "tests" / package).glob("test_*.py")), package
+    for module in ("spec", "preprocess", "data", "resnet", "cli"):
+        assert (ROOT / "tests" / f"test_{module}.py").is_file(), module
+
+
 def test_the_import_graph_has_no_cycle():
     graph = import_graph()
     assert "client.classifier" in graph and "serving.server" in graph["serving.serve"]

@@ -24,7 +24,7 @@ from resnet_triton.errors import UserError
 from resnet_triton.serving.repository import DEFAULT_ENV_PATH, read_config
 from resnet_triton.serving.server import ContainerTritonServer, Ports, TritonServer
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 def write_config(path: Path, **fields) -> Path:

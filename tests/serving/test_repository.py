@@ -22,7 +22,7 @@ from resnet_triton.serving.repository import (
 from resnet_triton.serving.server import TritonServer
 from resnet_triton.spec import ModelSpec, Preprocessing
 
-COMMITTED = Path(__file__).parent.parent / "model_repository"
+COMMITTED = Path(__file__).parents[2] / "model_repository"
 
 
 @pytest.mark.parametrize("relative", sorted(rendered_files(demo_spec())))
@@ -144,7 +144,7 @@ def test_served_code_imports_only_what_the_serving_images_install(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
-    root = Path(__file__).parent.parent
+    root = Path(__file__).parents[2]
     requirements = (root / "docker" / "requirements-serving.txt").read_text()
     for package in ("numpy==", "pillow==", "onnxruntime==", "tritonclient[grpc,http]=="):
         assert f"\n{package}" in requirements, package

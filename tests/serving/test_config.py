@@ -1,0 +1,52 @@
+"""The serving configuration: defaults, YAML, and bad values named by field."""
+
+import pytest
+
+from resnet_triton.serving.config import ServingConfig
+from resnet_triton.spec import ModelSpec, SpecError
+
+SPEC = ModelSpec(labels=("a", "b"), max_batch_size=16)
+
+
+def test_defaults_are_the_measured_ones():
+    serving = ServingConfig()
+    assert serving.preferred_batch_sizes == (8, 16, 32) and serving.max_queue_delay_us == 2000
+    assert (serving.preprocess_instances, serving.classifier_instances) == (1, 1)
+    assert serving.warmup and serving.versions == 1 and not serving.allow_spinning
+
+
+def test_yaml_round_trip(tmp_path):
+    path = tmp_path / "serving.yaml"
+    path.write_text("preferred_batch_sizes: [4, 16]\nclassifier_instances: 2\nwarmup: false\n")
+    serving = ServingConfig.load(path)
+    assert serving == ServingConfig(preferred_batch_sizes=(4, 16), classifier_instances=2,
+                                    warmup=False)  # fmt: skip
+    serving.validate(SPEC)
+    assert ServingConfig.from_dict(serving.to_dict()) == serving
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({}, "serving.preferred_batch_sizes [32] lie outside 1..max_batch_size (16)"),
+        ({"preferred_batch_sizes": (4,), "classifier_instances": 0},
+         "serving.classifier_instances must be an integer >= 1, got 0"),
+        ({"preferred_batch_sizes": (4,), "max_queue_delay_us": -1},
+         "serving.max_queue_delay_us must be an integer >= 0, got -1"),
+        ({"preferred_batch_sizes": (4,), "warmup": "yes"},
+         "serving.warmup must be true or false, got 'yes'"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_named(fields, message):
+    with pytest.raises(SpecError) as info:
+        ServingConfig(**fields).validate(SPEC)
+    assert str(info.value) == message
+
+
+def test_unreadable_or_unknown_fields_are_named(tmp_path):
+    path = tmp_path / "serving.yaml"
+    path.write_text("instances: 2\n")
+    with pytest.raises(SpecError, match=r"unknown field\(s\) \['instances'\] in serving config"):
+        ServingConfig.load(path)
+    with pytest.raises(SpecError, match="cannot read serving config"):
+        ServingConfig.load(tmp_path / "missing.yaml")
