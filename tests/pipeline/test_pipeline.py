@@ -21,8 +21,9 @@ from resnet_triton.build import engine
 from resnet_triton.build.manifest import file_sha256, read_manifest
 from resnet_triton.client import Classifier
 from resnet_triton.errors import UserError
+from resnet_triton.serving.container import ContainerTritonServer
 from resnet_triton.serving.repository import DEFAULT_ENV_PATH, read_config
-from resnet_triton.serving.server import ContainerTritonServer, Ports, TritonServer
+from resnet_triton.serving.server import Ports, TritonServer
 
 ROOT = Path(__file__).parents[2]
 

@@ -12,9 +12,10 @@ from resnet_triton.client import Classifier
 from resnet_triton.data import image_folder
 from resnet_triton.pipeline.config import PipelineConfig, PipelineError
 from resnet_triton.pipeline.store import Stage, report, require
+from resnet_triton.serving.container import ContainerTritonServer
 from resnet_triton.serving.plans import published_plans
 from resnet_triton.serving.repository import env_path_for, publish, render
-from resnet_triton.serving.server import ContainerTritonServer, Ports, TritonServer
+from resnet_triton.serving.server import Ports, TritonServer
 from resnet_triton.spec import check_choice
 
 SERVERS = ("local", "docker")
