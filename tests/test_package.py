@@ -89,6 +89,9 @@ def test_tests_mirror_the_package():
         assert list((ROOT / "tests" / package).glob("test_*.py")), package
     for module in ("spec", "preprocess", "data", "resnet", "cli"):
         assert (ROOT / "tests" / f"test_{module}.py").is_file(), module
+    # pytest imports test modules by basename (no __init__.py): two alike fail collection.
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
 
 
 def test_the_import_graph_has_no_cycle():
