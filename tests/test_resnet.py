@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
@@ -72,3 +75,19 @@ def test_checkpoint_whose_weights_disagree_with_its_spec(tmp_path):
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="do not fit resnet18 with 2 classes"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_written_before_the_serving_settings_moved_still_loads(tmp_path):
+    """Today's checkpoints hold a spec with `batching` and `instances` (tests/data has one,
+    written by the code of 2026-11-25): they load, keeping the batch limit."""
+    saved = json.loads((Path(__file__).parent / "data" / "spec-2026-11-25.json").read_text())
+    model = build_model(ModelSpec.from_dict(saved), weights="none")
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": "resnet-triton/1", "spec": saved, "state_dict": model.state_dict()}, path)
+    spec, loaded, _ = load_checkpoint(path)
+    assert (spec.arch, spec.labels, spec.max_batch_size) == (
+        "resnet18",
+        ("ok", "scratch", "dent"),
+        16,
+    )
+    assert loaded.fc.out_features == 3
