@@ -94,6 +94,15 @@ def test_tests_mirror_the_package():
     assert sorted(n for n in set(names) if names.count(n) > 1) == []
 
 
+def test_every_test_folder_is_collected():
+    """pytest skips folders named like build/ by default; none of ours may be skipped."""
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "tests"],
+                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    collected = {line.split("::")[0] for line in result.stdout.splitlines() if "::" in line}
+    on_disk = {str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")}
+    assert on_disk - collected == set()
+
+
 def test_the_import_graph_has_no_cycle():
     graph = import_graph()
     assert "client.classifier" in graph and "serving.server" in graph["serving.serve"]
