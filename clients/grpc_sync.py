@@ -5,11 +5,11 @@ python clients/grpc_sync.py --url localhost:8001 cat.jpg dog.png
 
 import argparse
 
-from resnet_triton.client import Classifier
+from resnet_triton.client import PROTOCOLS, Classifier
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("images", nargs="+")
-parser.add_argument("--url", default="localhost:8001")
+parser.add_argument("--url", default=PROTOCOLS["grpc"])
 args = parser.parse_args()
 
 with Classifier(args.url, "grpc") as classifier:

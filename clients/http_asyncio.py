@@ -6,7 +6,7 @@ python clients/http_asyncio.py --url localhost:8000 cat.jpg dog.png
 import argparse
 import asyncio
 
-from resnet_triton.client import AsyncClassifier
+from resnet_triton.client import PROTOCOLS, AsyncClassifier
 
 
 async def main(images: list[str], url: str) -> None:
@@ -20,6 +20,6 @@ async def main(images: list[str], url: str) -> None:
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("images", nargs="+")
-parser.add_argument("--url", default="localhost:8000")
+parser.add_argument("--url", default=PROTOCOLS["http"])
 args = parser.parse_args()
 asyncio.run(main(args.images, args.url))

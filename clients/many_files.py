@@ -8,12 +8,12 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from resnet_triton.client import Classifier
+from resnet_triton.client import PROTOCOLS, Classifier
 from resnet_triton.spec import IMAGE_EXTENSIONS
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("folder", type=Path)
-parser.add_argument("--url", default="localhost:8001")
+parser.add_argument("--url", default=PROTOCOLS["grpc"])
 parser.add_argument("--concurrency", type=int, default=8)
 args = parser.parse_args()
 

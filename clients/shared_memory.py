@@ -8,11 +8,11 @@ server's admin key (`make serve` prints it; the compose services take TRITON_ADM
 
 import argparse
 
-from resnet_triton.client import Classifier
+from resnet_triton.client import PROTOCOLS, Classifier
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("images", nargs="+")
-parser.add_argument("--url", default="localhost:8001")
+parser.add_argument("--url", default=PROTOCOLS["grpc"])
 parser.add_argument("--admin-key", required=True)
 args = parser.parse_args()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from resnet_triton.errors import UserError
 
@@ -193,6 +194,17 @@ class ModelSpec:
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
         return cls.from_dict(json.loads(text))
+
+
+def read_yaml(path: Path, what: str, error: type[Exception] = SpecError):
+    """The YAML document in `path`; an unreadable or malformed file raises `error`,
+    naming `what` and the path."""
+    import yaml  # here: the serving images, which never read YAML, have no PyYAML
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise error(f"cannot read {what} {path}: {exc}") from None
 
 
 def fields_of(cls, data, where: str) -> dict:

@@ -147,18 +147,23 @@ def test_warmup_runs_at_load_and_a_broken_one_stops_the_start(repository, tmp_pa
         assert "image 0: corrupt image (600 bytes)" in log
 
 
+def serve_command(repository: Path, ports: Ports, *extra: str) -> list[str]:
+    """`resnet-triton serve` on `repository` and `ports`, as a user runs it."""
+    return [
+        sys.executable, "-m", "resnet_triton", "serve", "--repository", str(repository),
+        "--http-port", str(ports.http), "--grpc-port", str(ports.grpc),
+        "--metrics-port", str(ports.metrics), "--admin-key", ADMIN_KEY, *extra,
+    ]  # fmt: skip
+
+
+def start_serve(repository: Path, ports: Ports, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(serve_command(repository, ports, *extra), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
 def test_supervisor_stops_when_a_python_stub_dies(repository, tmp_path):
     ports = Ports.free()
-    serve = subprocess.Popen(
-        [
-            sys.executable, "-m", "resnet_triton", "serve", "--repository", str(repository),
-            "--http-port", str(ports.http), "--grpc-port", str(ports.grpc),
-            "--metrics-port", str(ports.metrics), "--admin-key", ADMIN_KEY,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
+    serve = start_serve(repository, ports)
     try:
         for line in serve.stdout:
             if line.startswith("ready:"):
@@ -195,17 +200,7 @@ def test_serve_runs_another_installations_tritonserver(repository, tmp_path):
     binary.write_text(f'#!/bin/sh\nLD_LIBRARY_PATH={library_path} exec {wheel} {ours} "$@"\n')
     binary.chmod(0o755)
     ports = Ports.free()
-    serve = subprocess.Popen(
-        [
-            sys.executable, "-m", "resnet_triton", "serve", "--repository", str(repository),
-            "--tritonserver", str(binary), "--http-port", str(ports.http),
-            "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics),
-            "--admin-key", ADMIN_KEY,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
+    serve = start_serve(repository, ports, "--tritonserver", str(binary))
     try:
         for line in serve.stdout:
             if line.startswith("ready:"):
@@ -234,16 +229,9 @@ def _ppid(proc: Path) -> int | None:
 
 def test_serve_names_a_port_another_server_holds_before_saying_ready(triton, repository):
     free = Ports.free()
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "resnet_triton", "serve", "--repository", str(repository),
-            "--http-port", str(triton.ports.http), "--grpc-port", str(free.grpc),
-            "--metrics-port", str(free.metrics), "--admin-key", ADMIN_KEY,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )  # fmt: skip
+    ports = Ports(triton.ports.http, free.grpc, free.metrics)
+    result = subprocess.run(serve_command(repository, ports), capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
     assert result.returncode == 1
     assert result.stdout == ""  # nothing said ready
     assert result.stderr == (

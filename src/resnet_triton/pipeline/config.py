@@ -12,13 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from resnet_triton.build.command import PRECISIONS
 from resnet_triton.errors import UserError
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.repository import DEFAULT_ENV_PATH
-from resnet_triton.spec import check_choice, fields_of
+from resnet_triton.spec import check_choice, fields_of, read_yaml
 
 HOSTED_RUNNER = ("ubuntu-latest",)  # CPU targets need no GPU runner
 # Inputs the config may give as URIs, and whether each is a folder.
@@ -111,10 +109,7 @@ class PipelineConfig:
 
     @classmethod
     def load(cls, path: Path) -> PipelineConfig:
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise PipelineError(f"cannot read pipeline config {path}: {exc}") from None
+        data = read_yaml(path, "pipeline config", PipelineError)
         kwargs = fields_of(cls, data, f"pipeline config {path}")
         kwargs = {k: expand(v, f"pipeline config {path}: {k}") for k, v in kwargs.items()}
         for key in ("checkpoint", "images", "holdout", "targets"):

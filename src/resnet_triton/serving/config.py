@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnet_triton.spec import ModelSpec, SpecError, fields_of
+from resnet_triton.spec import ModelSpec, SpecError, fields_of, read_yaml
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,7 @@ class ServingConfig:
 
     @classmethod
     def load(cls, path: Path) -> ServingConfig:
-        import yaml  # here: the serving images, which never read this file, have no PyYAML
-
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise SpecError(f"cannot read serving config {path}: {exc}") from None
-        return cls.from_dict(data, f"serving config {path}")
+        return cls.from_dict(read_yaml(path, "serving config"), f"serving config {path}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -17,7 +17,14 @@ from pathlib import Path
 import yaml
 
 from resnet_triton.data import Augmentation
-from resnet_triton.spec import ARCHITECTURES, ModelSpec, Preprocessing, SpecError, check_choice
+from resnet_triton.spec import (
+    ARCHITECTURES,
+    ModelSpec,
+    Preprocessing,
+    SpecError,
+    check_choice,
+    read_yaml,
+)
 
 STRATEGIES = ("linear-probe", "staged", "full")
 OPTIMIZERS = ("adamw", "sgd")
@@ -158,10 +165,7 @@ def resolve(yaml_path: Path | None, overrides: dict) -> TrainConfig:
     """Defaults < YAML file < overrides (the flags given on the command line)."""
     values = {}
     if yaml_path is not None:
-        try:
-            loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise SpecError(f"cannot read config {yaml_path}: {exc}") from None
+        loaded = read_yaml(yaml_path, "config") or {}
         if not isinstance(loaded, dict):
             raise SpecError(f"config {yaml_path} must be a mapping of option: value")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
