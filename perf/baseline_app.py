@@ -2,8 +2,9 @@
 
 POST /predict with the encoded image as the body; answers the top-1 label
 index and score. One image per request, no batching, preprocessing written
-the way tutorials write it (PIL resize + numpy normalize), with the sizes,
-mean, std and interpolation of the model's spec (its ONNX metadata). Run by
+the way tutorials write it (PIL decode, resize and crop), with the sizes and
+interpolation of the model's spec (its ONNX metadata); the model is the one
+Triton serves, so it normalizes the 8-bit pixels itself. Run by
 perf/report.py under uvicorn with one worker:
 
     ONNX_MODEL=model_repository/classifier/1/model.onnx \\
@@ -25,8 +26,6 @@ from resnet_triton.build.export import spec_from_onnx
 
 MODEL = Path(os.environ["ONNX_MODEL"])
 PREP = spec_from_onnx(MODEL).preprocessing
-MEAN = np.array(PREP.mean, dtype=np.float32)
-STD = np.array(PREP.std, dtype=np.float32)
 RESAMPLE = Image.Resampling[PREP.interpolation.upper()]
 
 app = FastAPI()
@@ -42,8 +41,7 @@ def preprocess(data: bytes) -> np.ndarray:
     crop = PREP.crop_size
     left, top = (image.width - crop) // 2, (image.height - crop) // 2
     image = image.crop((left, top, left + crop, top + crop))
-    pixels = (np.asarray(image, dtype=np.float32) / 255.0 - MEAN) / STD
-    return pixels.transpose(2, 0, 1)[None]  # (1, 3, crop, crop)
+    return np.asarray(image).transpose(2, 0, 1)[None]  # (1, 3, crop, crop) uint8
 
 
 @app.post("/predict")

@@ -45,8 +45,7 @@ def ensemble_input(paths: list[Path], name: str, target: Path) -> Path:
 
 def classifier_input(pixels: np.ndarray, name: str, target: Path) -> Path:
     entries = [
-        {name: {"content": b64(image.astype("<f4").tobytes()), "shape": list(image.shape)}}
-        for image in pixels
+        {name: {"content": b64(image.tobytes()), "shape": list(image.shape)}} for image in pixels
     ]
     target.write_text(json.dumps({"data": entries}))
     return target

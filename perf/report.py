@@ -38,7 +38,7 @@ from perf_tools import (
 )
 
 from resnet_triton.data import package_photos
-from resnet_triton.preprocess import preprocess_files
+from resnet_triton.preprocess import pixels_from_files
 from resnet_triton.serving.server import Ports, TritonServer
 
 PERF = Path(__file__).parent
@@ -189,7 +189,7 @@ def main() -> int:
 
     onnx_path, spec = published_model(args.repository)
     photos = package_photos()
-    pixels = preprocess_files(photos, spec.preprocessing)  # (n, 3, crop, crop)
+    pixels = pixels_from_files(photos, spec.preprocessing)  # (n, 3, crop, crop)
     args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from perf_tools import classifier_input, ensemble_input, published_model, run_perf_analyzer
 
 from resnet_triton.data import package_photos
-from resnet_triton.preprocess import preprocess_files
+from resnet_triton.preprocess import pixels_from_files
 from resnet_triton.serving.server import Ports, TritonServer
 
 
@@ -40,7 +40,7 @@ def main() -> int:
     folder = args.out / "sweep"
     folder.mkdir(parents=True, exist_ok=True)
     encoded = ensemble_input(photos, spec.names.image, folder / "encoded.json")
-    pixels = preprocess_files(photos, spec.preprocessing)
+    pixels = pixels_from_files(photos, spec.preprocessing)
     tensors = classifier_input(pixels, spec.names.pixels, folder / "tensors.json")
     models = {
         spec.names.ensemble: encoded,

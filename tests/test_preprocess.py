@@ -16,18 +16,19 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from conftest import PHOTOS, SKLEARN_IMAGES
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from torchvision import transforms
 
+from resnet_triton import preprocess as preprocess_module
 from resnet_triton.data import image_folder
 from resnet_triton.preprocess import (
     ImageDecodeError,
     decode_image,
     normalize,
+    pixels_from_bytes,
     preprocess,
-    preprocess_bytes,
+    to_pixels,
 )
 from resnet_triton.spec import PILLOW_BOMB_PIXELS, ModelSpec, Preprocessing, SpecError
 
@@ -125,13 +126,53 @@ def test_exif_orientation_is_applied():
     assert decode_image(encode(image, "JPEG", exif=exif)).size == (20, 40)
 
 
+def fast_decoder_cases(tmp_path) -> list[tuple[str, bytes]]:
+    """Real photos plus what the fast decoders must treat as Pillow does."""
+    china = Image.open(SKLEARN_IMAGES / "china.jpg")
+    gamma = PngImagePlugin.PngInfo()
+    gamma.add(b"gAMA", (45455).to_bytes(4, "big"))  # a gamma Pillow ignores: so must libspng
+    rotated = Image.Exif()
+    rotated[0x0112] = 8
+    return [(p.name, p.read_bytes()) for p in PHOTOS] + [
+        ("phone.jpg (drafted 1/4)", large_jpeg(tmp_path).read_bytes()),
+        ("gray.jpg", encode(china.convert("L"), "JPEG")),
+        ("exif-rotated.jpg", encode(china, "JPEG", exif=rotated)),
+        ("progressive.jpg", encode(china, "JPEG", progressive=True, quality=80)),
+        ("rgba.png", encode(china.convert("RGBA"), "PNG")),
+        ("interlaced.png", encode(china, "PNG", interlace=1)),  # Adam7
+        ("gamma.png", encode(china, "PNG", pnginfo=gamma)),
+        ("palette.png (Pillow)", encode(china.quantize(64), "PNG")),
+        ("cmyk.jpg (Pillow)", encode(china.convert("CMYK"), "JPEG")),
+    ]
+
+
+def test_fast_decoders_give_pillows_pixels(tmp_path, monkeypatch):
+    """simplejpeg and pyspng decode these bit for bit as Pillow does, so every
+    tolerance above (stated against Pillow's decoding) holds unchanged."""
+    cases = fast_decoder_cases(tmp_path)
+    fast = [decode_image(data) for _, data in cases]
+    used = []
+    original = preprocess_module._fast_decode
+    monkeypatch.setattr(
+        preprocess_module, "_fast_decode", lambda *a: used.append(original(*a)) or None
+    )
+    for (name, data), ours in zip(cases, fast, strict=True):
+        pillow = decode_image(data)
+        assert ours.mode == pillow.mode == "RGB", name
+        assert ours.size == pillow.size, name
+        assert np.array_equal(np.asarray(ours), np.asarray(pillow)), name
+    took_fast_path = [name for (name, _), image in zip(cases, used, strict=True) if image]
+    assert took_fast_path == [name for name, _ in cases if "(Pillow)" not in name]
+
+
 @pytest.mark.parametrize(
     ("payload", "cfg", "message"),
     [
         (b"", None, "empty image payload (0 bytes)"),
         (b"this is not an image at all", None, "not a decodable image (27 bytes, starting b'this"),
         (PHOTOS[0].read_bytes()[:2000], None, "corrupt image (2000 bytes): Truncated File Read"),
-        (PHOTOS[3].read_bytes()[:20000], None, "corrupt JPEG image (20000 bytes): image file is"),
+        (PHOTOS[0].read_bytes()[:200000], None, "corrupt PNG image (200000 bytes): pyspng: could"),
+        (PHOTOS[3].read_bytes()[:20000], None, "corrupt JPEG image (20000 bytes): Premature end"),
         (
             encode(Image.new("RGB", (8, 8)), "TIFF"),
             None,
@@ -148,7 +189,16 @@ def test_exif_orientation_is_applied():
             "exceeds the limit of 62,500",
         ),
     ],
-    ids=["empty", "text", "truncated-png", "truncated-jpeg", "tiff", "bomb", "custom-limit"],
+    ids=[
+        "empty",
+        "text",
+        "truncated-png-header",
+        "truncated-png",
+        "truncated-jpeg",
+        "tiff",
+        "bomb",
+        "custom-limit",
+    ],
 )
 def test_bad_payloads_are_named(payload, cfg, message):
     with pytest.raises(ImageDecodeError) as info:
@@ -165,14 +215,13 @@ def test_pixel_limit_stays_below_pillows_bomb_threshold():
 def test_batch_error_names_the_item():
     good = PHOTOS[0].read_bytes()
     with pytest.raises(ImageDecodeError, match=r"^image 2: empty image payload"):
-        preprocess_bytes([good, good, b""], Preprocessing())
+        pixels_from_bytes([good, good, b""], Preprocessing())
     cfg = Preprocessing(72, 64)
-    batch = preprocess_bytes([good, PHOTOS[3].read_bytes()], cfg)
-    assert batch.shape == (2, 3, 64, 64)
-    assert torch.from_numpy(batch).isfinite().all()
-    # The batch path equals the one-image path.
+    batch = pixels_from_bytes([good, PHOTOS[3].read_bytes()], cfg)
+    assert batch.shape == (2, 3, 64, 64) and batch.dtype == np.uint8
+    # The batch path, normalized, equals the one-image path.
     single = preprocess(decode_image(PHOTOS[3].read_bytes(), cfg), cfg)
-    assert np.array_equal(batch[1], single)
+    assert np.array_equal(normalize(batch, cfg)[1], single)
 
 
 def test_normalize_is_bit_identical_to_the_formula():
@@ -181,4 +230,4 @@ def test_normalize_is_bit_identical_to_the_formula():
     mean = np.asarray(cfg.mean, dtype=np.float32)
     std = np.asarray(cfg.std, dtype=np.float32)
     formula = ((crops.astype(np.float32) / np.float32(255.0) - mean) / std).transpose(0, 3, 1, 2)
-    assert np.array_equal(normalize(crops, cfg), formula)
+    assert np.array_equal(normalize(to_pixels(crops), cfg), formula)

@@ -17,6 +17,17 @@ the resize size are decoded at 1/2, 1/4 or 1/8 scale (`jpeg_draft`; a
 average). tests/test_preprocess.py states and checks the tolerances on real
 photos.
 
+The pixels that cross from the preprocess model to the classifier are 8-bit
+(`pixels_from_bytes`: (N, 3, crop, crop) uint8, a quarter of float32's bytes);
+the exported classifier graph normalizes them, with the same float32
+arithmetic as `normalize` (tests/build/test_export.py checks every value).
+
+Where the bytes allow it, decoding runs in libjpeg-turbo through simplejpeg
+(JPEG, at the same DCT scale Pillow's draft picks) and in libspng through
+pyspng (8-bit gray, RGB and RGBA PNG): the same pixels as Pillow's decoder,
+bit for bit, in less time. Everything else (CMYK, palette, 16-bit, EXIF in a
+PNG) goes through Pillow.
+
 Decoding decisions, the same for training and serving:
 - formats outside `cfg.formats` and images over `cfg.max_pixels` are refused
   before any pixel is decoded;
@@ -32,6 +43,8 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pyspng
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from resnet_triton.errors import UserError
@@ -43,6 +56,7 @@ PIL_RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
 }
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
+PNG_FAST_COLOR_TYPES = (0, 2, 6)  # 8-bit gray, RGB, RGBA: what libspng decodes as Pillow does
 
 
 class ImageDecodeError(UserError, ValueError):
@@ -90,13 +104,42 @@ def decode_image(data: bytes, cfg: Preprocessing | None = None) -> Image.Image:
             # Asking for twice the resized size leaves the antialiased resize to do
             # the last step, which keeps the result close to a full decode.
             new_w, new_h = _resized_size(width, height, cfg.resize_size)
-            image.draft("RGB", (2 * new_w, 2 * new_h))
-        image.load()
-        image = ImageOps.exif_transpose(image)
+            image.draft("RGB", (2 * new_w, 2 * new_h))  # only sets the scale: no decoding yet
+        fast = _fast_decode(data, image)
+        if fast is not None:
+            fast.info = image.info  # the EXIF orientation, read with the header
+            image = fast
+        else:
+            image.load()
+        ImageOps.exif_transpose(image, in_place=True)
         return _to_rgb(image)
-    except (OSError, SyntaxError, ValueError) as exc:
-        # Truncated or corrupt data: Pillow raises OSError, SyntaxError or ValueError.
+    except (OSError, SyntaxError, ValueError, RuntimeError) as exc:
+        # Truncated or corrupt data: Pillow raises OSError, SyntaxError or ValueError,
+        # simplejpeg ValueError, pyspng RuntimeError.
         raise ImageDecodeError(f"corrupt {image.format} image ({len(data)} bytes): {exc}") from None
+
+
+def _fast_decode(data: bytes, image: Image.Image) -> Image.Image | None:
+    """The pixels Pillow would decode for `image` (header read), or None for Pillow to do it."""
+    if image.format == "JPEG" and image.mode in ("RGB", "L"):
+        width, height = image.size  # after draft: the scale Pillow chose
+        pixels = simplejpeg.decode_jpeg(
+            data, "RGB" if image.mode == "RGB" else "GRAY", min_width=width, min_height=height
+        )  # the smallest libjpeg-turbo scale that is at least that size: the same one
+    elif (
+        image.format == "PNG"
+        and data[24] == 8  # IHDR bit depth
+        and data[25] in PNG_FAST_COLOR_TYPES
+        and b"eXIf" not in data  # orientation in a PNG: Pillow reads it
+    ):
+        pixels = pyspng.load(data)
+    else:
+        return None
+    if pixels.shape[:2] != image.size[::-1]:
+        raise ValueError(f"decoded {pixels.shape[1]}x{pixels.shape[0]}, header says {image.size}")
+    if pixels.ndim == 3 and pixels.shape[2] == 1:  # simplejpeg's gray: (h, w, 1)
+        pixels = pixels[..., 0]
+    return Image.fromarray(pixels)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -129,6 +172,11 @@ def crop(image: Image.Image, cfg: Preprocessing) -> np.ndarray:
     return np.asarray(image.resize((size, size), PIL_RESAMPLE[cfg.interpolation], box=box))
 
 
+def to_pixels(crops: np.ndarray) -> np.ndarray:
+    """(N, crop, crop, 3) uint8 crops -> (N, 3, crop, crop) uint8: the classifier's input."""
+    return np.ascontiguousarray(crops.transpose(0, 3, 1, 2))
+
+
 @functools.lru_cache(maxsize=8)
 def _lookup_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """(3, 256) float32: every 8-bit value of every channel, normalized once."""
@@ -138,43 +186,39 @@ def _lookup_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray
     return np.ascontiguousarray(((levels / np.float32(255.0) - mean32) / std32).T)
 
 
-def normalize(crops: np.ndarray, cfg: Preprocessing) -> np.ndarray:
-    """(N, crop, crop, 3) uint8 -> (N, 3, crop, crop) float32.
+def normalize(pixels: np.ndarray, cfg: Preprocessing) -> np.ndarray:
+    """(N, 3, crop, crop) uint8 -> (N, 3, crop, crop) float32: what the network takes.
 
     A table lookup per channel: the table holds torchvision's arithmetic,
     (x / 255 - mean) / std in float32, for the 256 possible values, so the
     result is bit-identical to computing it and takes one pass instead of five.
     """
     table = _lookup_table(tuple(cfg.mean), tuple(cfg.std))
-    out = np.empty((crops.shape[0], 3, *crops.shape[1:3]), dtype=np.float32)
+    out = np.empty(pixels.shape, dtype=np.float32)
     for channel in range(3):
-        np.take(table[channel], crops[..., channel], out=out[:, channel])
+        np.take(table[channel], pixels[:, channel], out=out[:, channel])
     return out
 
 
 def preprocess(image: Image.Image, cfg: Preprocessing) -> np.ndarray:
-    """RGB PIL image -> normalized (3, crop, crop) float32 array."""
-    return normalize(crop(image, cfg)[None], cfg)[0]
+    """RGB PIL image -> normalized (3, crop, crop) float32 array (training, reference runs)."""
+    return normalize(to_pixels(crop(image, cfg)[None]), cfg)[0]
 
 
-def preprocess_bytes(payloads, cfg: Preprocessing) -> np.ndarray:
-    """Encoded images -> (N, 3, crop, crop) float32; the error names the bad item.
-
-    Decoding and resizing are per image (Pillow); the normalization runs once
-    over the whole batch.
-    """
+def pixels_from_bytes(payloads, cfg: Preprocessing) -> np.ndarray:
+    """Encoded images -> (N, 3, crop, crop) uint8; the error names the bad item."""
     crops = np.empty((len(payloads), cfg.crop_size, cfg.crop_size, 3), dtype=np.uint8)
     for index, data in enumerate(payloads):
         try:
             crops[index] = crop(decode_image(data, cfg), cfg)
         except ImageDecodeError as exc:
             raise ImageDecodeError(f"image {index}: {exc}") from None
-    return normalize(crops, cfg)
+    return to_pixels(crops)
 
 
-def preprocess_files(paths, cfg: Preprocessing) -> np.ndarray:
-    """Image files -> (N, 3, crop, crop) float32; the error names the bad file."""
+def pixels_from_files(paths, cfg: Preprocessing) -> np.ndarray:
+    """Image files -> (N, 3, crop, crop) uint8; the error names the bad file."""
     crops = np.empty((len(paths), cfg.crop_size, cfg.crop_size, 3), dtype=np.uint8)
     for index, path in enumerate(paths):
         crops[index] = crop(load_image(path, cfg), cfg)
-    return normalize(crops, cfg)
+    return to_pixels(crops)

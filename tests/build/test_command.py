@@ -18,6 +18,7 @@ from resnet_triton.build.export import ExportError, check_onnx, spec_from_onnx
 from resnet_triton.build.manifest import file_sha256, read_manifest
 from resnet_triton.build.verify import POLICIES, POLYGRAPHY_MIN, polygraphy_too_old
 from resnet_triton.errors import UserError
+from resnet_triton.preprocess import normalize
 from resnet_triton.resnet import load_checkpoint
 from resnet_triton.serving.repository import read_config
 
@@ -41,11 +42,37 @@ def test_onnx_is_one_checked_file_with_dynamic_batch(repository, checkpoint):
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, out.name) == (spec.names.pixels, spec.names.scores)
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 64, 64]
+    assert inp.type == "tensor(uint8)"  # 8-bit pixels: the graph normalizes them
     for batch in (1, 5, spec.max_batch_size):
-        x = np.random.default_rng(batch).normal(size=(batch, 3, 64, 64)).astype(np.float32)
+        x = np.random.default_rng(batch).integers(0, 256, (batch, 3, 64, 64), dtype=np.uint8)
         scores = session.run(None, {inp.name: x})[0]
         assert scores.shape == (batch, 10)
         np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)  # softmax probabilities
+
+
+def normalized_by_the_graph(path, levels: np.ndarray) -> np.ndarray:
+    """`levels` through the model's own ops, up to the first convolution (or the
+    quantization of its input)."""
+    model = onnx.load(path)
+    first = next(n for n in model.graph.node if n.op_type in ("Conv", "QuantizeLinear"))
+    head = onnx.utils.Extractor(model).extract_model([model.graph.input[0].name], [first.input[0]])
+    assert [n.op_type for n in head.graph.node] == ["Cast", "Div", "Sub", "Div"]
+    session = ort.InferenceSession(head.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {head.graph.input[0].name: levels})[0]
+
+
+def every_level(spec) -> np.ndarray:
+    """(1, 3, crop, crop) uint8 holding each of the 256 values in every channel."""
+    return np.resize(np.arange(256, dtype=np.uint8), (1, *spec.preprocessing.input_shape))
+
+
+def test_the_graph_normalizes_bit_for_bit_as_the_preprocessing_did(repository, checkpoint):
+    """FP32 and INT8 alike: the parity of preprocessing with torchvision is unchanged
+    by moving normalization into the classifier (no value moves by one ulp)."""
+    spec, _, _ = load_checkpoint(checkpoint)
+    levels = every_level(spec)
+    graph = normalized_by_the_graph(repository / "classifier/1/model.onnx", levels)
+    assert np.array_equal(graph, normalize(levels, spec.preprocessing))
 
 
 def test_export_gate_passes_on_real_images_within_tolerance(repository):
@@ -68,6 +95,11 @@ def test_int8_is_built_gated_published_and_then_skipped(checkpoint, digits, tmp_
     published = tmp_path / "repo" / "classifier" / "1" / "model.onnx"
     ops = {node.op_type for node in onnx.load(published).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # a QDQ model
+    spec = load_checkpoint(checkpoint)[0]
+    levels = every_level(spec)  # the normalization is not quantized:
+    assert np.array_equal(
+        normalized_by_the_graph(published, levels), normalize(levels, spec.preprocessing)
+    )
     assert spec_from_onnx(published) == load_checkpoint(checkpoint)[0]  # metadata kept
     manifest = read_manifest(published)
     assert manifest["precision"] == "int8"

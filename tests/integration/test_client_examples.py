@@ -5,8 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pytest
-from conftest import ADMIN_KEY
+import tritonclient.grpc as grpcclient
+from conftest import ADMIN_KEY, NAMES
+from PIL import Image
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import triton_to_np_dtype
 
 from resnet_triton.client import Classifier
 
@@ -56,3 +62,50 @@ def test_many_files_classifies_a_folder(triton, digits, images):
     assert lines[0] == f"{count} images, requests of up to 32"
     assert lines[1].startswith(f"classified {count} images: ")
     assert "3: " in lines[1]
+
+
+def test_nvidias_image_client_steps_work_against_the_classifier(triton, repository, images):
+    """The checks and preprocessing of NVIDIA's stock image_client.py (client repo,
+    src/python/examples), written out: it reads the input's layout from the model
+    config and refuses FORMAT_NONE; it resizes to the input's height and width and
+    casts to its data type (scaling NONE), and asks for class_count results."""
+    client = grpcclient.InferenceServerClient(f"localhost:{triton.ports.grpc}")
+    model = NAMES.classifier
+    metadata = client.get_model_metadata(model)
+    config = client.get_model_config(model).config
+    (input_meta,), (output_meta,) = metadata.inputs, metadata.outputs
+    assert output_meta.datatype == "FP32"
+    assert config.max_batch_size > 0 and len(input_meta.shape) == 4
+    layout = config.input[0].format
+    assert layout in (mc.ModelInput.FORMAT_NCHW, mc.ModelInput.FORMAT_NHWC), (
+        f"unexpected input format {mc.ModelInput.Format.Name(layout)}"
+    )
+    if layout == mc.ModelInput.FORMAT_NHWC:
+        height, width, channels = input_meta.shape[1:]
+    else:
+        channels, height, width = input_meta.shape[1:]
+    assert channels == 3
+    dtype = triton_to_np_dtype(input_meta.datatype)
+    assert dtype == np.uint8
+
+    resized = [
+        np.array(Image.open(path).convert("RGB").resize((width, height), Image.BILINEAR))
+        for path in images
+    ]
+    batch = np.stack(resized).astype(dtype)  # (n, height, width, 3)
+    if layout == mc.ModelInput.FORMAT_NCHW:
+        batch = batch.transpose(0, 3, 1, 2)
+    request = grpcclient.InferInput(input_meta.name, list(batch.shape), input_meta.datatype)
+    request.set_data_from_numpy(batch)
+    wanted = grpcclient.InferRequestedOutput(output_meta.name, class_count=1)
+    answers = client.infer(model, [request], outputs=[wanted]).as_numpy(output_meta.name)
+    client.close()
+
+    session = ort.InferenceSession(
+        str(repository / model / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    local = session.run(None, {input_meta.name: np.ascontiguousarray(batch)})[0]
+    for (answer,), scores in zip(answers, local, strict=True):
+        score, index = answer.decode().split(":")[:2]
+        assert int(index) == scores.argmax()
+        assert float(score) == pytest.approx(scores.max(), abs=1e-5)

@@ -38,7 +38,7 @@ from resnet_triton.build.quantize import quantize_int8
 from resnet_triton.build.verify import GateReport, TorchRunner, run_gate
 from resnet_triton.data import image_folder
 from resnet_triton.errors import UserError
-from resnet_triton.preprocess import preprocess_files
+from resnet_triton.preprocess import pixels_from_files
 from resnet_triton.resnet import load_checkpoint
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.plans import published_plans
@@ -103,9 +103,9 @@ def sample(folder: Path, count: int) -> tuple[list[str], np.ndarray]:
 
 
 def gate_images(folder: Path, spec: ModelSpec, count: int) -> tuple[np.ndarray, list[str]]:
-    """(pixels (n, 3, crop, crop), paths) of `count` images of an ImageFolder."""
+    """(uint8 pixels (n, 3, crop, crop), paths) of `count` images of an ImageFolder."""
     paths, _ = sample(folder, count)
-    return preprocess_files(paths, spec.preprocessing), paths
+    return pixels_from_files(paths, spec.preprocessing), paths
 
 
 def batches(
@@ -114,7 +114,7 @@ def batches(
     """Preprocessed (pixels, labels) batches, decoded lazily to keep memory flat."""
     for i in range(0, len(paths), size):
         chunk = paths[i : i + size]
-        yield preprocess_files(chunk, spec.preprocessing), labels[i : i + size]
+        yield pixels_from_files(chunk, spec.preprocessing), labels[i : i + size]
 
 
 def calibration_set(opts: BuildOptions, folder: Path) -> list[str]:

@@ -1,9 +1,12 @@
 """Checkpoint -> one self-contained ONNX file with a dynamic batch dimension.
 
-The exported graph ends in a softmax, so what Triton serves (and what its
-classification extension ranks) are probabilities. The model spec and a hash
-of the source checkpoint travel in the ONNX metadata, so a model file found
-on its own still says what it is.
+The exported graph takes 8-bit pixels (N, 3, crop, crop), normalizes them
+((x / 255 - mean) / std in float32, the arithmetic of
+`preprocess.normalize`) and ends in a softmax, so what Triton serves (and
+what its classification extension ranks) are probabilities, and what crosses
+from the preprocess model is a quarter of float32's bytes. The model spec
+and a hash of the source checkpoint travel in the ONNX metadata, so a model
+file found on its own still says what it is.
 """
 
 from __future__ import annotations
@@ -28,20 +31,26 @@ class ExportError(UserError, RuntimeError):
     """The ONNX model could not be written or does not check."""
 
 
-class WithSoftmax(nn.Module):
-    def __init__(self, model: nn.Module):
+class ServedModel(nn.Module):
+    """uint8 pixels -> class probabilities: the network as Triton serves it."""
+
+    def __init__(self, model: nn.Module, spec: ModelSpec):
         super().__init__()
         self.model = model
+        prep = spec.preprocessing
+        self.register_buffer("mean", torch.tensor(prep.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(prep.std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(pixels), dim=1)  # (N, num_classes)
+        normalized = (pixels.float() / 255.0 - self.mean) / self.std
+        return torch.softmax(self.model(normalized), dim=1)  # (N, num_classes)
 
 
 def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, checkpoint: Path) -> Path:
     """Write `path`, check it with onnx.checker and return it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = WithSoftmax(model.float().eval())
-    example = torch.zeros(2, *spec.preprocessing.input_shape)  # (2, 3, crop, crop)
+    wrapped = ServedModel(model.float().eval(), spec)
+    example = torch.zeros(2, *spec.preprocessing.input_shape, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=spec.max_batch_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter
@@ -99,7 +108,7 @@ def copy_metadata(source: Path, target: Path) -> None:
 def fold_if_equal(path: Path, pixels: np.ndarray, atol: float = 1e-6) -> str:
     """Shape inference and Polygraphy's constant folding, kept only if outputs stay equal.
 
-    `pixels` are real preprocessed images. Returns what happened, for the log.
+    `pixels` are real preprocessed images (uint8). Returns what happened, for the log.
     """
     from polygraphy.backend.onnx import fold_constants
     from polygraphy.logger import G_LOGGER

@@ -38,7 +38,7 @@ from polygraphy.common import TensorMetadata
 from polygraphy.logger import G_LOGGER
 from torch import nn
 
-from resnet_triton.build.export import WithSoftmax
+from resnet_triton.build.export import ServedModel
 from resnet_triton.spec import ModelSpec
 
 # SimpleCompareFunc, and compare_accuracy's list results, came in Polygraphy 0.53.4; an
@@ -86,7 +86,7 @@ class TorchRunner(BaseRunner):
 
     def __init__(self, model: nn.Module, spec: ModelSpec, device: str = "cpu"):
         super().__init__(name="pytorch", prefix="pytorch-runner")
-        self.model = WithSoftmax(model).eval().to(device)
+        self.model = ServedModel(model, spec).eval().to(device)
         self.spec = spec
         self.device = device
 
@@ -95,7 +95,7 @@ class TorchRunner(BaseRunner):
 
     def get_input_metadata_impl(self):
         meta = TensorMetadata()
-        meta.add(self.spec.names.pixels, np.float32, (-1, *self.spec.preprocessing.input_shape))
+        meta.add(self.spec.names.pixels, np.uint8, (-1, *self.spec.preprocessing.input_shape))
         return meta
 
     @torch.no_grad()

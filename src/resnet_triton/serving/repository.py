@@ -120,7 +120,7 @@ def _python_model(spec, serving, name: str, env_path: str, params: dict[str, str
 
 def _classifier_warmup(spec: ModelSpec) -> list[mc.ModelWarmup]:
     pixels = mc.ModelWarmup.Input(
-        data_type=mc.TYPE_FP32, dims=list(spec.preprocessing.input_shape), zero_data=True
+        data_type=mc.TYPE_UINT8, dims=list(spec.preprocessing.input_shape), zero_data=True
     )
     return [
         mc.ModelWarmup(
@@ -131,11 +131,13 @@ def _classifier_warmup(spec: ModelSpec) -> list[mc.ModelWarmup]:
 
 
 def _pixels(spec: ModelSpec, cls):
-    return cls(
-        name=spec.names.pixels,
-        data_type=mc.TYPE_FP32,
-        dims=list(spec.preprocessing.input_shape),
+    """8-bit RGB, channels first; the classifier normalizes (build/export.py)."""
+    tensor = cls(
+        name=spec.names.pixels, data_type=mc.TYPE_UINT8, dims=list(spec.preprocessing.input_shape)
     )
+    if cls is mc.ModelInput:
+        tensor.format = mc.ModelInput.FORMAT_NCHW  # what image clients read (image_client.py)
+    return tensor
 
 
 def preprocess_config(

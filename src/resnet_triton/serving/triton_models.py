@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from resnet_triton.preprocess import ImageDecodeError, preprocess_bytes
+from resnet_triton.preprocess import ImageDecodeError, pixels_from_bytes
 from resnet_triton.spec import Preprocessing
 
 
@@ -25,7 +25,7 @@ def _config(args: dict) -> tuple[dict, dict[str, str]]:
 
 
 class PreprocessModel:
-    """Encoded images -> normalized pixels. A bad image fails its own request only."""
+    """Encoded images -> 8-bit pixels. A bad image fails its own request only."""
 
     def initialize(self, args):
         config, params = _config(args)
@@ -38,7 +38,7 @@ class PreprocessModel:
         for request in requests:
             payloads = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
             try:
-                pixels = preprocess_bytes(payloads.reshape(-1), self.cfg)  # (n, 3, crop, crop)
+                pixels = pixels_from_bytes(payloads.reshape(-1), self.cfg)  # (n, 3, crop, crop)
             except ImageDecodeError as exc:
                 error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))
@@ -63,6 +63,13 @@ class OnnxClassifierModel:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
+        expected = "tensor(uint8)"
+        (model_input,) = self.session.get_inputs()
+        if model_input.type != expected:  # an ONNX file exported before pixels were 8-bit
+            raise RuntimeError(
+                f"{path} takes {model_input.type} pixels; the preprocess model sends "
+                f"{expected}: rebuild it from its checkpoint (resnet-triton build)"
+            )
 
     def execute(self, requests):
         batches = [
