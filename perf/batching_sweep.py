@@ -1,11 +1,13 @@
-"""`make bench-batching`: the dynamic-batcher settings behind the serving defaults.
+"""`make bench-batching`: the serving settings behind ServingConfig's defaults.
 
-For each candidate (preferred batch sizes, max queue delay), renders a copy of
-the published repository with those settings on both batching models, starts
-the local server, and runs perf_analyzer against the ensemble with real
-photos at a fixed client concurrency. Prints a table and writes
-<out>/batching_sweep.json; perf/README.md records the run that chose the
-defaults in resnet_triton/serving/config.py (ServingConfig).
+For each candidate (dynamic-batcher queue delays per model, preferred batch
+sizes, ONNX Runtime threads, instance counts), renders a copy of the published
+repository with those settings, starts the local server, and runs
+perf_analyzer against the ensemble with real photos at client concurrency 1,
+2, 4 and 8: a setting that helps a saturated server can cost a single client
+(every model waits its queue delay for a batch that never comes). Prints a
+table and writes <out>/batching_sweep.json; perf/README.md records the run
+that chose the defaults in resnet_triton/serving/config.py.
 """
 
 from __future__ import annotations
@@ -24,46 +26,73 @@ from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.repository import ONNX_FILE, env_path_for, render
 from resnet_triton.serving.server import Ports, TritonServer
 
-CANDIDATES = [
-    ((), 0),  # no waiting: batch whatever is queued
-    ((), 5000),
-    ((8, 16, 32), 2000),
-    ((8, 16, 32), 10000),
-    ((4, 8, 16, 32), 500),
-]
+BATCHING = {"preferred_batch_sizes": (8, 16, 32)}
+CANDIDATES = {
+    "2 ms delays (before)": {
+        **BATCHING, "preprocess_queue_delay_us": 2000, "classifier_queue_delay_us": 2000,
+    },
+    "no delays": {**BATCHING, "preprocess_queue_delay_us": 0, "classifier_queue_delay_us": 0},
+    "classifier 2 ms only": {
+        **BATCHING, "preprocess_queue_delay_us": 0, "classifier_queue_delay_us": 2000,
+    },
+    "no delays, no preferred sizes": {
+        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
+        "classifier_queue_delay_us": 0,
+    },
+    "no delays, 2 preprocess instances": {
+        **BATCHING, "preprocess_queue_delay_us": 0, "classifier_queue_delay_us": 0,
+        "preprocess_instances": 2,
+    },
+    "no delays, ONNX Runtime 1 thread": {
+        **BATCHING, "preprocess_queue_delay_us": 0, "classifier_queue_delay_us": 0,
+        "intra_op_threads": 1,
+    },
+}  # fmt: skip
+
+
+def measure(onnx_path, spec, serving, input_data, levels, interval_ms) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "repo"
+        render(spec, repo, env_path_for(repo), serving=serving)
+        shutil.copy(onnx_path, repo / spec.names.classifier / "1" / ONNX_FILE)
+        with TritonServer(repo, Ports.free(), log_path=Path(tmp) / "log") as server:
+            server.wait_ready([spec.names.ensemble])
+            return [
+                row
+                for level in levels
+                for row in run_perf_analyzer(
+                    spec.names.ensemble, server.ports, input_data, f"{level}:{level}",
+                    Path(tmp) / f"c{level}.csv", interval_ms,
+                )
+            ]  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--interval-ms", type=int, default=4000)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--interval-ms", type=int, default=3000)
+    parser.add_argument("--only", nargs="+", choices=list(CANDIDATES), help="candidates to run")
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench"))
     args = parser.parse_args()
 
     onnx_path, spec = published_model(args.repository)
     args.out.mkdir(parents=True, exist_ok=True)
     input_data = ensemble_input(package_photos(), spec.names.image, args.out / "sweep_input.json")
-    rows = []
-    for preferred, delay in CANDIDATES:
-        serving = ServingConfig(preferred_batch_sizes=preferred, max_queue_delay_us=delay)
-        with tempfile.TemporaryDirectory() as tmp:
-            repo = Path(tmp) / "repo"
-            render(spec, repo, env_path_for(repo), serving=serving)
-            shutil.copy(onnx_path, repo / spec.names.classifier / "1" / ONNX_FILE)
-            with TritonServer(repo, Ports.free(), log_path=Path(tmp) / "log") as server:
-                server.wait_ready([spec.names.ensemble])
-                (row,) = run_perf_analyzer(
-                    spec.names.ensemble, server.ports, input_data,
-                    f"{args.concurrency}:{args.concurrency}",
-                    Path(tmp) / "sweep.csv", args.interval_ms,
-                )  # fmt: skip
-        rows.append({"preferred_batch_sizes": list(preferred), "max_queue_delay_us": delay, **row})
-        print(f"preferred {str(list(preferred) or 'none'):<16} delay {delay:>6} us: "
-              f"{row['throughput_img_s']:6.1f} img/s, p50 {row['p50_ms']:6.1f} ms, "
-              f"p99 {row['p99_ms']:6.1f} ms", flush=True)  # fmt: skip
-    (args.out / "batching_sweep.json").write_text(json.dumps(rows, indent=2))
-    print(f"written to {args.out / 'batching_sweep.json'}")
+    results = []
+    for name in args.only or CANDIDATES:
+        serving = ServingConfig(**CANDIDATES[name])
+        rows = measure(onnx_path, spec, serving, input_data, args.levels, args.interval_ms)
+        results.append({"candidate": name, "serving": serving.to_dict(), "rows": rows})
+        cells = "  ".join(
+            f"c{r['concurrency']} {r['throughput_img_s']:5.1f} img/s p50 {r['p50_ms']:5.1f} "
+            f"p99 {r['p99_ms']:5.1f}"
+            for r in rows
+        )
+        print(f"{name:<36} {cells}", flush=True)
+    out = args.out / "batching_sweep.json"
+    out.write_text(json.dumps({"model": spec.arch, "results": results}, indent=2))
+    print(f"written to {out}")
     return 0
 
 

@@ -64,3 +64,23 @@ def test_the_baseline_preprocesses_with_the_models_spec(repository):
     assert pixels.dtype == reference.dtype == np.uint8
     levels = np.abs(pixels.astype(int) - reference)
     assert levels.mean() < 0.2 and levels.max() <= 2  # same crop; resize within the crop
+
+
+def test_the_report_holds_each_run_to_its_targets(monkeypatch):
+    monkeypatch.syspath_prepend(str(PERF))
+    import report
+
+    def rows(*cells):
+        return [{"concurrency": c, "throughput_img_s": t, "p50_ms": p50, "p99_ms": p99}
+                for c, t, p50, p99 in cells]  # fmt: skip
+
+    fp32 = {"precision": "fp32", "ratios": {"ensemble_over_fair_ceiling": 0.96},
+            "ensemble": rows((1, 50, 18, 30), (4, 70, 55, 80), (8, 70, 110, 160)),
+            "baseline": rows((1, 48, 19, 25), (4, 50, 80, 170), (8, 50, 160, 310))}  # fmt: skip
+    assert [met for *_, met in report.targets(fp32, None)] == [True, True, True, False]
+    # c4: 1.40x with p99 80 <= 170 / 2; c8: 1.40x, but p99 160 > 310 / 2.
+    int8 = {**fp32, "precision": "int8", "ratios": {"ensemble_over_fair_ceiling": 0.9},
+            "ensemble": rows((1, 60, 20, 30), (4, 150, 25, 40), (8, 160, 50, 70))}  # fmt: skip
+    checks = report.targets(int8, fp32)
+    assert [met for *_, met in checks] == [False, False, True, True, True]
+    assert checks[-1][:2] == ("INT8 / FP32 ensemble (best)", "2.29")

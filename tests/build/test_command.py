@@ -215,7 +215,7 @@ def test_a_serving_setting_changes_the_configs_without_retraining_or_rebuilding(
     assert read_config(repo / "classifier" / "config.pbtxt").instance_group[0].count == 1
     serving = tmp_path / "serving.yaml"
     serving.write_text(
-        "preferred_batch_sizes: [4]\nmax_queue_delay_us: 100\nclassifier_instances: 2\n"
+        "preferred_batch_sizes: [4]\nclassifier_queue_delay_us: 100\nclassifier_instances: 2\n"
     )
     args = ["build", "--checkpoint", str(checkpoint), "--target", "cpu", "--repository", str(repo),
             "--images", str(digits / "val"), "--work-dir", str(tmp_path / "work")]  # fmt: skip

@@ -41,7 +41,9 @@ def test_every_value_comes_from_the_spec(tmp_path):
         preprocessing=Preprocessing(resize_size=160, crop_size=128),
         max_batch_size=4,
     )
-    serving = ServingConfig(preferred_batch_sizes=(2, 4), max_queue_delay_us=500)
+    serving = ServingConfig(
+        preferred_batch_sizes=(2, 4), preprocess_queue_delay_us=500, classifier_queue_delay_us=0
+    )
     render(spec, tmp_path, env_path="/opt/venv", serving=serving)
     pre = read_config(tmp_path / "preprocess" / "config.pbtxt")
     cls = read_config(tmp_path / "classifier" / "config.pbtxt")
@@ -51,9 +53,9 @@ def test_every_value_comes_from_the_spec(tmp_path):
     assert ens == ensemble_config(spec)
     for config in (pre, cls, ens):
         assert config.max_batch_size == 4
-    for config in (pre, cls):
+    for config, delay in ((pre, 500), (cls, 0)):
         assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
-        assert config.dynamic_batching.max_queue_delay_microseconds == 500
+        assert config.dynamic_batching.max_queue_delay_microseconds == delay
         assert config.parameters["EXECUTION_ENV_PATH"].string_value == "/opt/venv"
     assert list(pre.output[0].dims) == list(cls.input[0].dims) == [3, 128, 128]
     assert pre.parameters["crop_size"].string_value == "128"

@@ -10,7 +10,8 @@ SPEC = ModelSpec(labels=("a", "b"), max_batch_size=16)
 
 def test_defaults_are_the_measured_ones():
     serving = ServingConfig()
-    assert serving.preferred_batch_sizes == (8, 16, 32) and serving.max_queue_delay_us == 2000
+    assert serving.preferred_batch_sizes == ()
+    assert (serving.preprocess_queue_delay_us, serving.classifier_queue_delay_us) == (0, 0)
     assert (serving.preprocess_instances, serving.classifier_instances) == (1, 1)
     assert serving.warmup and serving.versions == 1 and not serving.allow_spinning
 
@@ -28,11 +29,12 @@ def test_yaml_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({}, "serving.preferred_batch_sizes [32] lie outside 1..max_batch_size (16)"),
+        ({"preferred_batch_sizes": (8, 32)},
+         "serving.preferred_batch_sizes [32] lie outside 1..max_batch_size (16)"),
         ({"preferred_batch_sizes": (4,), "classifier_instances": 0},
          "serving.classifier_instances must be an integer >= 1, got 0"),
-        ({"preferred_batch_sizes": (4,), "max_queue_delay_us": -1},
-         "serving.max_queue_delay_us must be an integer >= 0, got -1"),
+        ({"preferred_batch_sizes": (4,), "preprocess_queue_delay_us": -1},
+         "serving.preprocess_queue_delay_us must be an integer >= 0, got -1"),
         ({"preferred_batch_sizes": (4,), "warmup": "yes"},
          "serving.warmup must be true or false, got 'yes'"),
     ],

@@ -19,9 +19,14 @@ from resnet_triton.spec import ModelSpec, SpecError, fields_of, read_yaml
 
 @dataclass(frozen=True)
 class ServingConfig:
-    # Triton's dynamic batcher, on the preprocess and classifier models.
-    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
-    max_queue_delay_us: int = 2000
+    # Triton's dynamic batcher, on the preprocess and classifier models; each model
+    # waits up to its own delay for a fuller batch (0: runs what is queued at once,
+    # which under load is a batch of everything that arrived while it was busy).
+    # Measured on 2 CPUs (perf/README.md): no delays and no preferred sizes are
+    # fastest at every concurrency from 1 to 8; a GPU host may want a delay.
+    preferred_batch_sizes: tuple[int, ...] = ()
+    preprocess_queue_delay_us: int = 0
+    classifier_queue_delay_us: int = 0
     # Model instances per server (instance_group count).
     preprocess_instances: int = 1
     classifier_instances: int = 1
@@ -44,7 +49,8 @@ class ServingConfig:
                 f"serving.preferred_batch_sizes {outside} lie outside 1..max_batch_size ({limit})"
             )
         minimums = {
-            "max_queue_delay_us": 0, "preprocess_instances": 1, "classifier_instances": 1,
+            "preprocess_queue_delay_us": 0, "classifier_queue_delay_us": 0,
+            "preprocess_instances": 1, "classifier_instances": 1,
             "intra_op_threads": 0, "versions": 1,
         }  # fmt: skip
         for name, least in minimums.items():

@@ -94,7 +94,7 @@ MODEL_PY = (
 
 
 def _model(
-    spec: ModelSpec, serving: ServingConfig, name: str, kind, instances: int
+    spec: ModelSpec, serving: ServingConfig, name: str, kind, instances: int, delay_us: int
 ) -> mc.ModelConfig:
     """What the preprocess and classifier models share, whatever their backend."""
     versions = mc.ModelVersionPolicy.Latest(num_versions=serving.versions)
@@ -103,15 +103,15 @@ def _model(
         max_batch_size=spec.max_batch_size,
         dynamic_batching=mc.ModelDynamicBatching(
             preferred_batch_size=list(serving.preferred_batch_sizes),
-            max_queue_delay_microseconds=serving.max_queue_delay_us,
+            max_queue_delay_microseconds=delay_us,
         ),
         instance_group=[mc.ModelInstanceGroup(count=instances, kind=kind)],
         version_policy=mc.ModelVersionPolicy(latest=versions),
     )
 
 
-def _python_model(spec, serving, name: str, env_path: str, params: dict[str, str], instances):
-    config = _model(spec, serving, name, mc.ModelInstanceGroup.KIND_CPU, instances)
+def _python_model(spec, serving, name, env_path: str, params: dict[str, str], instances, delay_us):
+    config = _model(spec, serving, name, mc.ModelInstanceGroup.KIND_CPU, instances, delay_us)
     config.backend = "python"
     for key, value in {**params, "EXECUTION_ENV_PATH": env_path}.items():
         config.parameters[key].string_value = value
@@ -145,7 +145,8 @@ def preprocess_config(
 ) -> mc.ModelConfig:
     params = spec.preprocessing.to_params()
     name, instances = spec.names.preprocess, serving.preprocess_instances
-    config = _python_model(spec, serving, name, env_path, params, instances)
+    delay = serving.preprocess_queue_delay_us
+    config = _python_model(spec, serving, name, env_path, params, instances, delay)
     config.input.append(mc.ModelInput(name=spec.names.image, data_type=mc.TYPE_STRING, dims=[1]))
     config.output.append(_pixels(spec, mc.ModelOutput))
     image = mc.ModelWarmup.Input(data_type=mc.TYPE_STRING, dims=[1], input_data_file=WARMUP_FILE)
@@ -165,7 +166,8 @@ def classifier_config(
         "allow_spinning": str(int(serving.allow_spinning)),
     }
     name, instances = spec.names.classifier, serving.classifier_instances
-    config = _python_model(spec, serving, name, env_path, params, instances)
+    delay = serving.classifier_queue_delay_us
+    config = _python_model(spec, serving, name, env_path, params, instances, delay)
     config.input.append(_pixels(spec, mc.ModelInput))
     config.output.append(
         mc.ModelOutput(name=spec.names.scores, data_type=mc.TYPE_FP32, dims=[spec.num_classes])
@@ -180,7 +182,10 @@ def tensorrt_classifier_config(
 ) -> mc.ModelConfig:
     """The GPU classifier: TensorRT plans, one per compute capability."""
     gpu = mc.ModelInstanceGroup.KIND_GPU
-    config = _model(spec, serving, spec.names.classifier, gpu, serving.classifier_instances)
+    config = _model(
+        spec, serving, spec.names.classifier, gpu, serving.classifier_instances,
+        serving.classifier_queue_delay_us,
+    )  # fmt: skip
     config.platform = "tensorrt_plan"
     config.input.append(_pixels(spec, mc.ModelInput))
     config.output.append(
