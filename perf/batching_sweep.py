@@ -47,6 +47,30 @@ CANDIDATES = {
         **BATCHING, "preprocess_queue_delay_us": 0, "classifier_queue_delay_us": 0,
         "intra_op_threads": 1,
     },
+    "none of them, 2 preprocess instances": {
+        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
+        "classifier_queue_delay_us": 0, "preprocess_instances": 2,
+    },
+    "none of them, 2 preprocess instances, ONNX Runtime 1 thread": {
+        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
+        "classifier_queue_delay_us": 0, "preprocess_instances": 2, "intra_op_threads": 1,
+    },
+    "none of them, idle ONNX Runtime threads spin": {
+        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
+        "classifier_queue_delay_us": 0, "allow_spinning": True,
+    },
+    "none of them, classifier at nice 10": {
+        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
+        "classifier_queue_delay_us": 0, "classifier_nice": 10,
+    },
+    "none of them, classifier at nice 19": {
+        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
+        "classifier_queue_delay_us": 0, "classifier_nice": 19,
+    },
+    "none of them, classifier at nice 10, 2 preprocess instances": {
+        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
+        "classifier_queue_delay_us": 0, "classifier_nice": 10, "preprocess_instances": 2,
+    },
 }  # fmt: skip
 
 

@@ -76,13 +76,20 @@ def run_perf_analyzer(
         "--concurrency-range", concurrency,
         "--measurement-interval", str(interval_ms),
         "--percentile", "99",
-        # Two shared cores are noisy: accept 25% spread between windows.
-        "--stability-percentage", "25",
         "--max-trials", "8",
         "-f", str(csv_path),
     ]  # fmt: skip
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, env=perf_analyzer_env(), check=True, stdout=subprocess.DEVNULL)
+    # Two shared cores are noisy: accept 25% spread between windows, and where even
+    # that is not reached, 50% (said on the console; the row records which).
+    for stability in (25, 50):
+        run = [*command, "--stability-percentage", str(stability)]
+        print("$", " ".join(run), flush=True)
+        done = subprocess.run(run, env=perf_analyzer_env(), stdout=subprocess.DEVNULL)
+        if done.returncode == 0:
+            break
+        print(f"perf_analyzer found no stable window at {stability}% spread", flush=True)
+    else:
+        raise RuntimeError(f"perf_analyzer failed on {model} at concurrency {concurrency}")
     with open(csv_path) as f:
         return [
             {
@@ -90,6 +97,7 @@ def run_perf_analyzer(
                 "throughput_img_s": float(row["Inferences/Second"]),
                 "p50_ms": float(row["p50 latency"]) / 1000,
                 "p99_ms": float(row["p99 latency"]) / 1000,
+                "stability_percent": stability,
             }
             for row in csv.DictReader(f)
         ]

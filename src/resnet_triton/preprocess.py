@@ -20,7 +20,7 @@ photos.
 The pixels that cross from the preprocess model to the classifier are 8-bit
 (`pixels_from_bytes`: (N, 3, crop, crop) uint8, a quarter of float32's bytes);
 the exported classifier graph normalizes them, with the same float32
-arithmetic as `normalize` (tests/build/test_export.py checks every value).
+arithmetic as `normalize` (tests/build/test_command.py checks every value).
 
 Where the bytes allow it, decoding runs in libjpeg-turbo through simplejpeg
 (JPEG, at the same DCT scale Pillow's draft picks) and in libspng through

@@ -22,6 +22,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from resnet_triton.client import Classifier, ClientError
+from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.repository import WARMUP_FILE, serialized_bytes, warmup_image
 from resnet_triton.serving.serve import python_stubs
 from resnet_triton.serving.server import Ports, ServerError, TritonServer, server_environment
@@ -262,3 +263,17 @@ def test_the_local_server_listens_on_loopback_only(triton):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((address, port), timeout=5).close()
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_the_classifier_runs_at_the_configured_priority(triton):
+    """serving.classifier_nice: the classifier's stub and every thread it starts (ONNX
+    Runtime's pool included) run at that nice value; the preprocess stub keeps 0."""
+    stubs = python_stubs(triton.process.pid)
+
+    def nice_of_threads(pid: int) -> set[int]:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        return {int((t / "stat").read_text().rsplit(")", 1)[1].split()[16]) for t in tasks}
+
+    by_model = {model: nice_of_threads(pid) for pid, model in stubs.items()}
+    assert by_model[NAMES.classifier] == {ServingConfig().classifier_nice} == {10}
+    assert by_model[NAMES.preprocess] == {0}

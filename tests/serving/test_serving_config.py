@@ -14,6 +14,7 @@ def test_defaults_are_the_measured_ones():
     assert (serving.preprocess_queue_delay_us, serving.classifier_queue_delay_us) == (0, 0)
     assert (serving.preprocess_instances, serving.classifier_instances) == (1, 1)
     assert serving.warmup and serving.versions == 1 and not serving.allow_spinning
+    assert serving.classifier_nice == 10
 
 
 def test_yaml_round_trip(tmp_path):
@@ -35,6 +36,8 @@ def test_yaml_round_trip(tmp_path):
          "serving.classifier_instances must be an integer >= 1, got 0"),
         ({"preferred_batch_sizes": (4,), "preprocess_queue_delay_us": -1},
          "serving.preprocess_queue_delay_us must be an integer >= 0, got -1"),
+        ({"preferred_batch_sizes": (4,), "classifier_nice": 20},
+         "serving.classifier_nice must be an integer in 0..19, got 20"),
         ({"preferred_batch_sizes": (4,), "warmup": "yes"},
          "serving.warmup must be true or false, got 'yes'"),
     ],

@@ -34,6 +34,11 @@ class ServingConfig:
     # and whether idle threads spin (off: they sleep, leaving the cores to preprocessing).
     intra_op_threads: int = 0
     allow_spinning: bool = False
+    # The CPU classifier's scheduling priority (nice, 0-19): above 0, the preprocess
+    # model (the other process) gets the cores first when both have work, and the
+    # classifier runs fuller batches in what is left. 10 won on 2 CPUs at every
+    # concurrency for INT8 and from c2 on for FP32 (perf/README.md).
+    classifier_nice: int = 10
     # Warm every model up at load (a real photo, zero tensors), so that the first
     # requests do not pay for lazy initialization and a broken model fails at start.
     warmup: bool = True
@@ -48,15 +53,19 @@ class ServingConfig:
             raise SpecError(
                 f"serving.preferred_batch_sizes {outside} lie outside 1..max_batch_size ({limit})"
             )
-        minimums = {
-            "preprocess_queue_delay_us": 0, "classifier_queue_delay_us": 0,
-            "preprocess_instances": 1, "classifier_instances": 1,
-            "intra_op_threads": 0, "versions": 1,
+        ranges = {
+            "preprocess_queue_delay_us": (0, None), "classifier_queue_delay_us": (0, None),
+            "preprocess_instances": (1, None), "classifier_instances": (1, None),
+            "intra_op_threads": (0, None), "versions": (1, None), "classifier_nice": (0, 19),
         }  # fmt: skip
-        for name, least in minimums.items():
+        for name, (least, most) in ranges.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise SpecError(f"serving.{name} must be an integer >= {least}, got {value!r}")
+            if (
+                not isinstance(value, int) or isinstance(value, bool) or value < least
+                or (most is not None and value > most)
+            ):  # fmt: skip
+                wanted = f">= {least}" if most is None else f"in {least}..{most}"
+                raise SpecError(f"serving.{name} must be an integer {wanted}, got {value!r}")
         for name in ("allow_spinning", "warmup"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(

@@ -164,6 +164,7 @@ def classifier_config(
         "onnx_file": ONNX_FILE,
         "intra_op_threads": str(serving.intra_op_threads),
         "allow_spinning": str(int(serving.allow_spinning)),
+        "nice": str(serving.classifier_nice),
     }
     name, instances = spec.names.classifier, serving.classifier_instances
     delay = serving.classifier_queue_delay_us

@@ -8,6 +8,7 @@ comes from the rendered config.pbtxt, so nothing here repeats the spec.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,8 @@ class OnnxClassifierModel:
     def initialize(self, args):
         config, params = _config(args)
         path = Path(args["model_repository"]) / args["model_version"] / params["onnx_file"]
+        # Before the session: its thread pool's threads inherit this thread's priority.
+        os.nice(int(params.get("nice", "0")))
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
         # Idle ONNX Runtime threads spin by default, taking the cores that the
