@@ -127,7 +127,7 @@ class Names:
     preprocess: str = "preprocess"
     classifier: str = "classifier"
     image: str = "IMAGE"  # encoded image bytes, TYPE_STRING [1]
-    pixels: str = "PIXELS"  # preprocessed image, FP32 [3, crop, crop]
+    pixels: str = "PIXELS"  # preprocessed image, uint8 [3, crop, crop]; the classifier normalizes
     scores: str = "SCORES"  # softmax probabilities, FP32 [num_classes]
 
 

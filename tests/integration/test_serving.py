@@ -129,6 +129,18 @@ def copy_repository(repository, target):
     return target
 
 
+def processes_in_group(group: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == group:
+                    members.append(int(entry.name))
+            except ProcessLookupError:
+                pass  # ended while we looked
+    return members
+
+
 def test_warmup_runs_at_load_and_a_broken_one_stops_the_start(repository, tmp_path):
     repo = copy_repository(repository, tmp_path / "repo")
     warmup = repo / NAMES.preprocess / "warmup" / WARMUP_FILE
@@ -142,6 +154,11 @@ def test_warmup_runs_at_load_and_a_broken_one_stops_the_start(repository, tmp_pa
     # with SIGSEGV while unloading the other models, before its logger flushes.
     # Either way the broken model never serves.
     assert re.search(r"exited with code (1|-11) while loading", str(info.value)), info.value
+    # No stub outlives its server (killed ones take a moment to be reaped).
+    deadline = time.monotonic() + 10
+    while processes_in_group(server.process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_in_group(server.process.pid) == []
     log = (tmp_path / "log").read_text()
     if "warmup" in log:
         assert "failed to run warmup sample 'real photo'" in log

@@ -279,6 +279,11 @@ class TritonServer:
                 code = self.process.wait()
         elif self.process:
             code = self.process.returncode
+        if self.process:
+            # A Python stub outlives a server that crashed while unloading; the server's
+            # process group (its own session, so its id) holds only what it started.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         for region in glob.glob(f"/dev/shm/{self.shm_prefix}*"):
             os.unlink(region)
         return code

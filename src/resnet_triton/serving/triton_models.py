@@ -55,8 +55,11 @@ class OnnxClassifierModel:
     def initialize(self, args):
         config, params = _config(args)
         path = Path(args["model_repository"]) / args["model_version"] / params["onnx_file"]
-        # Before the session: its thread pool's threads inherit this thread's priority.
-        os.nice(int(params.get("nice", "0")))
+        # Before the session: its pool's threads inherit the priority of the thread that
+        # starts them. Linux keeps a nice value per thread: set it on every thread.
+        nice = int(params.get("nice", "0"))
+        for task in Path("/proc/self/task").iterdir():
+            os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
         # Idle ONNX Runtime threads spin by default, taking the cores that the
