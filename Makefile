@@ -111,7 +111,7 @@ serve: setup
 	$(BIN)/resnet-triton serve --address $(ADDRESS) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 # The serving report (ensemble vs ceilings vs baseline; resnet18 and resnet50, FP32 and
-# INT8, each built and gated first): about 20 minutes here. Needs `make demo`.
+# INT8, each built and gated first): 10 minutes here, 13 the first time. Needs `make demo`.
 bench: setup
 	$(BIN)/python perf/report.py
 
