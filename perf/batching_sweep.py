@@ -71,6 +71,11 @@ CANDIDATES = {
         "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
         "classifier_queue_delay_us": 0, "classifier_nice": 10, "preprocess_instances": 2,
     },
+    "none of them, classifier at nice 10, 2 classifier instances of 1 thread": {
+        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
+        "classifier_queue_delay_us": 0, "classifier_nice": 10, "classifier_instances": 2,
+        "intra_op_threads": 1,
+    },
 }  # fmt: skip
 
 
