@@ -26,55 +26,33 @@ from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.repository import ONNX_FILE, env_path_for, render
 from resnet_triton.serving.server import Ports, TritonServer
 
-BATCHING = {"preferred_batch_sizes": (8, 16, 32)}
+# Candidates spell out every field a default was chosen for, so that they measure
+# the same thing after the defaults move (perf/README.md has the figures).
+PREFERRED = {"preferred_batch_sizes": (8, 16, 32), "classifier_nice": 0}
+NO_DELAYS = {"preprocess_queue_delay_us": 0, "classifier_queue_delay_us": 0}
+NONE = {"preferred_batch_sizes": (), **NO_DELAYS, "classifier_nice": 0}  # none of them
+NICE = {**NONE, "classifier_nice": 10}
 CANDIDATES = {
     "2 ms delays (before)": {
-        **BATCHING, "preprocess_queue_delay_us": 2000, "classifier_queue_delay_us": 2000,
+        **PREFERRED, "preprocess_queue_delay_us": 2000, "classifier_queue_delay_us": 2000,
     },
-    "no delays": {**BATCHING, "preprocess_queue_delay_us": 0, "classifier_queue_delay_us": 0},
-    "classifier 2 ms only": {
-        **BATCHING, "preprocess_queue_delay_us": 0, "classifier_queue_delay_us": 2000,
-    },
-    "no delays, no preferred sizes": {
-        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
-        "classifier_queue_delay_us": 0,
-    },
-    "no delays, 2 preprocess instances": {
-        **BATCHING, "preprocess_queue_delay_us": 0, "classifier_queue_delay_us": 0,
-        "preprocess_instances": 2,
-    },
-    "no delays, ONNX Runtime 1 thread": {
-        **BATCHING, "preprocess_queue_delay_us": 0, "classifier_queue_delay_us": 0,
-        "intra_op_threads": 1,
-    },
-    "none of them, 2 preprocess instances": {
-        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
-        "classifier_queue_delay_us": 0, "preprocess_instances": 2,
-    },
+    "no delays": {**PREFERRED, **NO_DELAYS},
+    "classifier 2 ms only": {**PREFERRED, **NO_DELAYS, "classifier_queue_delay_us": 2000},
+    "no delays, no preferred sizes": NONE,
+    "no delays, 2 preprocess instances": {**PREFERRED, **NO_DELAYS, "preprocess_instances": 2},
+    "no delays, ONNX Runtime 1 thread": {**PREFERRED, **NO_DELAYS, "intra_op_threads": 1},
+    "none of them, 2 preprocess instances": {**NONE, "preprocess_instances": 2},
     "none of them, 2 preprocess instances, ONNX Runtime 1 thread": {
-        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
-        "classifier_queue_delay_us": 0, "preprocess_instances": 2, "intra_op_threads": 1,
+        **NONE, "preprocess_instances": 2, "intra_op_threads": 1,
     },
-    "none of them, idle ONNX Runtime threads spin": {
-        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
-        "classifier_queue_delay_us": 0, "allow_spinning": True,
-    },
-    "none of them, classifier at nice 10": {
-        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
-        "classifier_queue_delay_us": 0, "classifier_nice": 10,
-    },
-    "none of them, classifier at nice 19": {
-        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
-        "classifier_queue_delay_us": 0, "classifier_nice": 19,
-    },
+    "none of them, idle ONNX Runtime threads spin": {**NONE, "allow_spinning": True},
+    "none of them, classifier at nice 10": NICE,
+    "none of them, classifier at nice 19": {**NONE, "classifier_nice": 19},
     "none of them, classifier at nice 10, 2 preprocess instances": {
-        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
-        "classifier_queue_delay_us": 0, "classifier_nice": 10, "preprocess_instances": 2,
+        **NICE, "preprocess_instances": 2,
     },
     "none of them, classifier at nice 10, 2 classifier instances of 1 thread": {
-        "preferred_batch_sizes": (), "preprocess_queue_delay_us": 0,
-        "classifier_queue_delay_us": 0, "classifier_nice": 10, "classifier_instances": 2,
-        "intra_op_threads": 1,
+        **NICE, "classifier_instances": 2, "intra_op_threads": 1,
     },
 }  # fmt: skip
 
