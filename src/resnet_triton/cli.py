@@ -11,7 +11,7 @@ from resnet_triton.errors import UserError
 COMMANDS = {
     "train": ("resnet_triton.training", "fine-tune a ResNet on an ImageFolder dataset"),
     "build": ("resnet_triton.build.command", "export ONNX, gate it, publish to the repository"),
-    "render": ("resnet_triton.serving.repository", "write the repository configs from a spec"),
+    "render": ("resnet_triton.serving.render", "write the repository configs from a spec"),
     "serve": ("resnet_triton.serving.serve", "run the local Triton server on the repository"),
     "classify": ("resnet_triton.client.classify", "classify image files through the ensemble"),
     "pipeline": (

@@ -11,8 +11,10 @@ from resnet_triton.client import Classifier
 from resnet_triton.client.protocol import (
     ClientError,
     ModelInfo,
+    _Protocol,
     _retryable,
     encode_image,
+    encoded_batch,
     parse_classification,
 )
 
@@ -68,3 +70,21 @@ def test_retries_back_off_then_give_up(monkeypatch):
     with pytest.raises(ClientError, match="busy"):
         classifier._infer([b"x"], 1)
     assert len(calls) == 3 and sleeps == [0.01, 0.02]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_uint8_image_input_gets_zero_padded_rows(protocol):
+    """A DALI ensemble (serving.preprocessing: dali) takes UINT8 [-1], not BYTES."""
+    module = __import__(f"tritonclient.{protocol}", fromlist=["x"])
+    client = _Protocol(None, protocol, "m", 1.0, 0, 0.1, 1)
+    info = ModelInfo("m", "IMAGE", "SCORES", 32, "UINT8")
+    infer_input, _ = client.request(module, info, [b"\xff\xd8abc", b"\x89P"], top_k=1)
+    assert (infer_input.datatype(), infer_input.shape()) == ("UINT8", [2, 5])
+    rows = encoded_batch([b"\xff\xd8abc", b"\x89P"], "UINT8")
+    assert rows.tolist() == [[0xFF, 0xD8, 97, 98, 99], [0x89, 80, 0, 0, 0]]
+    bytes_input, _ = client.request(module, ModelInfo("m", "IMAGE", "SCORES", 32), [b"ab"], 1)
+    assert (bytes_input.datatype(), bytes_input.shape()) == ("BYTES", [1, 1])
+    with pytest.raises(
+        ClientError, match="the model's image input is FP32; expected BYTES or UINT8"
+    ):
+        encoded_batch([b"ab"], "FP32")

@@ -61,6 +61,9 @@ class ModelInfo:
     input_name: str
     output_name: str
     max_batch_size: int
+    # BYTES: one encoded image per element (the Python preprocess model); UINT8: the
+    # encoded bytes as a row of uint8, zero-padded to the longest (the DALI model).
+    input_datatype: str = "BYTES"
 
 
 @dataclass
@@ -99,6 +102,19 @@ def encode_image(image: ImageLike) -> tuple[str, bytes]:
         return f"<PIL {image.mode} {image.width}x{image.height}>", buffer.getvalue()
     raise ClientError(f"cannot classify a {type(image).__name__}; give bytes, a path, a PIL "
                       "image or a uint8 array")  # fmt: skip
+
+
+def encoded_batch(payloads: list[bytes], datatype: str) -> np.ndarray:
+    """The images of one request as the model's input wants them: (n, 1) BYTES, or
+    (n, longest) UINT8 with each image's bytes zero-padded at the end."""
+    if datatype == "BYTES":
+        return np.array([[p] for p in payloads], dtype=np.object_)
+    if datatype != "UINT8":
+        raise ClientError(f"the model's image input is {datatype}; expected BYTES or UINT8")
+    batch = np.zeros((len(payloads), max(len(p) for p in payloads)), dtype=np.uint8)
+    for row, payload in zip(batch, payloads, strict=True):
+        row[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
+    return batch
 
 
 def _retryable(exc: Exception) -> bool:
@@ -180,12 +196,14 @@ class _Protocol:
                 metadata.inputs[0].name,
                 metadata.outputs[0].name,
                 config.config.max_batch_size,
+                metadata.inputs[0].datatype,
             )
         return ModelInfo(
             self.model,
             metadata["inputs"][0]["name"],
             metadata["outputs"][0]["name"],
             config["max_batch_size"],
+            metadata["inputs"][0]["datatype"],
         )
 
     def unknown_model(self, exc: Exception) -> ClientError:
@@ -195,8 +213,8 @@ class _Protocol:
         return ClientError(f"cannot reach Triton at {self.url} ({self.protocol}): {message}")
 
     def request(self, module, info: ModelInfo, payloads: list[bytes], top_k: int):
-        batch = np.array([[p] for p in payloads], dtype=np.object_)  # (n, 1) BYTES
-        infer_input = module.InferInput(info.input_name, list(batch.shape), "BYTES")
+        batch = encoded_batch(payloads, info.input_datatype)
+        infer_input = module.InferInput(info.input_name, list(batch.shape), info.input_datatype)
         if self.grpc:
             infer_input.set_data_from_numpy(batch)
             output = module.InferRequestedOutput(info.output_name, class_count=top_k)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from resnet_triton.spec import ModelSpec, SpecError, fields_of, read_yaml
 
+PREPROCESSING = ("python", "dali")
+
 
 @dataclass(frozen=True)
 class ServingConfig:
@@ -39,6 +41,12 @@ class ServingConfig:
     # classifier runs fuller batches in what is left. 10 won on 2 CPUs at every
     # concurrency for INT8 and from c2 on for FP32 (perf/README.md).
     classifier_nice: int = 10
+    # Where images are decoded and resized: "python" (the Python backend, every host)
+    # or "dali" (Triton's DALI backend, in the NGC image: nvJPEG and the GPU on the GPU
+    # target, DALI's CPU operators on the CPU target; serving/dali.py says what differs).
+    preprocessing: str = "python"
+    # DALI's worker threads per preprocess instance (preprocessing: dali).
+    dali_threads: int = 4
     # Warm every model up at load (a real photo, zero tensors), so that the first
     # requests do not pay for lazy initialization and a broken model fails at start.
     warmup: bool = True
@@ -57,6 +65,7 @@ class ServingConfig:
             "preprocess_queue_delay_us": (0, None), "classifier_queue_delay_us": (0, None),
             "preprocess_instances": (1, None), "classifier_instances": (1, None),
             "intra_op_threads": (0, None), "versions": (1, None), "classifier_nice": (0, 19),
+            "dali_threads": (1, None),
         }  # fmt: skip
         for name, (least, most) in ranges.items():
             value = getattr(self, name)
@@ -66,6 +75,17 @@ class ServingConfig:
             ):  # fmt: skip
                 wanted = f">= {least}" if most is None else f"in {least}..{most}"
                 raise SpecError(f"serving.{name} must be an integer {wanted}, got {value!r}")
+        if self.preprocessing not in PREPROCESSING:
+            raise SpecError(
+                f"serving.preprocessing must be one of {', '.join(PREPROCESSING)}, "
+                f"got {self.preprocessing!r}"
+            )
+        interpolation = spec.preprocessing.interpolation
+        if self.preprocessing == "dali" and interpolation != "bilinear":
+            raise SpecError(
+                f"serving.preprocessing: dali resizes as Pillow does for bilinear only; this "
+                f"model's preprocessing.interpolation is {interpolation!r} (serving/dali.py)"
+            )
         for name in ("allow_spinning", "warmup"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(

@@ -4,6 +4,8 @@ Layout (names from `spec.names`):
 
     <repo>/preprocess/config.pbtxt       Python backend: bytes -> pixels
     <repo>/preprocess/1/model.py         glue: imports resnet_triton.serving.triton_models
+                                         (serving.preprocessing dali: DALI backend,
+                                         1/model.dali; serving/dali.py)
     <repo>/classifier/config.pbtxt       CPU target: Python backend running ONNX Runtime;
                                          GPU target: tensorrt_plan, cc_model_filenames
                                          (a hardware-compatible plan: default_model_filename)
@@ -34,7 +36,6 @@ traffic that repeats.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import struct
@@ -47,6 +48,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet_triton.build.manifest import write_manifest
+from resnet_triton.serving import dali
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.plans import Plans, published_plans
 from resnet_triton.spec import ModelSpec
@@ -157,6 +159,25 @@ def preprocess_config(
     return config
 
 
+def dali_preprocess_config(
+    spec: ModelSpec, target: str, serving: ServingConfig = DEFAULTS
+) -> mc.ModelConfig:
+    """Encoded bytes (UINT8 [-1]) -> pixels in DALI; no dynamic batcher (serving/dali.py)."""
+    kind = mc.ModelInstanceGroup.KIND_GPU if target == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+    config = _model(spec, serving, spec.names.preprocess, kind, serving.preprocess_instances, 0)
+    config.ClearField("dynamic_batching")
+    config.backend = "dali"
+    config.input.append(mc.ModelInput(name=spec.names.image, data_type=mc.TYPE_UINT8, dims=[-1]))
+    config.output.append(_pixels(spec, mc.ModelOutput))
+    size = len(warmup_image())
+    image = mc.ModelWarmup.Input(data_type=mc.TYPE_UINT8, dims=[size], input_data_file=WARMUP_FILE)
+    if serving.warmup:
+        config.model_warmup.append(
+            mc.ModelWarmup(name="real photo", batch_size=1, inputs={spec.names.image: image})
+        )
+    return config
+
+
 def classifier_config(
     spec: ModelSpec, env_path: str, serving: ServingConfig = DEFAULTS
 ) -> mc.ModelConfig:
@@ -200,8 +221,13 @@ def tensorrt_classifier_config(
     return config
 
 
-def ensemble_config(spec: ModelSpec) -> mc.ModelConfig:
+def ensemble_config(spec: ModelSpec, serving: ServingConfig = DEFAULTS) -> mc.ModelConfig:
     names = spec.names
+    encoded = (
+        mc.ModelInput(name=names.image, data_type=mc.TYPE_UINT8, dims=[-1])
+        if serving.preprocessing == "dali"
+        else mc.ModelInput(name=names.image, data_type=mc.TYPE_STRING, dims=[1])
+    )
     steps = [
         mc.ModelEnsembling.Step(
             model_name=names.preprocess,
@@ -220,7 +246,7 @@ def ensemble_config(spec: ModelSpec) -> mc.ModelConfig:
         name=names.ensemble,
         platform="ensemble",
         max_batch_size=spec.max_batch_size,
-        input=[mc.ModelInput(name=names.image, data_type=mc.TYPE_STRING, dims=[1])],
+        input=[encoded],
         output=[
             mc.ModelOutput(
                 name=names.scores,
@@ -255,7 +281,7 @@ def rendered_files(
         f"{names.preprocess}/config.pbtxt": pbtxt(preprocess_config(spec, env_path, serving)),
         f"{names.preprocess}/1/model.py": MODEL_PY.format(cls="PreprocessModel"),
         f"{names.preprocess}/warmup/{WARMUP_FILE}": serialized_bytes(warmup_image()),
-        f"{names.ensemble}/config.pbtxt": pbtxt(ensemble_config(spec)),
+        f"{names.ensemble}/config.pbtxt": pbtxt(ensemble_config(spec, serving)),
         f"{names.ensemble}/{LABELS_FILE}": "".join(f"{label}\n" for label in spec.labels),
         f"{names.ensemble}/1/.gitkeep": "",
     }
@@ -268,6 +294,15 @@ def rendered_files(
             classifier_config(spec, env_path, serving)
         )
         files[f"{names.classifier}/1/model.py"] = MODEL_PY.format(cls="OnnxClassifierModel")
+    if serving.preprocessing == "dali":
+        del files[f"{names.preprocess}/1/model.py"]
+        files[f"{names.preprocess}/config.pbtxt"] = pbtxt(
+            dali_preprocess_config(spec, target, serving)
+        )
+        files[f"{names.preprocess}/1/{dali.MODEL_FILE}"] = dali.serialized(
+            spec, target, serving.dali_threads
+        )
+        files[f"{names.preprocess}/warmup/{WARMUP_FILE}"] = warmup_image()  # raw bytes: UINT8
     return dict(sorted(files.items()))
 
 
@@ -279,9 +314,18 @@ def render(
     plans: Plans | None = None,
     serving: ServingConfig = DEFAULTS,
 ) -> list[Path]:
-    """Write the generated files into `repo`; returns their paths."""
+    """Write the generated files into `repo`; returns their paths.
+
+    The other preprocessing option's model file is removed, so that a repository
+    switched between python and dali holds only what its config loads.
+    """
+    files = rendered_files(spec, env_path, target, plans, serving)
+    for option in ("model.py", dali.MODEL_FILE):
+        relative = f"{spec.names.preprocess}/1/{option}"
+        if relative not in files:
+            (repo / relative).unlink(missing_ok=True)
     written = []
-    for relative, content in rendered_files(spec, env_path, target, plans, serving).items():
+    for relative, content in files.items():
         path = repo / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, bytes):
@@ -326,50 +370,3 @@ def publish(
 def read_config(path: Path) -> mc.ModelConfig:
     """Parse a config.pbtxt back into its protobuf message."""
     return text_format.Parse(path.read_text(), mc.ModelConfig())
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="resnet-triton render",
-        description="Write the config.pbtxt files, model.py glue and labels of the model "
-        "repository from a model spec (no model file is copied: `build` does that after "
-        "the accuracy gate).",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="take the spec from this checkpoint")
-    source.add_argument("--demo", action="store_true", help="the digits demo's spec")
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument(
-        "--env-path", help="EXECUTION_ENV_PATH for the Python-backend models (default: this venv)"
-    )
-    parser.add_argument(
-        "--serving",
-        type=Path,
-        help="serving configuration (YAML, fields of serving/config.py; default: its defaults)",
-    )
-    parser.add_argument(
-        "--target",
-        choices=("cpu", "gpu"),
-        default="cpu",
-        help="cpu: ONNX Runtime classifier; gpu: TensorRT plans published in the repository",
-    )
-    return parser
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.demo:
-        from resnet_triton.digits import demo_spec
-
-        spec = demo_spec()
-    else:
-        from resnet_triton.resnet import load_checkpoint
-
-        spec = load_checkpoint(args.checkpoint)[0]
-    env_path = args.env_path or env_path_for(args.repository)
-    plans = None
-    if args.target == "gpu":
-        plans = published_plans(args.repository / spec.names.classifier / "1")
-    serving = ServingConfig.load(args.serving) if args.serving else DEFAULTS
-    for path in render(spec, args.repository, env_path, args.target, plans, serving):
-        print(path)
-    return 0

@@ -215,6 +215,14 @@ class TritonServer:
             raise ServerError(f"model repository {self.repository} does not exist")
         if self.binary is not None and not os.access(self.binary, os.X_OK):
             raise ServerError(f"--tritonserver {self.binary} is not an executable file")
+        dali_models = sorted(self.repository.glob("*/*/model.dali"))
+        if self.binary is None and dali_models:
+            raise ServerError(
+                f"{dali_models[0]} needs Triton's DALI backend, which the nvidia-pytriton "
+                "wheel's tritonserver does not have: serve it from the NGC image "
+                "(docker-compose.gpu.yml, or --tritonserver with its binary), or render the "
+                "repository with serving.preprocessing: python"
+            )
         taken = self.ports.taken(self.address)
         if taken:
             raise ServerError(
