@@ -34,8 +34,10 @@ COPY src /opt/resnet-triton/src
 # system site-packages. Export and the gates' PyTorch reference run on the CPU, so
 # PyTorch comes from its CPU index: PyPI's CUDA build needs a newer driver than the
 # NGC images run on, and is gigabytes larger.
+# The dali extra: `build` serializes the DALI preprocess model when a target's serving
+# configuration asks for it (serving.preprocessing: dali).
 RUN sh /tmp/ngc-venv.sh /workspace/.venv \
-        --extra-index-url https://download.pytorch.org/whl/cpu /opt/resnet-triton \
+        --extra-index-url https://download.pytorch.org/whl/cpu "/opt/resnet-triton[dali]" \
     && rm -rf /opt/resnet-triton /tmp/ngc-venv.sh
 ENV PATH=/workspace/.venv/bin:$PATH
 WORKDIR /workspace
