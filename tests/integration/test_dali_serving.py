@@ -18,6 +18,7 @@ from resnet_triton.build import engine
 from resnet_triton.client import Classifier
 from resnet_triton.data import image_folder
 from resnet_triton.serving.config import ServingConfig
+from resnet_triton.serving.probe import probe
 from resnet_triton.serving.server import Ports, TritonServer
 
 NGC_TRITONSERVER = os.environ.get("NGC_TRITONSERVER")
@@ -52,6 +53,7 @@ def test_the_dali_ensemble_answers_as_the_python_one(checkpoint, digits, triton,
         with Classifier(f"{server.host}:{server.ports.grpc}") as dali_client:
             assert dali_client.info.input_datatype == "UINT8"
             answers = dali_client.classify(images)
+        assert probe(f"{server.host}:{server.ports.http}", NAMES.ensemble)  # liveness: UINT8
     finally:
         server.stop()
     with Classifier(f"{triton.host}:{triton.ports.grpc}") as python_client:

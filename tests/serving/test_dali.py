@@ -10,6 +10,9 @@ Tolerances, in 8-bit levels (the DALI graph decodes at full size, as torchvision
 """
 
 import dataclasses
+import http.server
+import json
+import threading
 
 import numpy as np
 import pytest
@@ -24,6 +27,7 @@ from resnet_triton.digits import demo_spec
 from resnet_triton.preprocess import pixels_from_bytes
 from resnet_triton.serving import dali
 from resnet_triton.serving.config import ServingConfig
+from resnet_triton.serving.probe import probe
 from resnet_triton.serving.repository import read_config, render, rendered_files, warmup_image
 from resnet_triton.serving.server import ServerError, TritonServer
 from resnet_triton.spec import Preprocessing, SpecError
@@ -159,3 +163,42 @@ def test_the_gpu_target_decodes_as_the_cpu_target():
     (pixels,) = gpu.run()
     on_gpu = pixels.as_cpu().as_array()
     assert np.abs(on_gpu.astype(int) - pipeline(cfg)(photos)).max() <= 1
+
+
+def test_the_probe_sends_a_dali_ensemble_uint8(tmp_path):
+    """The liveness probe reads the input's datatype; NVIDIA's tritonserver (which has the
+    DALI backend) cannot run here, so a stand-in answers Triton's two HTTP calls."""
+    seen = {}
+
+    class Triton(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # model metadata
+            self.answer({"inputs": [{"name": "IMAGE", "datatype": "UINT8", "shape": [-1, -1]}]})
+
+        def do_POST(self):  # infer: JSON header, then the binary input
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            size = int(self.headers["Inference-Header-Content-Length"])
+            seen["header"], seen["data"] = json.loads(body[:size]), body[size:]
+            self.answer({"outputs": [{"name": "SCORES", "data": ["0.9:3:3"]}]})
+
+        def answer(self, document):
+            data = json.dumps(document).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Triton)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        answer = probe(f"127.0.0.1:{server.server_port}", "resnet_ensemble")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer == "0.9:3:3"
+    (image,) = seen["header"]["inputs"]
+    assert (image["datatype"], image["shape"]) == ("UINT8", [1, len(warmup_image())])
+    assert seen["data"] == warmup_image()  # the raw JPEG, no length prefix

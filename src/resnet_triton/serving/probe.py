@@ -24,18 +24,33 @@ from importlib import resources
 from resnet_triton.spec import Names
 
 
+def _call(request: urllib.request.Request | str, model: str, url: str, timeout_s: float):
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{model} answered HTTP {exc.code}: {exc.read()[:200]!r}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise RuntimeError(f"no answer from {url}: {exc}") from None
+
+
 def probe(url: str, model: str, timeout_s: float = 10.0) -> str:
     """The top-1 "score:index:label" for the warmup photo; raises RuntimeError otherwise."""
     image = resources.files("resnet_triton").joinpath("assets/warmup.jpg").read_bytes()
-    element = struct.pack("<I", len(image)) + image  # a serialized TYPE_STRING element
+    # The image input's datatype: BYTES (the Python preprocess model) or UINT8 (DALI).
+    metadata = _call(f"http://{url}/v2/models/{model}", model, url, timeout_s)
+    if metadata["inputs"][0]["datatype"] == "UINT8":
+        element, shape, datatype = image, [1, len(image)], "UINT8"
+    else:  # a serialized BYTES element: 4-byte length, then the bytes
+        element, shape, datatype = struct.pack("<I", len(image)) + image, [1, 1], "BYTES"
     names = Names()
     header = json.dumps(
         {
             "inputs": [
                 {
                     "name": names.image,
-                    "shape": [1, 1],
-                    "datatype": "BYTES",
+                    "shape": shape,
+                    "datatype": datatype,
                     "parameters": {"binary_data_size": len(element)},
                 }
             ],
@@ -51,14 +66,7 @@ def probe(url: str, model: str, timeout_s: float = 10.0) -> str:
         },
         method="POST",
     )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            body = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"{model} answered HTTP {exc.code}: {exc.read()[:200]!r}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise RuntimeError(f"no answer from {url}: {exc}") from None
-    return body["outputs"][0]["data"][0]
+    return _call(request, model, url, timeout_s)["outputs"][0]["data"][0]
 
 
 def main(argv: list[str] | None = None) -> int:
