@@ -21,6 +21,9 @@ RUN sh /tmp/ngc-venv.sh /workspace/.venv -r /tmp/requirements-serving.txt \
     && /workspace/.venv/bin/python -m pip install --no-cache-dir --no-deps --no-build-isolation \
         /opt/resnet-triton \
     && rm -rf /opt/resnet-triton /tmp/ngc-venv.sh /tmp/requirements-serving.txt
+# KServe mounts the model repository at /mnt/models, where EXECUTION_ENV_PATH names
+# /mnt/.venv (deploy/kserve/).
+RUN ln -s /workspace/.venv /mnt/.venv
 ENV PATH=/workspace/.venv/bin:$PATH
 WORKDIR /workspace
 # The image's unprivileged user (triton-server, uid 1000).

@@ -32,6 +32,9 @@ RUN /workspace/.venv/bin/pip install -q --no-cache-dir --no-deps --no-build-isol
     && /workspace/.venv/bin/python -c "from resnet_triton.serving.server import backend_directory as b; b()"
 COPY docker/nginx.conf /etc/resnet-triton/nginx.conf
 COPY docker/serve-cpu.sh /usr/local/bin/serve-cpu
+# KServe mounts the model repository at /mnt/models: the models' EXECUTION_ENV_PATH
+# ($$TRITON_MODEL_DIRECTORY/../../.venv) then names /mnt/.venv (deploy/kserve/).
+RUN ln -s /workspace/.venv /mnt/.venv
 ENV PATH=/workspace/.venv/bin:$PATH
 WORKDIR /workspace
 USER 1000

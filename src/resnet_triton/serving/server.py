@@ -58,6 +58,9 @@ def policy_flags(admin_key: str) -> list[str]:
         f"--http-restricted-api={restricted}",
         f"--grpc-restricted-protocol={restricted}",
         "--allow-metrics=true",
+        # Per-model latency quantiles (nv_inference_request_summary_us, p50/p90/p99 over
+        # the last minute or so) for the dashboard in deploy/grafana/.
+        "--metrics-config=summary_latencies=true",
     ]
 
 

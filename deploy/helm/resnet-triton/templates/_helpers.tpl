@@ -1,0 +1,25 @@
+{{- define "resnet-triton.name" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "resnet-triton.selector" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "resnet-triton.labels" -}}
+{{ include "resnet-triton.selector" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* The copier's command for the store's scheme: <storeUri>/<target> into the emptyDir. */}}
+{{- define "resnet-triton.syncCommand" -}}
+{{- $source := printf "%s/%s" (trimSuffix "/" .Values.modelRepository.storeUri) .Values.target -}}
+{{- if hasPrefix "s3://" .Values.modelRepository.storeUri -}}
+[aws, s3, sync, --only-show-errors, {{ $source | quote }}, /workspace/model_repository]
+{{- else -}}
+[gsutil, -m, rsync, -r, {{ $source | quote }}, /workspace/model_repository]
+{{- end -}}
+{{- end -}}

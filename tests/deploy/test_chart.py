@@ -1,0 +1,154 @@
+"""The Helm chart, the KServe manifests, the adapter rule and the dashboard: rendered by
+Helm's own library and validated offline against Kubernetes' and the CRDs' schemas."""
+
+import json
+import re
+
+import helm_python
+import pytest
+import yaml
+from manifests import CHART, DEPLOY, REQUIRED, gpu_values, render, unknown_fields, validate
+
+ADAPTER = yaml.safe_load((DEPLOY / "prometheus-adapter" / "values.yaml").read_text())
+DASHBOARD = json.loads((DEPLOY / "grafana" / "resnet-triton.json").read_text())
+
+
+def by_kind(objects: list[dict]) -> dict[str, dict]:
+    kinds = {obj["kind"]: obj for obj in objects}
+    assert len(kinds) == len(objects), "one object of each kind"
+    return kinds
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_cpu_and_gpu_values_render_and_validate(target):
+    values = REQUIRED if target == "cpu" else {
+        **gpu_values(), "adminKey": {"secretName": "admin"},
+        "modelRepository": {"source": "pvc", "pvc": {"claimName": "models"}},
+    }  # fmt: skip
+    objects = render(values)
+    for obj in objects:
+        validate(obj)
+    kinds = by_kind(objects)
+    assert set(kinds) == {
+        "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+        "ServiceMonitor", "NetworkPolicy",
+    }  # fmt: skip
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    assert server["env"][0]["valueFrom"]["secretKeyRef"]["name"] == values["adminKey"]["secretName"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert server["securityContext"]["allowPrivilegeEscalation"] is False
+    assert server["readinessProbe"]["exec"]["command"][1:3] == ["-m", "resnet_triton.serving.probe"]
+    mounts = {m["mountPath"]: m for m in server["volumeMounts"]}
+    assert mounts["/workspace/model_repository"]["readOnly"] is True
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    if target == "cpu":
+        assert "command" not in server  # the CPU image's entrypoint: nginx and serve
+        assert "nvidia.com/gpu" not in server["resources"]["limits"]
+        (sync,) = pod["initContainers"]
+        assert sync["command"][:3] == ["aws", "s3", "sync"]
+        assert sync["command"][-2:] == ["s3://models/store/cpu", "/workspace/model_repository"]
+        assert server["securityContext"]["readOnlyRootFilesystem"] is True
+    else:
+        assert server["command"][:3] == [
+            "resnet-triton", "serve", "--tritonserver=/opt/tritonserver/bin/tritonserver"
+        ]  # fmt: skip
+        assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert "initContainers" not in pod
+        claim = next(v for v in pod["volumes"] if v["name"] == "model-repository")
+        assert claim["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+    hpa = kinds["HorizontalPodAutoscaler"]["spec"]
+    (metric,) = hpa["metrics"]
+    assert metric["pods"]["metric"]["name"] == ADAPTER["rules"]["custom"][0]["name"]["as"]
+    assert metric["pods"]["target"]["averageValue"] == ("20000" if target == "cpu" else "5000")
+    assert "replicas" not in kinds["Deployment"]["spec"]  # the autoscaler owns the count
+
+
+def test_the_gcs_store_and_fixed_replicas():
+    objects = by_kind(render({**REQUIRED, "modelRepository": {"storeUri": "gs://b/store/"},
+                              "autoscaling": {"enabled": False}, "replicas": 3}))  # fmt: skip
+    assert "HorizontalPodAutoscaler" not in objects
+    deployment = objects["Deployment"]["spec"]
+    assert deployment["replicas"] == 3
+    (sync,) = deployment["template"]["spec"]["initContainers"]
+    assert sync["command"] == ["gsutil", "-m", "rsync", "-r", "gs://b/store/cpu",
+                               "/workspace/model_repository"]  # fmt: skip
+    assert sync["image"].startswith("gcr.io/google.com/cloudsdktool/")
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"modelRepository": REQUIRED["modelRepository"]}, "at '/adminKey/secretName': minLength"),
+        ({**REQUIRED, "replicas": 0}, "at '/replicas': minimum: got 0, want 1"),
+        ({**REQUIRED, "target": "tpu"}, "at '/target': value must be one of 'cpu', 'gpu'"),
+        ({**REQUIRED, "modelRepository": {"storeUri": "http://models/store"}},
+         "at '/modelRepository/storeUri': 'http://models/store' does not match pattern"),
+        ({**REQUIRED, "modelRepository": {"source": "pvc"}},
+         "at '/modelRepository/pvc/claimName': minLength"),
+        ({**REQUIRED, "autoscaling": {"minReplicas": 0}}, "at '/autoscaling/minReplicas': minimum"),
+        ({**REQUIRED, "replica": 2}, "additional properties 'replica' not allowed"),
+    ],
+)  # fmt: skip
+def test_bad_values_fail_with_the_value_named(values, message):
+    with pytest.raises(helm_python.HelmValuesError) as error:
+        render(values)
+    assert message in str(error.value)
+
+
+def test_the_chart_lints():
+    report = helm_python.lint(str(CHART), REQUIRED, strict=True, kube_version="v1.30.0")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []  # warnings, errors
+    # values.yaml alone is not installable on purpose: the admin key Secret and the store.
+    bare = helm_python.lint(str(CHART), kube_version="v1.30.0")
+    assert "at '/adminKey/secretName': minLength" in bare["errors"][0]
+
+
+def test_kserve_manifests_validate_and_agree():
+    runtime = yaml.safe_load((DEPLOY / "kserve" / "servingruntime.yaml").read_text())
+    service = yaml.safe_load((DEPLOY / "kserve" / "inferenceservice.yaml").read_text())
+    validate(runtime)
+    validate(service)
+    model = service["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"] in [
+        {"name": f["name"], "version": f["version"]}
+        for f in runtime["spec"]["supportedModelFormats"]
+    ]
+    assert model["storageUri"].endswith("/cpu")  # a target's repository in the model store
+    (container,) = runtime["spec"]["containers"]
+    assert {"name": "MODEL_REPOSITORY", "value": "/mnt/models"} in container["env"]
+
+
+def test_unknown_fields_in_custom_resources_are_caught():
+    service = yaml.safe_load((DEPLOY / "kserve" / "inferenceservice.yaml").read_text())
+    service["spec"]["predictor"]["model"]["storageURI"] = "s3://typo"
+    with pytest.raises(Exception, match=r"unknown fields \['.spec.predictor.model.storageURI'\]"):
+        validate(service)
+    assert unknown_fields({"a": {"b": 1}}, {"properties": {"a": {"properties": {}}}}) == [".a.b"]
+
+
+def adapter_query(group_by: str, matchers: str) -> str:
+    query = ADAPTER["rules"]["custom"][0]["metricsQuery"]
+    return query.replace("<<.GroupBy>>", group_by).replace("<<.LabelMatchers>>", matchers)
+
+
+def test_the_dashboard_shows_the_autoscaling_metric_and_every_model_panel():
+    exprs = {p["title"]: [t["expr"] for t in p["targets"]] for p in DASHBOARD["panels"]}
+    (autoscaling,) = exprs["Autoscaling metric: queue µs per ensemble request, by pod"]
+    assert " ".join(autoscaling.split()) == " ".join(
+        adapter_query("pod", 'namespace="$namespace"').split()
+    )
+    names = {name for e in sum(exprs.values(), []) for name in re.findall(r"\bnv_\w+", e)}
+    assert {
+        "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
+        "nv_inference_exec_count", "nv_inference_queue_duration_us",
+        "nv_inference_request_summary_us",
+    } <= names  # fmt: skip
+    assert [v["name"] for v in DASHBOARD["templating"]["list"]] == [
+        "datasource",
+        "namespace",
+        "model",
+    ]
