@@ -33,7 +33,7 @@ OS_PACKAGES := libb64-0d wrk prometheus
 export DOCKER_CONFIG := $(CURDIR)/.docker
 COMPOSE_BINARY = $(shell $(BIN)/python -c "import compose, pathlib; print(pathlib.Path(compose.__file__).parent / 'docker-compose')")
 
-.PHONY: setup demo build pipeline test lint serve docker docker-tools docker-stop base-image bench bench-sweep bench-train bench-precision bench-batching bench-dali clean
+.PHONY: setup demo build pipeline test lint serve docker docker-tools docker-stop base-image bench bench-sweep bench-train bench-precision bench-batching bench-dali soak clean
 
 setup: $(STAMP)
 
@@ -130,6 +130,11 @@ bench-batching: setup
 
 bench-dali: setup
 	$(BIN)/python perf/dali_preprocessing.py
+
+# Minutes of saturating traffic with bad images mixed in (needs make demo): answers,
+# errors by kind, memory growth of tritonserver and each stub (deploy/README.md).
+soak: setup
+	$(BIN)/python perf/soak.py
 
 clean:
 	rm -rf artifacts model_repository/*/1/model.onnx

@@ -190,10 +190,13 @@ def compose_leftovers() -> list[tuple[str, str]]:
 
 class ComposeProject:
     """`docker compose` in the repository root, as a user types it (docker-compose.yml
-    and the machine's override), under a project name of its own, on free ports."""
+    and the machine's override, or `files`), under a project name of its own, on free
+    ports."""
 
-    def __init__(self, repository: Path, admin_key: str | None = ADMIN_KEY, ports=None):
+    def __init__(self, repository: Path, admin_key: str | None = ADMIN_KEY, ports=None,
+                 files: tuple[str, ...] = ()):  # fmt: skip
         self.name = f"resnet-triton-test-{uuid.uuid4().hex[:8]}"
+        self.files = [f"--file={ROOT / f}" for f in files]
         self.ports = ports or Ports.free()
         self.env = {
             **{k: v for k, v in os.environ.items() if k != "TRITON_ADMIN_KEY"},
@@ -206,7 +209,7 @@ class ComposeProject:
             self.env["TRITON_ADMIN_KEY"] = admin_key
 
     def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return run(["docker", "compose", f"--project-name={self.name}", *args],
+        return run(["docker", "compose", f"--project-name={self.name}", *self.files, *args],
                    env=self.env, timeout=timeout)  # fmt: skip
 
     def up(self) -> subprocess.CompletedProcess:

@@ -1,0 +1,153 @@
+"""`make soak`: minutes of saturating traffic, bad images mixed in, against the real
+server; every request accounted for, and the memory of tritonserver and each
+Python-backend stub from the end of warm-up to the end.
+
+Clients (threads of the project's client, gRPC, no retries: each request is sent and
+counted once) send the package's real photos one per request; every tenth request is
+a bad image (empty, not an image, a truncated JPEG, a 1x1 PNG whose header claims
+60000x60000 pixels). Expected: every photo answered, every bad image refused with its
+named error. Anything else is an unexpected error. Targets (deploy/README.md): 0
+unexpected errors, under 5% RSS growth per process after warm-up.
+
+Prints a table and saves artifacts/bench/soak.json. Needs a published repository
+(`make demo`, or --repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import struct
+import threading
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+
+from resnet_triton.client import Classifier, ClientError
+from resnet_triton.data import package_photos
+from resnet_triton.serving.serve import python_stubs
+from resnet_triton.serving.server import Ports, TritonServer, ensemble_names
+
+
+def huge_png() -> bytes:
+    """A valid PNG header claiming 60000x60000 pixels (a decompression bomb's shape)."""
+    header = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + header
+    return (
+        b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    )
+
+
+def bad_images(photo: bytes) -> dict[str, bytes]:
+    return {
+        "empty": b"",
+        "not an image": b"GIF? no: plain text, " * 20,
+        "truncated JPEG": photo[: len(photo) // 3],
+        "pixel bomb": huge_png(),
+    }
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def memory(server: TritonServer) -> dict[str, int]:
+    """RSS in KiB: tritonserver and each stub, by model."""
+    pid = server.process.pid
+    return {"tritonserver": rss_kib(pid)} | {
+        f"stub {model}": rss_kib(stub) for stub, model in python_stubs(pid).items()
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--warmup-s", type=float, default=30.0)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path("artifacts/bench/soak.json"))
+    args = parser.parse_args()
+    photos = [(p.name, p.read_bytes()) for p in package_photos()]
+    jpeg = next(data for name, data in photos if name.endswith(".jpg"))
+    bad = bad_images(jpeg)
+    schedule = list(itertools.islice(itertools.cycle(photos), 9 * len(bad)))
+    for i, (kind, data) in enumerate(bad.items()):  # every tenth request a bad one
+        schedule.insert(10 * i + 9, (f"bad: {kind}", data))
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(url: str, offset: int) -> None:
+        with Classifier(url, "grpc", retries=0, timeout_s=120) as classifier:
+            for name, data in itertools.islice(itertools.cycle(schedule), offset, None):
+                if stop.is_set():
+                    return
+                try:
+                    classifier.classify_bytes([data])
+                    outcome = (
+                        "answered" if not name.startswith("bad") else f"UNEXPECTED answer: {name}"
+                    )
+                except ClientError as exc:
+                    outcome = (
+                        f"refused ({name})" if name.startswith("bad") else f"UNEXPECTED: {exc}"
+                    )
+                with lock:
+                    outcomes[outcome] += 1
+
+    log = args.out.with_suffix(".triton.log")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with TritonServer(args.repository, Ports.free(), log_path=log) as server:
+        server.wait_ready(ensemble_names(args.repository), timeout=300)
+        url = f"{server.host}:{server.ports.grpc}"
+        threads = [
+            threading.Thread(target=client, args=(url, i * 7), daemon=True)
+            for i in range(args.clients)
+        ]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        time.sleep(args.warmup_s)
+        at_warmup, sent_at_warmup = memory(server), sum(outcomes.values())
+        time.sleep(max(0.0, args.minutes * 60 - args.warmup_s))
+        at_end = memory(server)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=150)
+        elapsed = time.monotonic() - started
+    total = sum(outcomes.values())
+    unexpected = sum(n for kind, n in outcomes.items() if kind.startswith("UNEXPECTED"))
+    growth = {
+        name: round(100 * (at_end.get(name, 0) - kib) / kib, 2) for name, kib in at_warmup.items()
+    }
+    report = {
+        "repository": str(args.repository), "minutes": round(elapsed / 60, 2),
+        "clients": args.clients, "requests": total,
+        "requests_per_s": round(total / elapsed, 1), "after_warmup": total - sent_at_warmup,
+        "outcomes": dict(outcomes.most_common()), "unexpected_errors": unexpected,
+        "rss_kib_after_warmup": at_warmup, "rss_kib_at_end": at_end, "rss_growth_percent": growth,
+        "targets_met": {
+            "no unexpected errors": unexpected == 0,
+            "under 5% memory growth": all(g < 5 for g in growth.values()),
+        },
+    }  # fmt: skip
+    print(f"{total} requests in {elapsed / 60:.1f} min ({report['requests_per_s']}/s), "
+          f"{args.clients} clients; {unexpected} unexpected")  # fmt: skip
+    for kind, count in outcomes.most_common():
+        print(f"  {count:>7}  {kind}")
+    print(f"{'process':<28}{'RSS after warm-up':>20}{'at end':>12}{'growth':>10}")
+    for name, kib in at_warmup.items():
+        print(f"{name:<28}{kib / 1024:>17.1f} MiB{at_end.get(name, 0) / 1024:>8.1f} MiB"
+              f"{growth[name]:>9.2f}%")  # fmt: skip
+    print(f"targets: {report['targets_met']}")
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved {args.out}")
+    return 0 if all(report["targets_met"].values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""Two replicas behind the balancer of deploy/docker/replicas.yml: one is killed while
+clients send, and every request they sent is answered."""
+
+import re
+import threading
+from collections import Counter
+
+import pytest
+from conftest import run
+
+from resnet_triton.client import Classifier, ClientError
+
+pytestmark = pytest.mark.docker
+
+# The balancer's log line for a client's inference (deploy/docker/lb.conf's log_format;
+# the health probe inside the balancer, from 127.0.0.1, and metadata calls left out).
+ATTEMPTS = re.compile(
+    r'\| (?!127\.0\.0\.1 )\S+ "POST \S+(?:/ModelInfer|/infer) HTTP/\S+" (\d+) '
+    r"upstream=(.+) status=(.+)$"
+)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_killed_replica_loses_no_request(protocol, cpu_image, demo_run, compose_project):
+    project = compose_project(demo_run.repository, files=("deploy/docker/replicas.yml",))
+    started = project("up", "--detach", "--wait", "--wait-timeout=240")
+    assert started.returncode == 0, started.stderr + project("logs").stdout[-3000:]
+    replicas = project("ps", "--quiet", "replica").stdout.split()
+    assert len(replicas) == 2
+    address = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+    dead = run(["docker", "inspect", f"--format={address}", replicas[0]]).stdout.strip()
+    url = f"localhost:{project.ports.grpc if protocol == 'grpc' else project.ports.http}"
+    images = [p.read_bytes() for p in sorted(demo_run.val.glob("*/*.png"))]
+    outcomes: list[str | None] = []  # None: answered, else the error
+    lock = threading.Lock()
+    under_load = threading.Event()
+
+    def send(classifier: Classifier, share: list[bytes]) -> None:
+        for image in share:
+            try:
+                (answer,) = classifier.classify_bytes([image])
+                outcome = None if answer else "empty answer"
+            except ClientError as exc:
+                outcome = str(exc)
+            with lock:
+                outcomes.append(outcome)
+                if len(outcomes) == 60:
+                    under_load.set()
+
+    # The client retries an unavailable server twice; the balancer does the rest.
+    with Classifier(url, protocol, retries=2, backoff_s=0.5, timeout_s=60) as classifier:
+        clients = [threading.Thread(target=send, args=(classifier, images[i::8])) for i in range(8)]
+        for client in clients:
+            client.start()
+        assert under_load.wait(180), "the clients got no answers"
+        assert run(["docker", "kill", replicas[0]]).returncode == 0  # SIGKILL: no goodbye
+        for client in clients:
+            client.join()
+
+    errors = Counter(outcome for outcome in outcomes if outcome is not None)
+    assert len(outcomes) == len(images) == 360
+    assert errors == Counter(), errors  # every request the clients sent was answered
+    # Seen by the balancer: each client request answered once (status 200), after a
+    # retry by the balancer ("502, 200": HTTP bodies are buffered, so nginx resends) or,
+    # for gRPC (streamed bodies nginx cannot resend), a 502 the client retried.
+    logs = project("logs", "--no-color", "balancer").stdout.splitlines()
+    attempts = [m.groups() for m in map(ATTEMPTS.search, logs) if m]
+    answered = [a for a in attempts if a[0] == "200"]
+    failed = [a for a in attempts if a[0] != "200"]
+    assert len(answered) == len(images)
+    assert {(status, upstream.split(":")[0]) for status, upstream, _ in failed} <= {
+        ("502", dead)
+    }, failed  # fmt: skip
+    retried_by_balancer = [a for a in answered if "," in a[2]]
+    assert retried_by_balancer or failed, "no request was on the killed replica"
+    served_by = {
+        u.strip().split(":")[0] for _, upstreams, _ in attempts for u in upstreams.split(",")
+    }
+    assert len(served_by) == 2
+    print(f"{protocol}: {len(answered)} answered, {len(retried_by_balancer)} after a retry by "
+          f"the balancer, {len(failed)} retried by the client")  # fmt: skip
