@@ -3,14 +3,15 @@ configuration fails at start with the item named."""
 
 import re
 import socket
-import threading
 import time
 from collections import Counter
+from functools import partial
 
 import pytest
 from conftest import ADMIN_KEY, NAMES, ComposeProject, run
+from load import send_under_load
 
-from resnet_triton.client import Classifier, ClientError
+from resnet_triton.client import Classifier
 from resnet_triton.serving.repository import ONNX_FILE
 
 pytestmark = pytest.mark.docker
@@ -60,31 +61,10 @@ def test_stop_answers_every_accepted_request(protocol, cpu_image, demo_run, comp
     assert started.returncode == 0, started.stderr + project.logs()[-3000:]
     url = f"localhost:{project.ports.grpc if protocol == 'grpc' else project.ports.http}"
     images = [p.read_bytes() for p in sorted(demo_run.val.glob("*/*.png"))]
-    outcomes: list[str | None] = []  # None: answered, else the error
-    lock = threading.Lock()
-    under_load = threading.Event()
-
-    def send(classifier: Classifier, share: list[bytes]) -> None:
-        for image in share:
-            try:
-                (answer,) = classifier.classify_bytes([image])
-                outcome = None if answer else "empty answer"
-            except ClientError as exc:
-                outcome = str(exc)
-            with lock:
-                outcomes.append(outcome)
-                if len(outcomes) == 40:
-                    under_load.set()
-
     # retries=0: every request is sent once and counted once.
     with Classifier(url, protocol, retries=0, timeout_s=60) as classifier:
-        clients = [threading.Thread(target=send, args=(classifier, images[i::8])) for i in range(8)]
-        for client in clients:
-            client.start()
-        assert under_load.wait(120), "the clients got no answers"
-        stopped = project("stop", "tritonserver")
-        for client in clients:
-            client.join()
+        stop = partial(project, "stop", "tritonserver")
+        outcomes, stopped = send_under_load(classifier, images, 40, stop)
     assert stopped.returncode == 0, stopped.stderr
 
     answered = outcomes.count(None)

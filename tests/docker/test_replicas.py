@@ -2,13 +2,14 @@
 clients send, and every request they sent is answered."""
 
 import re
-import threading
 from collections import Counter
+from functools import partial
 
 import pytest
 from conftest import run
+from load import send_under_load
 
-from resnet_triton.client import Classifier, ClientError
+from resnet_triton.client import Classifier
 
 pytestmark = pytest.mark.docker
 
@@ -31,32 +32,11 @@ def test_a_killed_replica_loses_no_request(protocol, cpu_image, demo_run, compos
     dead = run(["docker", "inspect", f"--format={address}", replicas[0]]).stdout.strip()
     url = f"localhost:{project.ports.grpc if protocol == 'grpc' else project.ports.http}"
     images = [p.read_bytes() for p in sorted(demo_run.val.glob("*/*.png"))]
-    outcomes: list[str | None] = []  # None: answered, else the error
-    lock = threading.Lock()
-    under_load = threading.Event()
-
-    def send(classifier: Classifier, share: list[bytes]) -> None:
-        for image in share:
-            try:
-                (answer,) = classifier.classify_bytes([image])
-                outcome = None if answer else "empty answer"
-            except ClientError as exc:
-                outcome = str(exc)
-            with lock:
-                outcomes.append(outcome)
-                if len(outcomes) == 60:
-                    under_load.set()
-
     # The client retries an unavailable server twice; the balancer does the rest.
     with Classifier(url, protocol, retries=2, backoff_s=0.5, timeout_s=60) as classifier:
-        clients = [threading.Thread(target=send, args=(classifier, images[i::8])) for i in range(8)]
-        for client in clients:
-            client.start()
-        assert under_load.wait(180), "the clients got no answers"
-        assert run(["docker", "kill", replicas[0]]).returncode == 0  # SIGKILL: no goodbye
-        for client in clients:
-            client.join()
-
+        kill = partial(run, ["docker", "kill", replicas[0]])  # SIGKILL: no goodbye
+        outcomes, killed = send_under_load(classifier, images, 60, kill)
+    assert killed.returncode == 0, killed.stderr
     errors = Counter(outcome for outcome in outcomes if outcome is not None)
     assert len(outcomes) == len(images) == 360
     assert errors == Counter(), errors  # every request the clients sent was answered
