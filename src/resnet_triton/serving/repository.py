@@ -277,10 +277,20 @@ def rendered_files(
     def pbtxt(config: mc.ModelConfig) -> str:
         return HEADER + text_format.MessageToString(config)
 
+    if serving.preprocessing == "dali":
+        preprocess = {
+            "config.pbtxt": pbtxt(dali_preprocess_config(spec, target, serving)),
+            f"1/{dali.MODEL_FILE}": dali.serialized(spec, target, serving.dali_threads),
+            f"warmup/{WARMUP_FILE}": warmup_image(),  # raw bytes: the input is UINT8
+        }
+    else:
+        preprocess = {
+            "config.pbtxt": pbtxt(preprocess_config(spec, env_path, serving)),
+            "1/model.py": MODEL_PY.format(cls="PreprocessModel"),
+            f"warmup/{WARMUP_FILE}": serialized_bytes(warmup_image()),
+        }
     files = {
-        f"{names.preprocess}/config.pbtxt": pbtxt(preprocess_config(spec, env_path, serving)),
-        f"{names.preprocess}/1/model.py": MODEL_PY.format(cls="PreprocessModel"),
-        f"{names.preprocess}/warmup/{WARMUP_FILE}": serialized_bytes(warmup_image()),
+        **{f"{names.preprocess}/{path}": content for path, content in preprocess.items()},
         f"{names.ensemble}/config.pbtxt": pbtxt(ensemble_config(spec, serving)),
         f"{names.ensemble}/{LABELS_FILE}": "".join(f"{label}\n" for label in spec.labels),
         f"{names.ensemble}/1/.gitkeep": "",
@@ -294,15 +304,6 @@ def rendered_files(
             classifier_config(spec, env_path, serving)
         )
         files[f"{names.classifier}/1/model.py"] = MODEL_PY.format(cls="OnnxClassifierModel")
-    if serving.preprocessing == "dali":
-        del files[f"{names.preprocess}/1/model.py"]
-        files[f"{names.preprocess}/config.pbtxt"] = pbtxt(
-            dali_preprocess_config(spec, target, serving)
-        )
-        files[f"{names.preprocess}/1/{dali.MODEL_FILE}"] = dali.serialized(
-            spec, target, serving.dali_threads
-        )
-        files[f"{names.preprocess}/warmup/{WARMUP_FILE}"] = warmup_image()  # raw bytes: UINT8
     return dict(sorted(files.items()))
 
 
