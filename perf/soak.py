@@ -31,7 +31,7 @@ from pathlib import Path
 from resnet_triton.client import Classifier, ClientError
 from resnet_triton.data import package_photos
 from resnet_triton.serving.serve import python_stubs
-from resnet_triton.serving.server import Ports, TritonServer, ensemble_names
+from resnet_triton.serving.server import Ports, ServerError, TritonServer, preflight
 
 
 def huge_png() -> bytes:
@@ -76,6 +76,11 @@ def main() -> int:
     parser.add_argument("--sample-s", type=float, default=30.0, help="RSS sampled this often")
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench/soak.json"))
     args = parser.parse_args()
+    try:
+        ensembles = preflight(args.repository)  # a missing model is named before any traffic
+    except ServerError as exc:
+        print(f"soak: {exc}")
+        return 2
     photos = [(p.name, p.read_bytes()) for p in package_photos()]
     jpeg = next(data for name, data in photos if name.endswith(".jpg"))
     bad = bad_images(jpeg)
@@ -106,7 +111,7 @@ def main() -> int:
     log = args.out.with_suffix(".triton.log")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with TritonServer(args.repository, Ports.free(), log_path=log) as server:
-        server.wait_ready(ensemble_names(args.repository), timeout=300)
+        server.wait_ready(ensembles, timeout=300)
         url = f"{server.host}:{server.ports.grpc}"
         threads = [
             threading.Thread(target=client, args=(url, i * 7), daemon=True)
