@@ -67,7 +67,8 @@ def test_cpu_and_gpu_values_render_and_validate(target):
 
 def test_the_gcs_store_and_fixed_replicas():
     objects = by_kind(render({**REQUIRED, "modelRepository": {"storeUri": "gs://b/store/"},
-                              "autoscaling": {"enabled": False}, "replicas": 3}))  # fmt: skip
+                              "autoscaling": {"enabled": False}, "replicas": 3,
+                              "serviceAccountName": "store-reader"}))  # fmt: skip
     assert "HorizontalPodAutoscaler" not in objects
     deployment = objects["Deployment"]["spec"]
     assert deployment["replicas"] == 3
@@ -75,6 +76,7 @@ def test_the_gcs_store_and_fixed_replicas():
     assert sync["command"] == ["gsutil", "-m", "rsync", "-r", "gs://b/store/cpu",
                                "/workspace/model_repository"]  # fmt: skip
     assert sync["image"].startswith("gcr.io/google.com/cloudsdktool/")
+    assert deployment["template"]["spec"]["serviceAccountName"] == "store-reader"  # its identity
 
 
 @pytest.mark.parametrize(
