@@ -4,7 +4,6 @@ their queries, idle and under a perf_analyzer load that saturates the server."""
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +19,13 @@ from manifests import CHART, DEPLOY
 sys.path.insert(0, str(Path(__file__).parents[2] / "perf"))
 from perf_tools import ensemble_input, run_perf_analyzer  # noqa: E402
 
+from resnet_triton.serving.server import Ports  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
 PROMETHEUS = "/usr/bin/prometheus"  # Debian's package (make setup installs it)
 LABELS = {"namespace": "test", "pod": "replica-0"}  # what Kubernetes' service discovery adds
 WINDOW_S = 10  # rate() window here; the adapter rule's 1m needs a minute of samples
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -41,7 +36,7 @@ def prometheus(triton, tmp_path):
         "scrape_configs": [{"job_name": "triton", "static_configs": [scraped]}],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port, log = free_port(), tmp_path / "prometheus.log"
+    port, log = Ports.free().http, tmp_path / "prometheus.log"
     with open(log, "wb") as stderr:
         process = subprocess.Popen(
             [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
