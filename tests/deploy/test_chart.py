@@ -9,6 +9,8 @@ import pytest
 import yaml
 from manifests import CHART, DEPLOY, REQUIRED, gpu_values, render, unknown_fields, validate
 
+from resnet_triton.spec import Names
+
 ADAPTER = yaml.safe_load((DEPLOY / "prometheus-adapter" / "values.yaml").read_text())
 DASHBOARD = json.loads((DEPLOY / "grafana" / "resnet-triton.json").read_text())
 
@@ -154,3 +156,19 @@ def test_the_dashboard_shows_the_autoscaling_metric_and_every_model_panel():
         "namespace",
         "model",
     ]
+
+
+def test_deploy_files_name_the_models_of_the_spec():
+    """YAML cannot import the spec: the model names written in deploy/ are its defaults."""
+    names = Names()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["ensemble"] == names.ensemble
+    query = ADAPTER["rules"]["custom"][0]["metricsQuery"]
+    assert f'model=~"{names.ensemble}|{names.preprocess}|{names.classifier}"' in query
+    assert f'model="{names.ensemble}"' in query
+    runtime = yaml.safe_load((DEPLOY / "kserve" / "servingruntime.yaml").read_text())
+    (container,) = runtime["spec"]["containers"]
+    assert container["readinessProbe"]["exec"]["command"][-1] == names.ensemble
+    replicas = yaml.safe_load((DEPLOY / "docker" / "replicas.yml").read_text())
+    for service in replicas["services"].values():
+        assert service["healthcheck"]["test"][-1] == names.ensemble
