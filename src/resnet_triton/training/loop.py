@@ -184,12 +184,16 @@ class Trainer:
                     [p for p in self.model.parameters() if p.grad is not None],
                     cfg.clip_grad_norm,
                 )
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-            self.schedule.after_step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
+            # With fp16, GradScaler skips the step whose gradients overflowed and lowers
+            # the scale: the schedule and the EMA then wait for a step that happened.
+            if self.scaler.get_scale() >= scale:
+                self.schedule.after_step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
         return loss.item()
 
     def train_epoch(self, epoch: int, stage: int) -> tuple[float, int]:
