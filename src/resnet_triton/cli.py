@@ -14,6 +14,7 @@ COMMANDS = {
     "render": ("resnet_triton.serving.render", "write the repository configs from a spec"),
     "serve": ("resnet_triton.serving.serve", "run the local Triton server on the repository"),
     "classify": ("resnet_triton.client.classify", "classify image files through the ensemble"),
+    "explain": ("resnet_triton.explain", "Grad-CAM overlays of a checkpoint on image files"),
     "pipeline": (
         "resnet_triton.pipeline.command",
         "build, gate, smoke-test and publish one target to the model store (CI's engine job)",

@@ -1,10 +1,13 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from resnet_triton.data import EvalTransform
+from resnet_triton.preprocess import load_image
 from resnet_triton.resnet import CheckpointError, build_model, load_checkpoint
 from resnet_triton.spec import ModelSpec
 from resnet_triton.training import TrainConfig, run
@@ -46,11 +49,39 @@ def test_outputs_are_written(checkpoint):
     assert np.array(evaluation["confusion_matrix"]).sum() == 360
     best = json.loads((out / "metrics.json").read_text())["best"]
     assert evaluation["top1"] == pytest.approx(best["val_top1"], abs=1e-9)
-    for name in ("curves.png", "confusion_matrix.png"):
+    assert evaluation["figures"] == {
+        "curves": "curves.png", "confusion_matrix": "confusion_matrix.png",
+        "mistakes": "mistakes.png", "examples": "examples.png",
+    }  # fmt: skip
+    for name in evaluation["figures"].values():
         with Image.open(out / name) as image:
-            assert image.format == "PNG" and min(image.size) > 300
+            assert image.format == "PNG" and min(image.size) > 200
     assert resolve(out / "config.yaml", {}).epochs == 3
     assert (out / "last.pt").is_file()
+
+
+def test_the_report_shows_the_most_confident_mistakes_and_examples(checkpoint):
+    evaluation = json.loads((checkpoint.parent / "evaluation.json").read_text())
+    analysis = evaluation["error_analysis"]
+    matrix = np.array(evaluation["confusion_matrix"])  # of val: the digits have no test split
+    assert analysis["split"] == "val"
+    assert analysis["mistakes_total"] == matrix.sum() - np.trace(matrix) > 0
+    mistakes = analysis["mistakes"]
+    assert len(mistakes) == min(16, analysis["mistakes_total"])
+    scores = [m["score"] for m in mistakes]
+    assert scores == sorted(scores, reverse=True) and all(0 < s <= 1 for s in scores)
+    for m in mistakes:
+        assert m["true"] != m["predicted"] and Path(m["file"]).parent.name == m["true"]
+    spec, model, _ = load_checkpoint(checkpoint)
+    top = mistakes[0]
+    image = EvalTransform(spec.preprocessing)(load_image(top["file"]))
+    with torch.no_grad():
+        probs = torch.softmax(model(image[None]), 1)[0]
+    assert str(int(probs.argmax())) == top["predicted"]
+    assert float(probs.max()) == pytest.approx(top["score"], abs=1e-5)
+    assert set(analysis["examples"]) == {str(d) for d in range(10)}
+    for label, files in analysis["examples"].items():
+        assert 1 <= len(files) <= 4 and all(Path(f).parent.name == label for f in files)
 
 
 def history(out):

@@ -42,7 +42,7 @@ from resnet_triton.resnet import (
     save_checkpoint,
 )
 from resnet_triton.spec import ModelSpec, Preprocessing, SpecError
-from resnet_triton.training import distributed, report, strategy
+from resnet_triton.training import distributed, gallery, report, strategy
 from resnet_triton.training.config import TrainConfig
 from resnet_triton.training.loaders import eval_loader, predict, seed_epoch, train_loader
 from resnet_triton.training.optim import Schedule, build_ema, build_optimizer
@@ -327,18 +327,29 @@ class Trainer:
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         report.plot_curves(self.state.history, self.out / "curves.png")
 
+    def _probabilities(self, model: nn.Module, dataset) -> np.ndarray:
+        loader = DataLoader(dataset, batch_size=self.micro_batch, num_workers=self.cfg.workers)
+        with torch.no_grad():
+            return predict(model, loader, self.ctx.device)
+
     def final_evaluation(self) -> dict:
         """The best checkpoint on the test split (val when there is none)."""
         split = "test" if self.splits.test is not None else "val"
         dataset = self.splits.test if self.splits.test is not None else self.splits.val
         _, model, _ = load_checkpoint(self.out / "checkpoint.pt")
         model.to(self.ctx.device, memory_format=self.memory_format)
-        loader = DataLoader(dataset, batch_size=self.micro_batch, num_workers=self.cfg.workers)
-        preds = predict(model, loader, self.ctx.device).argmax(1)
+        probs = self._probabilities(model, dataset)
         result = report.classification_report(
-            np.array(dataset.targets), preds, list(self.spec.labels)
+            np.array(dataset.targets), probs.argmax(1), list(self.spec.labels)
         )
         result["split"] = split
+        val_probs = probs if split == "val" else self._probabilities(model, self.splits.val)
+        result["error_analysis"] = gallery.error_analysis(
+            model, self.spec, self.splits.val.samples, val_probs, self.out
+        )
+        result["figures"] = {
+            name: f"{name}.png" for name in ("curves", "confusion_matrix", "mistakes", "examples")
+        }
         (self.out / "evaluation.json").write_text(json.dumps(result, indent=2))
         report.plot_confusion(
             result["confusion_matrix"],
