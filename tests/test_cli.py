@@ -44,6 +44,10 @@ def test_unknown_command(capsys):
         ),
         (["classify", "{tmp}/none.png"], "{tmp}/none.png is neither a file nor a folder"),
         (["serve", "--repository", "{tmp}/repo"], "model repository {tmp}/repo does not exist"),
+        (["explain", "--checkpoint", "{tmp}/ckpt.pt", "{tmp}"], "cannot load {tmp}/ckpt.pt"),
+        (["ui", "--top-k", "0"], "--top-k must be at least 1, not 0"),
+        (["ui", "--checkpoint", "{tmp}/ckpt.pt"], "cannot load {tmp}/ckpt.pt"),
+        (["ui", "--url", "localhost:1"], "cannot reach Triton at localhost:1 (grpc)"),
     ],
 )
 def test_user_errors_are_one_line(capsys, tmp_path, argv, message):

@@ -80,14 +80,14 @@ def test_folders_are_the_stages_and_the_core_stays_at_the_top():
     top = {p.stem for p in PACKAGE.glob("*.py")}
     assert top == {
         "__init__", "__main__", "cli", "data", "demo", "digits", "endpoints", "errors",
-        "preprocess", "resnet", "spec",
+        "explain", "preprocess", "resnet", "spec",
     }  # fmt: skip
 
 
 def test_tests_mirror_the_package():
     for package in ("build", "client", "pipeline", "serving", "training"):
         assert list((ROOT / "tests" / package).glob("test_*.py")), package
-    for module in ("spec", "preprocess", "data", "resnet", "cli"):
+    for module in ("spec", "preprocess", "data", "resnet", "cli", "explain"):
         assert (ROOT / "tests" / f"test_{module}.py").is_file(), module
     # pytest imports test modules by basename (no __init__.py): two alike fail collection.
     names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
@@ -115,7 +115,7 @@ def test_the_cycle_finder_finds_one():
 
 def test_lower_stages_do_not_import_upward():
     graph = import_graph()
-    core = {"errors", "spec", "preprocess", "data", "resnet", "endpoints", "digits"}
+    core = {"errors", "spec", "preprocess", "data", "resnet", "endpoints", "digits", "explain"}
     for name in core:
         assert graph[name] <= core, (name, graph[name] - core)
     for name in ("client", "client.classifier", "client.classify"):

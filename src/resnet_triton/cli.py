@@ -15,6 +15,7 @@ COMMANDS = {
     "serve": ("resnet_triton.serving.serve", "run the local Triton server on the repository"),
     "classify": ("resnet_triton.client.classify", "classify image files through the ensemble"),
     "explain": ("resnet_triton.explain", "Grad-CAM overlays of a checkpoint on image files"),
+    "ui": ("resnet_triton.client.ui", "a web page to try the served model, with Grad-CAM"),
     "pipeline": (
         "resnet_triton.pipeline.command",
         "build, gate, smoke-test and publish one target to the model store (CI's engine job)",

@@ -67,7 +67,7 @@ def run(out: Path, repository: Path, epochs: int = 5, lr: float = 2e-3, concurre
             lr=lr,
             hflip=False,  # a mirrored digit is another glyph
         )
-        train(config)
+        evaluation = train(config)["evaluation"]
     checkpoint = out / "train" / "checkpoint.pt"
     with stage("build"):
         options = build.BuildOptions(
@@ -109,6 +109,10 @@ def run(out: Path, repository: Path, epochs: int = 5, lr: float = 2e-3, concurre
         "polygraphy_max_abs_error": gate.max_abs_error,
         "polygraphy_max_rel_error": gate.max_rel_error,
         "polygraphy_tolerance": {"atol": gate.tolerance.atol, "rtol": gate.tolerance.rtol},
+        # the training report: curves, confusion matrix, and the error analysis (val's most
+        # confident mistakes and correct answers per class, with Grad-CAM overlays)
+        "training_figures": {k: str(out / "train" / v) for k, v in evaluation["figures"].items()},
+        "val_mistakes": evaluation["error_analysis"]["mistakes_total"],
         "stage_seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 2),
         "checkpoint": str(checkpoint),

@@ -34,6 +34,7 @@ from resnet_triton.preprocess import (
     ImageDecodeError,
     crop,
     decode_image,
+    image_files,
     load_image,
     normalize,
     to_pixels,
@@ -173,12 +174,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from resnet_triton.client.classify import expand_paths  # the classify CLI's path rules
-
     explainer = Explainer.from_checkpoint(args.checkpoint, args.method)
     explainer.target_index(args.target)  # an unknown class fails before any work
     crops, sources, failed = [], [], 0
-    for path in expand_paths(args.paths):
+    for path in image_files(args.paths):  # the classify CLI's rules
         try:
             crops.append(explainer.crop_file(path))
             sources.append(str(path))

@@ -39,6 +39,7 @@ Decoding decisions, the same for training and serving:
 from __future__ import annotations
 
 import functools
+import glob
 import io
 from pathlib import Path
 
@@ -48,7 +49,7 @@ import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from resnet_triton.errors import UserError
-from resnet_triton.spec import Preprocessing
+from resnet_triton.spec import IMAGE_EXTENSIONS, Preprocessing
 
 PIL_RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -222,3 +223,26 @@ def pixels_from_files(paths, cfg: Preprocessing) -> np.ndarray:
     for index, path in enumerate(paths):
         crops[index] = crop(load_image(path, cfg), cfg)
     return to_pixels(crops)
+
+
+def image_files(inputs: list[str]) -> list[Path]:
+    """Files as given, folders searched recursively for images, globs expanded; sorted per input."""
+    paths = []
+    for item in inputs:
+        path = Path(item)
+        if glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise UserError(f"{item} matches no file")
+            paths += matches
+        elif path.is_dir():
+            paths += sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise UserError(f"{item} is neither a file nor a folder")
+    if not paths:
+        raise UserError(f"no image files in {', '.join(inputs)}")
+    return paths

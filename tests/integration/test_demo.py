@@ -1,6 +1,7 @@
 """The demo end to end, one epoch: the same code path as `make demo`."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,10 @@ def test_demo_writes_the_report(demo_run):
     assert set(report["stage_seconds"]) == {
         "data", "train", "build", "pytorch_reference", "server_start", "classify", "server_stop",
     }  # fmt: skip
+    figures = report["training_figures"]
+    assert set(figures) == {"curves", "confusion_matrix", "mistakes", "examples"}
+    assert all(Path(path).is_file() for path in figures.values())
+    assert report["val_mistakes"] == round(360 * (1 - report["pytorch_top1_accuracy"]))
     config = read_config(demo_run.repository / "resnet_ensemble" / "config.pbtxt")
     assert config.max_batch_size == 32
     last_lines = demo_run.output.splitlines()[-3:]

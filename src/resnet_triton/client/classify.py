@@ -4,41 +4,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 from tqdm import tqdm
 
-from resnet_triton.client import PROTOCOLS, Classifier, ClientError, Result
-from resnet_triton.spec import IMAGE_EXTENSIONS, Names
+from resnet_triton.client import PROTOCOLS, Classifier, Result
+from resnet_triton.preprocess import image_files
+from resnet_triton.spec import Names
 
 FORMATS = ("text", "json", "csv")
-
-
-def expand_paths(inputs: list[str]) -> list[Path]:
-    """Files as given, folders searched recursively for images, globs expanded; sorted per input."""
-    paths = []
-    for item in inputs:
-        path = Path(item)
-        if glob.has_magic(item):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
-            if not matches:
-                raise ClientError(f"{item} matches no file")
-            paths += matches
-        elif path.is_dir():
-            paths += sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise ClientError(f"{item} is neither a file nor a folder")
-    if not paths:
-        raise ClientError(f"no image files in {', '.join(inputs)}")
-    return paths
 
 
 def write(results: list[Result], fmt: str, top_k: int, out=None) -> None:
@@ -86,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    paths = expand_paths(args.paths)
+    paths = image_files(args.paths)
     with (
         Classifier(
             args.url, args.protocol, args.model, timeout_s=args.timeout, retries=args.retries,

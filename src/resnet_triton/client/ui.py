@@ -1,0 +1,124 @@
+"""`resnet-triton ui`: a web page to try the served model.
+
+Drop or choose images; each goes to the Triton ensemble through the project's
+client library (gRPC or HTTP) in its own request, and its card shows the top-k
+labels with scores, the latency of that request, and, when a checkpoint is given,
+the Grad-CAM overlay of the served top-1 class (computed here, on the same bytes, with
+the served model's preprocessing). A file the server refuses shows the server's
+error in its card; the page and every other image go on.
+
+    resnet-triton ui --url localhost:8001 --checkpoint artifacts/demo/train/checkpoint.pt
+
+The page (assets/ui.html) needs nothing from the internet, and without
+--checkpoint this process needs no PyTorch. It listens on 127.0.0.1 unless
+--host says otherwise.
+"""
+
+import argparse
+import base64
+import threading
+import time
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from resnet_triton.client import PROTOCOLS, Classifier
+from resnet_triton.errors import UserError
+from resnet_triton.spec import Names
+
+if TYPE_CHECKING:
+    from resnet_triton.explain import Explainer
+
+MAX_UPLOAD_BYTES = 32 * 2**20
+NEEDS_EXTRA = "resnet-triton ui needs the ui extra: pip install 'resnet-triton[ui]'"
+
+
+def create_app(classifier: Classifier, explainer: "Explainer | None" = None, top_k: int = 5):
+    try:
+        from fastapi import FastAPI, UploadFile
+        from fastapi.responses import HTMLResponse, JSONResponse
+    except ImportError:
+        raise UserError(NEEDS_EXTRA) from None
+
+    # No `from __future__ import annotations` in this module: FastAPI reads the handlers'
+    # annotations, and UploadFile is imported here, not at module level.
+    app = FastAPI(title="resnet-triton", docs_url=None, redoc_url=None, openapi_url=None)
+    page = resources.files("resnet_triton").joinpath("assets/ui.html").read_text()
+    explaining = threading.Lock()  # Grad-CAM's hooks hold one pass at a time
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/api/model")
+    def model() -> dict:
+        return {"model": classifier.model, "url": classifier.url, "protocol": classifier.protocol,
+                "top_k": top_k, "explains": explainer is not None}  # fmt: skip
+
+    @app.post("/api/classify")
+    def classify(image: UploadFile):
+        name = image.filename or "image"
+        data = image.file.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            error = f"{name}: larger than the page's limit of {MAX_UPLOAD_BYTES // 2**20} MiB"
+            return JSONResponse({"file": name, "error": error}, status_code=413)
+        start = time.perf_counter()
+        [result] = classifier.classify([data], top_k=top_k)
+        latency_ms = (time.perf_counter() - start) * 1000
+        if not result.ok:
+            return JSONResponse({"file": name, "error": result.error}, status_code=422)
+        answer = {
+            "file": name,
+            "latency_ms": round(latency_ms, 2),
+            "predictions": [{"label": p.label, "score": p.score} for p in result.predictions],
+            "overlay": None,
+        }
+        if explainer is not None:
+            try:
+                with explaining:  # the served top-1: a checkpoint of other classes is named
+                    explained = explainer.explain_bytes(data, name, result.top1.label)
+                png = base64.b64encode(explained.overlay_png()).decode()
+                answer["overlay"] = f"data:image/png;base64,{png}"
+            except UserError as exc:
+                answer["overlay_error"] = f"no Grad-CAM overlay: {exc}"
+        return answer
+
+    return app
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnet-triton ui",
+        description="A web page to try the served ensemble: top-k labels, latency and "
+        "(with --checkpoint) Grad-CAM overlays of dropped or chosen images.",
+    )
+    parser.add_argument("--protocol", default="grpc", choices=sorted(PROTOCOLS))
+    parser.add_argument(
+        "--url", help="Triton's host:port (default localhost:8001 gRPC, :8000 HTTP)"
+    )
+    parser.add_argument("--model", default=Names().ensemble, help="default %(default)s")
+    parser.add_argument("--checkpoint", help="checkpoint.pt of the served model: Grad-CAM overlays")
+    parser.add_argument("--method", default="gradcam", help="gradcam (default) or gradcam++")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes the page")
+    parser.add_argument("--port", type=int, default=7860)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise UserError(NEEDS_EXTRA) from None
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, not {args.top_k}")
+    explainer = None
+    if args.checkpoint:  # PyTorch only for the overlays: without them the page needs none
+        from resnet_triton.explain import Explainer
+
+        explainer = Explainer.from_checkpoint(args.checkpoint, args.method)
+    with Classifier(args.url, args.protocol, args.model) as classifier:  # fails if not served
+        app = create_app(classifier, explainer, args.top_k)
+        print(f"the page: http://{args.host}:{args.port}/ ({args.model} at {classifier.url}, "
+              f"{args.protocol})", flush=True)  # fmt: skip
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
