@@ -33,7 +33,7 @@ OS_PACKAGES := libb64-0d wrk prometheus
 export DOCKER_CONFIG := $(CURDIR)/.docker
 COMPOSE_BINARY = $(shell $(BIN)/python -c "import compose, pathlib; print(pathlib.Path(compose.__file__).parent / 'docker-compose')")
 
-.PHONY: setup demo ui browser build pipeline test lint serve docker docker-tools docker-stop base-image bench bench-sweep bench-train bench-precision bench-batching bench-dali soak clean
+.PHONY: setup demo ui browser build pipeline test lint serve docker docker-tools docker-stop base-image bench bench-sweep bench-train bench-precision bench-batching bench-dali bench-distill soak clean
 
 setup: $(STAMP)
 
@@ -131,6 +131,11 @@ bench-sweep: setup
 
 bench-train: setup
 	$(BIN)/python perf/train_throughput.py
+
+# A resnet50 teacher, a resnet18 student distilled from it and one trained on labels alone
+# (the digits): accuracy, agreement and ONNX Runtime speed; artifacts/bench/distill/.
+bench-distill: setup
+	$(BIN)/python perf/distill.py
 
 bench-precision: setup
 	$(BIN)/python perf/onnx_precision.py

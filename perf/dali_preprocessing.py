@@ -3,7 +3,7 @@ CPU, against the project's Python path, on the same real photos.
 
   python     pixels_from_bytes (Pillow's pixels; libjpeg-turbo and libspng where they
              give the same), in 1 and 2 processes, as Triton's Python preprocess model
-             runs it (perf_tools.preprocessing_ms)
+             runs it (ceilings.preprocessing_ms)
   dali       the serialized CPU-target pipeline (the file `render` writes for
              serving.preprocessing: dali) run by DALI's executor with 1 and 2 threads,
              at batch 1 (the DALI model runs each request alone) and batch 32 (a client
@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from perf_tools import preprocessing_ms
+from ceilings import preprocessing_ms
 
 from resnet_triton.data import package_photos
 from resnet_triton.digits import demo_spec

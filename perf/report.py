@@ -34,13 +34,12 @@ from pathlib import Path
 
 import torch
 import tritonclient.grpc as grpcclient
+from ceilings import onnxruntime_ceiling, preprocessing_ms
 from matplotlib.figure import Figure
 from perf_tools import (
     classifier_input,
     compute_per_image_ms,
     ensemble_input,
-    onnxruntime_ceiling,
-    preprocessing_ms,
     published_model,
     run_perf_analyzer,
 )

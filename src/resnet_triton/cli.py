@@ -10,6 +10,7 @@ from resnet_triton.errors import UserError
 # command -> (module with get_args_parser() and main(args), one-line help)
 COMMANDS = {
     "train": ("resnet_triton.training", "fine-tune a ResNet on an ImageFolder dataset"),
+    "distill": ("resnet_triton.training.distill", "train a smaller student from a teacher"),
     "build": ("resnet_triton.build.command", "export ONNX, gate it, publish to the repository"),
     "render": ("resnet_triton.serving.render", "write the repository configs from a spec"),
     "serve": ("resnet_triton.serving.serve", "run the local Triton server on the repository"),

@@ -82,6 +82,10 @@ class TrainConfig:
     rotation: float = Augmentation.rotation
     blur: float = Augmentation.blur
     auto_augment: str = Augmentation.auto_augment
+    # distillation (resnet-triton distill): the teacher's softened answers as targets too
+    teacher: str | None = None
+    kd_temperature: float = 4.0
+    kd_weight: float = 0.7
     # early stopping, checkpoints
     monitor: str = "val_top1"
     patience: int = 0
@@ -127,6 +131,10 @@ class TrainConfig:
             raise SpecError(f"--rrc-scale needs 0 < min <= max <= 1, got {list(self.rrc_scale)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise SpecError(f"--ema-decay must lie in [0, 1), got {self.ema_decay}")
+        if not self.kd_temperature > 0:
+            raise SpecError(f"--kd-temperature must be > 0, got {self.kd_temperature}")
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise SpecError(f"--kd-weight must lie in [0, 1], got {self.kd_weight}")
 
     def to_yaml(self) -> str:
         data = {k: list(v) if isinstance(v, tuple) else v for k, v in self.as_dict().items()}
@@ -161,9 +169,10 @@ def _coerce(name: str, value, hint):
         raise SpecError(f"config field {name}: cannot use {value!r} ({exc})") from None
 
 
-def resolve(yaml_path: Path | None, overrides: dict) -> TrainConfig:
-    """Defaults < YAML file < overrides (the flags given on the command line)."""
-    values = {}
+def resolve(yaml_path: Path | None, overrides: dict, defaults: dict | None = None) -> TrainConfig:
+    """Defaults (the dataclass's, then `defaults`) < YAML file < overrides (the flags given
+    on the command line)."""
+    values = dict(defaults or {})
     if yaml_path is not None:
         loaded = read_yaml(yaml_path, "config") or {}
         if not isinstance(loaded, dict):
@@ -181,11 +190,14 @@ def resolve(yaml_path: Path | None, overrides: dict) -> TrainConfig:
     return config
 
 
-def get_args_parser() -> argparse.ArgumentParser:
+def get_args_parser(
+    prog: str = "resnet-triton train", description: str = ""
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="resnet-triton train",
-        description="Fine-tune a torchvision ResNet on an ImageFolder. Options come from the "
-        "defaults, then --config FILE.yaml (keys are the option names), then the flags.",
+        prog=prog,
+        description=(description or "Fine-tune a torchvision ResNet on an ImageFolder.")
+        + " Options come from the defaults, then --config FILE.yaml (keys are the option "
+        "names), then the flags.",
         argument_default=argparse.SUPPRESS,  # only flags actually given override the YAML
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=STRATEGY_HELP,
@@ -257,6 +269,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     add(g, "rotation", "random rotation range in degrees; 0 = off", type=float)
     add(g, "blur", "probability of a Gaussian blur", type=float)
     add(g, "auto_augment", f"one of {', '.join(AUTO_AUGMENT)}")
+
+    g = parser.add_argument_group("distillation (see resnet-triton distill)")
+    add(g, "teacher", "checkpoint.pt of a teacher with the same classes; none = plain training")
+    add(g, "kd_temperature", "softmax temperature of the soft targets", type=float)
+    add(g, "kd_weight", "weight of the soft-target loss; the labels' loss gets 1 - this",
+        type=float)  # fmt: skip
 
     g = parser.add_argument_group("early stopping and checkpoints")
     add(g, "monitor", f"metric choosing the best epoch: {', '.join(MONITORS)}")

@@ -42,7 +42,7 @@ from resnet_triton.resnet import (
     save_checkpoint,
 )
 from resnet_triton.spec import ModelSpec, Preprocessing, SpecError
-from resnet_triton.training import distributed, gallery, report, strategy
+from resnet_triton.training import distributed, gallery, report, strategy, teacher
 from resnet_triton.training.config import TrainConfig
 from resnet_triton.training.loaders import eval_loader, predict, seed_epoch, train_loader
 from resnet_triton.training.optim import Schedule, build_ema, build_optimizer
@@ -105,6 +105,9 @@ class Trainer:
             weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)))
             weights = weights.float().to(ctx.device)
         self.loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+        self.teacher = None  # distillation: a frozen model whose answers are targets too
+        if cfg.teacher:
+            self.teacher = teacher.load_teacher(cfg.teacher, self.spec, ctx.device)
         self.state = LoopState()
         self.net = self.model  # what forward goes through: DDP-wrapped under torchrun
 
@@ -175,7 +178,12 @@ class Trainer:
         sync = nullcontext() if stepping or not self.ctx.distributed else self.net.no_sync()
         with sync:
             with torch.autocast(self.ctx.device.type, dtype=self.amp_dtype, enabled=cfg.amp):
-                loss = self.loss_fn(self.net(images), labels)
+                logits = self.net(images)
+                loss = self.loss_fn(logits, labels)
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        taught = self.teacher(images)
+                    loss = teacher.blend(loss, logits, taught, cfg)
             self.scaler.scale(loss / cfg.accumulate).backward()
         if stepping:
             if cfg.clip_grad_norm:
@@ -347,6 +355,14 @@ class Trainer:
         result["error_analysis"] = gallery.error_analysis(
             model, self.spec, self.splits.val.samples, val_probs, self.out
         )
+        if self.teacher is not None:
+            result["distillation"] = teacher.comparison(
+                self._probabilities(self.teacher, dataset), probs, np.array(dataset.targets),
+                self.cfg.teacher, split,
+            )  # fmt: skip
+            d = result["distillation"]
+            self.log(f"teacher top-1 {d['teacher_top1']:.4f}, student {d['student_top1']:.4f}, "
+                     f"agreement {d['agreement']:.4f} on {split}")  # fmt: skip
         result["figures"] = {
             name: f"{name}.png" for name in ("curves", "confusion_matrix", "mistakes", "examples")
         }

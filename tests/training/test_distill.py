@@ -1,0 +1,116 @@
+"""Distillation (training/teacher.py, `resnet-triton distill`) on the digits.
+
+The teacher is a resnet18 trained for 2 epochs (val top-1 0.95: it has mistakes of its
+own); each student is a resnet18 from another seed, 2 epochs. Seen on this CPU: the
+distilled student agrees with the teacher on 97.8% of val, the same student trained on
+the labels alone on 95.0% (it is more accurate, 0.972 against 0.956: it does not copy
+the teacher's mistakes).
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL
+from torch.utils.data import DataLoader
+
+from resnet_triton import cli
+from resnet_triton.build import command as build
+from resnet_triton.data import EvalTransform, image_folder
+from resnet_triton.resnet import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from resnet_triton.spec import ModelSpec
+from resnet_triton.training import TrainConfig, predict, run
+
+BASE = {"arch": "resnet18", "weights": "none", "epochs": 2, "lr": 3e-3, "hflip": False,
+        "workers": 0, **SMALL}  # fmt: skip
+KD = {"kd_weight": 0.9, "kd_temperature": 4.0}
+
+
+@pytest.fixture(scope="module")
+def runs(digits, tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    run(TrainConfig(data=str(digits), out=str(root / "teacher"), **BASE))
+    teacher = str(root / "teacher" / "checkpoint.pt")
+    distilled = run(TrainConfig(data=str(digits), out=str(root / "distilled"), seed=1,
+                                teacher=teacher, **KD, **BASE))  # fmt: skip
+    run(TrainConfig(data=str(digits), out=str(root / "labels"), seed=1, **BASE))
+    return root, distilled
+
+
+def answers(checkpoint, val) -> tuple[np.ndarray, np.ndarray]:
+    spec, model, _ = load_checkpoint(checkpoint)
+    dataset = image_folder(val, EvalTransform(spec.preprocessing))
+    with torch.no_grad():
+        probs = predict(model, DataLoader(dataset, batch_size=64), torch.device("cpu"))
+    return probs.argmax(1), np.array(dataset.targets)
+
+
+def test_the_distilled_student_agrees_with_its_teacher_more(runs, digits):
+    root, distilled = runs
+    teacher, targets = answers(root / "teacher" / "checkpoint.pt", digits / "val")
+    student, _ = answers(root / "distilled" / "checkpoint.pt", digits / "val")
+    alone, _ = answers(root / "labels" / "checkpoint.pt", digits / "val")
+    assert (student == teacher).mean() >= (alone == teacher).mean() + 0.015
+    report = distilled["evaluation"]["distillation"]
+    assert report == {
+        "teacher": str(root / "teacher" / "checkpoint.pt"), "split": "val",
+        "teacher_top1": pytest.approx((teacher == targets).mean(), abs=1e-9),
+        "student_top1": pytest.approx((student == targets).mean(), abs=1e-9),
+        "agreement": pytest.approx((student == teacher).mean(), abs=1e-9),
+    }  # fmt: skip
+    saved = json.loads((root / "distilled" / "evaluation.json").read_text())
+    assert saved["distillation"] == report
+
+
+def test_resume_gives_the_uninterrupted_distillation(runs, digits, tmp_path):
+    root, _ = runs
+    config = {"data": str(digits), "out": str(tmp_path), "seed": 1, **KD, **BASE,
+              "teacher": str(root / "teacher" / "checkpoint.pt")}  # fmt: skip
+    run(TrainConfig(stop_after=1, **config))
+    run(TrainConfig(resume=str(tmp_path / "last.pt"), **config))
+    timing = ("seconds", "train_images_per_s")
+    straight, resumed = (
+        [{k: v for k, v in r.items() if k not in timing}
+         for r in json.loads((out / "metrics.json").read_text())["history"]]
+        for out in (root / "distilled", tmp_path)
+    )  # fmt: skip
+    assert len(resumed) == 2
+    for a, b in zip(straight, resumed, strict=True):
+        assert a["val_top1"] == b["val_top1"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+
+
+def test_the_student_goes_through_build_and_its_gates(runs, digits):
+    root, _ = runs
+    options = build.BuildOptions(
+        root / "distilled" / "checkpoint.pt", root / "repo", root / "build", target="cpu",
+        images=digits / "val",
+    )  # fmt: skip
+    result = build.run(options)
+    assert result.reports and all(r.passed for r in result.reports)
+    assert (root / "repo" / "classifier" / "1" / "model.onnx").is_file()
+
+
+def test_a_teacher_of_other_classes_is_named(digits, tmp_path):
+    spec = ModelSpec(labels=("cat", "dog"), arch="resnet18")
+    save_checkpoint(tmp_path / "cats.pt", build_model(spec), spec)
+    teacher = str(tmp_path / "cats.pt")
+    config = TrainConfig(data=str(digits), out=str(tmp_path / "o"), teacher=teacher, **BASE)
+    with pytest.raises(CheckpointError) as error:
+        run(config)
+    assert str(error.value) == (
+        f"--teacher {tmp_path / 'cats.pt'} has classes ['cat', 'dog']; the data has "
+        f"{[str(d) for d in range(10)]}"
+    )
+
+
+def test_distill_needs_a_teacher_and_checks_its_settings(digits, capsys):
+    assert cli.main(["distill", "--data", str(digits)]) == 1
+    assert capsys.readouterr().err == (
+        "error: resnet-triton distill needs --teacher checkpoint.pt (or teacher: in YAML)\n"
+    )
+    assert (
+        cli.main(["distill", "--data", str(digits), "--teacher", "t.pt", "--kd-weight", "2"]) == 1
+    )
+    assert capsys.readouterr().err == "error: --kd-weight must lie in [0, 1], got 2.0\n"
