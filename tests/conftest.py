@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -235,3 +237,45 @@ def compose_project():
     yield make
     for project in projects:
         project.down()
+
+
+@contextlib.contextmanager
+def start_ui(grpc_url: str, log: Path, *flags: str):
+    """`resnet-triton ui` against Triton at grpc_url on a free port; yields the page's URL."""
+    port = Ports.free().http
+    command = [sys.executable, "-m", "resnet_triton", "ui", "--url", grpc_url,
+               "--port", str(port), *flags]  # fmt: skip
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                urllib.request.urlopen(url + "/api/model", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def post_image(url: str, name: str, data: bytes) -> tuple[int, dict]:
+    """The page's upload as a browser sends it (multipart/form-data): (status, JSON)."""
+    boundary = "resnet-triton-test"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"'
+            "\r\nContent-Type: application/octet-stream\r\n\r\n")  # fmt: skip
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        url + "/api/classify", data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

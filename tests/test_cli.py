@@ -46,6 +46,12 @@ def test_unknown_command(capsys):
         (["serve", "--repository", "{tmp}/repo"], "model repository {tmp}/repo does not exist"),
         (["explain", "--checkpoint", "{tmp}/ckpt.pt", "{tmp}"], "cannot load {tmp}/ckpt.pt"),
         (["ui", "--top-k", "0"], "--top-k must be at least 1, not 0"),
+        (
+            ["calibrate", "--checkpoint", "{tmp}/ckpt.pt", "--data", "{tmp}", "--frr", "0.7"],
+            "--frr must lie in (0, 0.5), got 0.7",
+        ),
+        (["calibrate", "--checkpoint", "{tmp}/ckpt.pt", "--data", "{tmp}"], "cannot load"),
+        (["distill", "--data", "{tmp}", "--teacher", "t.pt"], "Couldn't find any class folder"),
         (["ui", "--checkpoint", "{tmp}/ckpt.pt"], "cannot load {tmp}/ckpt.pt"),
         (["ui", "--url", "localhost:1"], "cannot reach Triton at localhost:1 (grpc)"),
     ],

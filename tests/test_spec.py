@@ -38,6 +38,7 @@ def test_preprocessing_round_trips_through_triton_parameters():
         ({"preprocessing": Preprocessing(resize_size=200, crop_size=224)}, "resize_size (200)"),
         ({"preprocessing": Preprocessing(interpolation="lanczos")}, "interpolation 'lanczos'"),
         ({"max_batch_size": 0}, "max_batch_size must be an integer >= 1, got 0"),
+        ({"reject_below": 1.0}, "reject_below must lie in (0, 1), got 1.0"),
     ],
 )
 def test_bad_fields_are_named(kwargs, message):

@@ -131,6 +131,10 @@ class Names:
     scores: str = "SCORES"  # softmax probabilities, FP32 [num_classes]
 
 
+# The ensemble's config parameter that carries `ModelSpec.reject_below` to clients.
+REJECT_BELOW = "reject_below"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     labels: tuple[str, ...]
@@ -141,6 +145,10 @@ class ModelSpec:
     # served model take (Triton's max_batch_size).
     max_batch_size: int = 32
     names: Names = field(default_factory=Names)
+    # Open-set rejection (`resnet-triton calibrate`): an image whose top softmax score is
+    # below this is "unknown"; calibrated on the validation split for a false-rejection
+    # rate. None: every image gets one of the labels.
+    reject_below: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -163,6 +171,8 @@ class ModelSpec:
         if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
             raise SpecError(f"max_batch_size must be an integer >= 1, got {self.max_batch_size!r}")
         self.preprocessing.validate()
+        if self.reject_below is not None and not 0.0 < self.reject_below < 1.0:
+            raise SpecError(f"reject_below must lie in (0, 1), got {self.reject_below}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

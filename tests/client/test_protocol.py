@@ -10,7 +10,9 @@ from tritonclient.utils import InferenceServerException
 from resnet_triton.client import Classifier
 from resnet_triton.client.protocol import (
     ClientError,
+    Job,
     ModelInfo,
+    Prediction,
     _Protocol,
     _retryable,
     encode_image,
@@ -88,3 +90,23 @@ def test_a_uint8_image_input_gets_zero_padded_rows(protocol):
         ClientError, match="the model's image input is FP32; expected BYTES or UINT8"
     ):
         encoded_batch([b"ab"], "FP32")
+
+
+def test_a_job_marks_answers_below_the_threshold_unknown():
+    job = Job([b"a", b"b"], max_batch_size=2, reject_below=0.6)
+    rows = [(Prediction("cat", 0, 0.59), Prediction("dog", 1, 0.41)),
+            (Prediction("dog", 1, 0.60), Prediction("cat", 0, 0.40))]  # fmt: skip
+    job.answered(job.batches[0], rows)
+    first, second = job.results()
+    assert (first.unknown, first.answer, first.top1.label) == (True, "unknown", "cat")
+    assert (second.unknown, second.answer) == (False, "dog")
+    assert Job([b"a"], 1).reject_below is None
+
+
+def test_a_malformed_threshold_parameter_is_named():
+    protocol = _Protocol("localhost:1", "grpc", "ensemble", 1.0, 0, 0.0, 1)
+    with pytest.raises(ClientError) as error:
+        protocol._threshold("high")
+    assert str(error.value) == (
+        "model 'ensemble' at localhost:1: parameter reject_below is 'high', not a number"
+    )

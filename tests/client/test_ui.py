@@ -3,19 +3,13 @@ Playwright (no browser download): the top-1 on the page is the client library's
 answer for the same bytes, a non-image shows its named error and the page goes on.
 The screenshot is saved as artifacts/ui/page.png."""
 
-import json
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import PHOTOS, ROOT
+from conftest import PHOTOS, ROOT, post_image, start_ui
 from playwright.sync_api import expect, sync_playwright
 
 from resnet_triton.client import Classifier
-from resnet_triton.serving.server import Ports
 
 pytestmark = pytest.mark.integration
 
@@ -32,27 +26,9 @@ def grpc_url(triton) -> str:
 
 @pytest.fixture(scope="module")
 def page_url(grpc_url, checkpoint, tmp_path_factory):
-    port = Ports.free().http
     log = tmp_path_factory.mktemp("ui") / "ui.log"
-    command = [sys.executable, "-m", "resnet_triton", "ui", "--url", grpc_url,
-               "--checkpoint", str(checkpoint), "--port", str(port), "--top-k", "3"]  # fmt: skip
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                urllib.request.urlopen(url + "/api/model", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.3)
+    with start_ui(grpc_url, log, "--checkpoint", str(checkpoint), "--top-k", "3") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -64,34 +40,18 @@ def browser():
         chromium.close()
 
 
-def post(url: str, name: str, data: bytes) -> tuple[int, dict]:
-    boundary = "resnet-triton-test"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + \
-        f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
-    request = urllib.request.Request(
-        url + "/api/classify", data=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )  # fmt: skip
-    try:
-        with urllib.request.urlopen(request) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_the_api_answers_as_the_client_library(page_url, grpc_url):
     photo = PHOTOS[0].read_bytes()
     with Classifier(grpc_url) as client:
         [expected] = client.classify([photo], top_k=3)
         [refused] = client.classify([NOT_AN_IMAGE], top_k=3)
-    status, answer = post(page_url, PHOTOS[0].name, photo)
+    status, answer = post_image(page_url, PHOTOS[0].name, photo)
     assert status == 200, answer
     assert [(p["label"], p["score"]) for p in answer["predictions"]] == [
         (p.label, p.score) for p in expected.predictions
     ]
     assert answer["latency_ms"] > 0 and answer["overlay"].startswith("data:image/png;base64,")
-    status, answer = post(page_url, "notes.csv", NOT_AN_IMAGE)
+    status, answer = post_image(page_url, "notes.csv", NOT_AN_IMAGE)
     assert (status, answer) == (422, {"file": "notes.csv", "error": refused.error})
     assert "not a decodable image" in refused.error
 
@@ -113,6 +73,7 @@ def test_the_page_in_a_browser(page_url, grpc_url, browser, tmp_path):
     done = page.locator(".card[data-state=done]")
     assert done.locator("h2").inner_text() == photos[0].name
     assert done.locator(".label").first.inner_text() == expected[0]
+    assert done.get_attribute("data-answer") == expected[0]  # not below a reject_below
     assert done.locator(".label").count() == 3
     overlay = done.locator('img[alt="Grad-CAM overlay"]')
     assert overlay.evaluate("img => img.complete && img.naturalWidth") == 64  # the crop size

@@ -85,7 +85,7 @@ class AsyncClassifier(_Protocol):
 
     async def classify(self, images: Sequence[ImageLike], top_k: int = 1) -> list[Result]:
         """Every image classified, in order; failures are per image, in Result.error."""
-        job = Job(images, self.info.max_batch_size)
+        job = Job(images, self.info.max_batch_size, self.info.reject_below)
         limit = asyncio.Semaphore(max(1, self.concurrency))
 
         async def run(batch: list[_Item]) -> None:

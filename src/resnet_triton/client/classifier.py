@@ -146,7 +146,7 @@ class Classifier(_Protocol):
 
         progress: called with the number of images each finished request covered.
         """
-        job = Job(images, self.info.max_batch_size)
+        job = Job(images, self.info.max_batch_size, self.info.reject_below)
 
         def run(batch: list[_Item]) -> None:
             try:

@@ -25,16 +25,17 @@ def write(results: list[Result], fmt: str, top_k: int, out=None) -> None:
     elif fmt == "csv":
         writer = csv.writer(out)
         ranks = [f"{k}_{i}" for i in range(1, top_k + 1) for k in ("label", "index", "score")]
-        writer.writerow(["source", *ranks, "error"])
+        writer.writerow(["source", *ranks, "unknown", "error"])
         for r in results:
             cells = [v for p in r.predictions for v in (p.label, p.index, f"{p.score:.6f}")]
             cells += [""] * (3 * top_k - len(cells))
-            writer.writerow([r.source, *cells, r.error or ""])
+            writer.writerow([r.source, *cells, int(r.unknown), r.error or ""])
     else:
         for r in results:
             if r.ok:
                 ranked = ", ".join(f"{p.label} ({p.score:.4f})" for p in r.predictions)
-                print(f"{r.source}: {ranked}", file=out)
+                shown = f"unknown (none of the classes; {ranked})" if r.unknown else ranked
+                print(f"{r.source}: {shown}", file=out)
             else:
                 print(f"{r.source}: ERROR {r.error}", file=out)
 

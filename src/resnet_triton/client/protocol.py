@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from resnet_triton.endpoints import GRPC_PORT, HTTP_PORT
 from resnet_triton.errors import UserError
+from resnet_triton.spec import REJECT_BELOW
 
 PROTOCOLS = {"grpc": f"localhost:{GRPC_PORT}", "http": f"localhost:{HTTP_PORT}"}
 RETRYABLE_STATUS = {"StatusCode.UNAVAILABLE", "503", "502"}
@@ -45,10 +46,20 @@ class Result:
     source: str
     predictions: tuple[Prediction, ...] = ()
     error: str | None = None
+    # The top score is below the served model's reject_below: the image is none of the
+    # classes. The predictions are still there, for a look.
+    unknown: bool = False
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def answer(self) -> str | None:
+        """The label, "unknown" when rejected, None when the image failed."""
+        if self.error is not None or not self.predictions:
+            return None
+        return "unknown" if self.unknown else self.predictions[0].label
 
     @property
     def top1(self) -> Prediction | None:
@@ -64,6 +75,7 @@ class ModelInfo:
     # BYTES: one encoded image per element (the Python preprocess model); UINT8: the
     # encoded bytes as a row of uint8, zero-padded to the longest (the DALI model).
     input_datatype: str = "BYTES"
+    reject_below: float | None = None  # the ensemble's config parameter, when calibrated
 
 
 @dataclass
@@ -133,15 +145,22 @@ class Job:
     request of several images, send each of them alone, so that only the image at fault
     fails (with its own error) and every other image is answered."""
 
-    def __init__(self, images: Sequence[ImageLike], max_batch_size: int):
+    def __init__(
+        self, images: Sequence[ImageLike], max_batch_size: int, reject_below: float | None = None
+    ):
         self.items = _encode_all(images)
+        self.reject_below = reject_below
         ready = [item for item in self.items if item.error is None]
         self.batches = [ready[i : i + max_batch_size] for i in range(0, len(ready), max_batch_size)]
         self.answers: dict[int, Result] = {}
 
     def answered(self, batch: list[_Item], rows: list[tuple[Prediction, ...]]) -> None:
+        limit = self.reject_below
         self.answers.update(
-            {i.index: Result(i.source, row) for i, row in zip(batch, rows, strict=True)}
+            {
+                i.index: Result(i.source, row, unknown=limit is not None and row[0].score < limit)
+                for i, row in zip(batch, rows, strict=True)
+            }
         )
 
     def refused(self, batch: list[_Item], error: ClientError) -> list[list[_Item]]:
@@ -191,20 +210,35 @@ class _Protocol:
         if not ready:
             raise ClientError(f"model {self.model!r} at {self.url} is not ready")
         if self.grpc:
+            parameter = config.config.parameters.get(REJECT_BELOW)
             return ModelInfo(
                 self.model,
                 metadata.inputs[0].name,
                 metadata.outputs[0].name,
                 config.config.max_batch_size,
                 metadata.inputs[0].datatype,
+                self._threshold(parameter.string_value if parameter else None),
             )
+        parameter = config.get("parameters", {}).get(REJECT_BELOW)
         return ModelInfo(
             self.model,
             metadata["inputs"][0]["name"],
             metadata["outputs"][0]["name"],
             config["max_batch_size"],
             metadata["inputs"][0]["datatype"],
+            self._threshold(parameter["string_value"] if parameter else None),
         )
+
+    def _threshold(self, text: str | None) -> float | None:
+        if text is None:
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise ClientError(
+                f"model {self.model!r} at {self.url}: parameter {REJECT_BELOW} is {text!r}, "
+                "not a number"
+            ) from None
 
     def unknown_model(self, exc: Exception) -> ClientError:
         message = _message(exc)

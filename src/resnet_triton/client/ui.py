@@ -52,7 +52,8 @@ def create_app(classifier: Classifier, explainer: "Explainer | None" = None, top
     @app.get("/api/model")
     def model() -> dict:
         return {"model": classifier.model, "url": classifier.url, "protocol": classifier.protocol,
-                "top_k": top_k, "explains": explainer is not None}  # fmt: skip
+                "top_k": top_k, "explains": explainer is not None,
+                "reject_below": classifier.info.reject_below}  # fmt: skip
 
     @app.post("/api/classify")
     def classify(image: UploadFile):
@@ -70,6 +71,8 @@ def create_app(classifier: Classifier, explainer: "Explainer | None" = None, top
             "file": name,
             "latency_ms": round(latency_ms, 2),
             "predictions": [{"label": p.label, "score": p.score} for p in result.predictions],
+            "unknown": result.unknown,  # below the served model's reject_below
+            "reject_below": classifier.info.reject_below,
             "overlay": None,
         }
         if explainer is not None:

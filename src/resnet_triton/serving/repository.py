@@ -51,7 +51,7 @@ from resnet_triton.build.manifest import write_manifest
 from resnet_triton.serving import dali
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.plans import Plans, published_plans
-from resnet_triton.spec import ModelSpec
+from resnet_triton.spec import REJECT_BELOW, ModelSpec
 
 # The stub's interpreter ignores PYTHONPATH; EXECUTION_ENV_PATH points it at the
 # project's virtual environment, here relative to the committed repository.
@@ -242,7 +242,7 @@ def ensemble_config(spec: ModelSpec, serving: ServingConfig = DEFAULTS) -> mc.Mo
             output_map={names.scores: names.scores},
         ),
     ]
-    return mc.ModelConfig(
+    config = mc.ModelConfig(
         name=names.ensemble,
         platform="ensemble",
         max_batch_size=spec.max_batch_size,
@@ -257,6 +257,9 @@ def ensemble_config(spec: ModelSpec, serving: ServingConfig = DEFAULTS) -> mc.Mo
         ],
         ensemble_scheduling=mc.ModelEnsembling(step=steps),
     )
+    if spec.reject_below is not None:  # clients read it from the config and answer "unknown"
+        config.parameters[REJECT_BELOW].string_value = repr(spec.reject_below)
+    return config
 
 
 def rendered_files(
