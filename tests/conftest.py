@@ -249,19 +249,24 @@ def start_ui(grpc_url: str, log: Path, *flags: str):
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                urllib.request.urlopen(url + "/api/model", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.3)
+        wait_for_http(f"{url}/api/model", process, log, "the page", timeout=60)
         yield url
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, what: str, timeout: float):
+    """Until `url` answers; fails with the process's log if it exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start: {log.read_text()}") from None
+            time.sleep(0.2)
 
 
 def post_image(url: str, name: str, data: bytes) -> tuple[int, dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import NAMES, PHOTOS
+from conftest import NAMES, PHOTOS, wait_for_http
 from manifests import CHART, DEPLOY
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "perf"))
@@ -46,15 +46,7 @@ def prometheus(triton, tmp_path):
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/-/ready", timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"Prometheus did not start: {log.read_text()}") from None
-                time.sleep(0.2)
+        wait_for_http(f"{url}/-/ready", process, log, "Prometheus", timeout=30)
         yield url
     finally:
         process.terminate()

@@ -10,6 +10,7 @@ training machine need not have):
 import json
 
 import pytest
+import test_loop
 import torch
 
 from resnet_triton.digits import write_digits
@@ -23,16 +24,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-TINY = {
-    "resize_size": 36,
-    "crop_size": 32,
-    "workers": 0,
-    "weights": "none",
-    "arch": "resnet18",
-    "hflip": False,
-    "lr": 3e-3,
-    "epochs": 3,
-}
+TINY = {**test_loop.TINY, "epochs": 3}  # test_loop's small digits run
 
 
 @pytest.fixture(scope="module")
