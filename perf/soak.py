@@ -72,7 +72,8 @@ def memory(server: TritonServer) -> dict[str, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--minutes", type=float, default=5.0)
+    # 30: the preprocess stub's RSS climbs for its first 10 minutes, then holds (deploy/README)
+    parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--warmup-s", type=float, default=60.0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--sample-s", type=float, default=30.0, help="RSS sampled this often")
