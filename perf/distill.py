@@ -20,14 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from ceilings import onnxruntime_ceiling
-from torch.utils.data import DataLoader
 
 from resnet_triton.build.export import export_onnx
-from resnet_triton.data import EvalTransform, image_folder
 from resnet_triton.digits import write_digits
 from resnet_triton.preprocess import pixels_from_files
 from resnet_triton.resnet import load_checkpoint
-from resnet_triton.training import TrainConfig, predict, run
+from resnet_triton.training import TrainConfig, run
+from resnet_triton.training.loaders import predict_folder
 
 
 def train(name: str, args, **options) -> Path:
@@ -42,12 +41,9 @@ def train(name: str, args, **options) -> Path:
 
 
 def predictions(checkpoint: Path, val: Path) -> tuple[np.ndarray, np.ndarray]:
-    spec, model, _ = load_checkpoint(checkpoint)
-    dataset = image_folder(val, EvalTransform(spec.preprocessing))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with torch.no_grad():
-        probs = predict(model.to(device), DataLoader(dataset, batch_size=64), device)
-    return probs.argmax(1), np.array(dataset.targets)
+    probs, targets = predict_folder(checkpoint, val, device)
+    return probs.argmax(1), targets
 
 
 def speed(checkpoint: Path, pixels: np.ndarray, seconds: float) -> dict:

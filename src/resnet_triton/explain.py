@@ -96,15 +96,16 @@ class Explainer:
         if len(crops) == 0:
             return []
         inputs = torch.from_numpy(normalize(to_pixels(crops), self.spec.preprocessing))
-        inputs = inputs.to(self.device)
-        with torch.no_grad():
-            probs = torch.softmax(self.model(inputs).float(), dim=1).cpu().numpy()
-        predicted = probs.argmax(1)
         fixed = self.target_index(target)
-        indices = [int(p) if fixed is None else fixed for p in predicted]
+        targets = None if fixed is None else [ClassifierOutputTarget(fixed)] * len(crops)
         layer = self.model.layer4[-1]
         with METHODS[self.method](model=self.model, target_layers=[layer]) as cam:
-            maps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(i) for i in indices])
+            # targets None: grad-cam explains each image's top class; its forward pass
+            # (cam.outputs) gives the scores too, so the model runs once.
+            maps = cam(input_tensor=inputs.to(self.device), targets=targets)
+            probs = torch.softmax(cam.outputs.detach().float(), dim=1).cpu().numpy()
+        predicted = probs.argmax(1)
+        indices = [int(p) if fixed is None else fixed for p in predicted]
         labels = self.spec.labels
         return [
             Explanation(
@@ -184,10 +185,10 @@ def main(args: argparse.Namespace) -> int:
         except ImageDecodeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
-    explanations = []
-    for start in range(0, len(crops), 32):
-        chunk = np.stack(crops[start : start + 32])
-        explanations += explainer.explain(chunk, sources[start : start + 32], args.target)
+    explanations, batch = [], explainer.spec.max_batch_size
+    for start in range(0, len(crops), batch):
+        chunk = np.stack(crops[start : start + batch])
+        explanations += explainer.explain(chunk, sources[start : start + batch], args.target)
     overlays = write(explanations, args.out, args.method)
     for e, overlay in zip(explanations, overlays, strict=True):
         print(f"{e.source}: {e.label} ({e.score:.4f}, predicted {e.predicted}) -> {overlay}")

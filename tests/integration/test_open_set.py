@@ -26,6 +26,7 @@ from resnet_triton.client import Classifier
 from resnet_triton.resnet import load_checkpoint
 from resnet_triton.serving.repository import read_config
 from resnet_triton.serving.server import Ports, TritonServer
+from resnet_triton.spec import REJECT_BELOW
 from resnet_triton.training.calibrate import calibrate, scores
 
 pytestmark = pytest.mark.integration
@@ -77,7 +78,7 @@ def test_served_answers_say_unknown_below_the_threshold(calibrated, served, digi
     checkpoint, report = calibrated
     server, repo = served
     config = read_config(repo / NAMES.ensemble / "config.pbtxt")
-    assert float(config.parameters["reject_below"].string_value) == report["threshold"]
+    assert float(config.parameters[REJECT_BELOW].string_value) == report["threshold"]
     spec, model, _ = load_checkpoint(checkpoint)
     images = OUTSIDE + sorted((digits / "val").rglob("*.png"))[::9]  # 28 photos, 40 digits
     local = scores(model, spec, images)["max_softmax"] < report["threshold"]

@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import SMALL
-from torch.utils.data import DataLoader
 
 from resnet_triton import cli
 from resnet_triton.build import command as build
-from resnet_triton.data import EvalTransform, image_folder
-from resnet_triton.resnet import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from resnet_triton.resnet import CheckpointError, build_model, save_checkpoint
 from resnet_triton.spec import ModelSpec
-from resnet_triton.training import TrainConfig, predict, run
+from resnet_triton.training import TrainConfig, run
+from resnet_triton.training.loaders import predict_folder
 
 BASE = {"arch": "resnet18", "weights": "none", "epochs": 2, "lr": 3e-3, "hflip": False,
         "workers": 0, **SMALL}  # fmt: skip
@@ -39,11 +38,8 @@ def runs(digits, tmp_path_factory):
 
 
 def answers(checkpoint, val) -> tuple[np.ndarray, np.ndarray]:
-    spec, model, _ = load_checkpoint(checkpoint)
-    dataset = image_folder(val, EvalTransform(spec.preprocessing))
-    with torch.no_grad():
-        probs = predict(model, DataLoader(dataset, batch_size=64), torch.device("cpu"))
-    return probs.argmax(1), np.array(dataset.targets)
+    probs, targets = predict_folder(checkpoint, val, torch.device("cpu"))
+    return probs.argmax(1), targets
 
 
 def test_the_distilled_student_agrees_with_its_teacher_more(runs, digits):

@@ -36,16 +36,15 @@ SCORE = "max_softmax"
 
 
 def scores(model: torch.nn.Module, spec: ModelSpec, paths: list[Path]) -> dict[str, np.ndarray]:
-    """Per image: max softmax, energy (logsumexp of the logits) and the predicted index."""
-    out = {"max_softmax": [], "energy": [], "predicted": []}
-    for start in range(0, len(paths), 64):
-        pixels = pixels_from_files(paths[start : start + 64], spec.preprocessing)
+    """Per image: max softmax and energy (logsumexp of the logits)."""
+    out = {"max_softmax": [], "energy": []}
+    batch = spec.max_batch_size
+    for start in range(0, len(paths), batch):
+        pixels = pixels_from_files(paths[start : start + batch], spec.preprocessing)
         with torch.no_grad():
             logits = model(torch.from_numpy(normalize(pixels, spec.preprocessing))).float()
-        probs = torch.softmax(logits, dim=1)
-        out["max_softmax"].append(probs.max(1).values.numpy())
+        out["max_softmax"].append(torch.softmax(logits, dim=1).max(1).values.numpy())
         out["energy"].append(torch.logsumexp(logits, dim=1).numpy())
-        out["predicted"].append(probs.argmax(1).numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 

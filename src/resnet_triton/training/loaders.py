@@ -18,7 +18,8 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from resnet_triton.data import class_counts
+from resnet_triton.data import EvalTransform, class_counts, image_folder
+from resnet_triton.resnet import load_checkpoint
 from resnet_triton.training import distributed
 from resnet_triton.training.config import TrainConfig
 
@@ -87,3 +88,13 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.nd
         images = images.to(device, memory_format=torch.channels_last)
         out.append(torch.softmax(model(images).float(), dim=1).cpu())
     return torch.cat(out).numpy()
+
+
+def predict_folder(checkpoint, folder, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(softmax probabilities, class indices) of a checkpoint on an ImageFolder, through
+    the eval preprocessing."""
+    spec, model, _ = load_checkpoint(checkpoint)
+    dataset = image_folder(folder, EvalTransform(spec.preprocessing))
+    loader = DataLoader(dataset, batch_size=spec.max_batch_size)
+    with torch.no_grad():
+        return predict(model.to(device), loader, device), np.array(dataset.targets)
