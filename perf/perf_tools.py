@@ -8,6 +8,7 @@ import base64
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 
 from resnet_triton.build.export import spec_from_onnx
 from resnet_triton.serving.repository import ONNX_FILE, serialized_bytes
+from resnet_triton.serving.serve import python_stubs
 from resnet_triton.serving.server import preflight
 from resnet_triton.spec import ModelSpec
 
@@ -106,3 +108,30 @@ def compute_per_image_ms(client, model: str) -> tuple[float, int]:
     infer = stats["inference_stats"]["compute_infer"]
     count = int(stats.get("inference_count", 0))
     return (int(infer.get("ns", 0)) / max(count, 1) / 1e6, count)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process, all its threads (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's ended children: the load generators it ran."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_snapshot(server_pid: int) -> dict[str, float]:
+    """CPU seconds so far: tritonserver, each Python stub by model, the load generators."""
+    stubs = {f"{model} stub": cpu_seconds(pid) for pid, model in python_stubs(server_pid).items()}
+    return {
+        "load generator": children_cpu_seconds(),
+        "tritonserver": cpu_seconds(server_pid),
+        **stubs,
+    }
+
+
+def cpu_ms_per_image(before: dict, after: dict, images: int) -> dict[str, float]:
+    """Core-milliseconds per image of each process between two snapshots."""
+    return {k: round((after[k] - before[k]) * 1000 / max(images, 1), 2) for k in after}
