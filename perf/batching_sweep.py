@@ -54,6 +54,9 @@ CANDIDATES = {
     "none of them, classifier at nice 10, 2 classifier instances of 1 thread": {
         **NICE, "classifier_instances": 2, "intra_op_threads": 1,
     },
+    "none of them, classifier at nice 10, idle ONNX Runtime threads spin": {
+        **NICE, "allow_spinning": True,
+    },
 }  # fmt: skip
 
 
