@@ -11,6 +11,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,16 @@ def cpu_snapshot(server_pid: int) -> dict[str, float]:
 def cpu_ms_per_image(before: dict, after: dict, images: int) -> dict[str, float]:
     """Core-milliseconds per image of each process between two snapshots."""
     return {k: round((after[k] - before[k]) * 1000 / max(images, 1), 2) for k in after}
+
+
+def with_cpu_account(server_pid: int, client, model: str, run):
+    """run() between two CPU snapshots: (its result, core-ms an image of each process, with
+    the images `model` counted in Triton's statistics, the share of all cores busy)."""
+    before, started = cpu_snapshot(server_pid), time.perf_counter()
+    images = compute_per_image_ms(client, model)[1]
+    result = run()
+    images = compute_per_image_ms(client, model)[1] - images
+    wall = time.perf_counter() - started
+    after = cpu_snapshot(server_pid)
+    busy = sum(after[k] - before[k] for k in after) / (wall * os.cpu_count())
+    return result, cpu_ms_per_image(before, after, images), round(busy, 3)

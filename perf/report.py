@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -42,10 +43,10 @@ from perf_tools import (
     compute_per_image_ms,
     cpu_ms_per_image,
     cpu_seconds,
-    cpu_snapshot,
     ensemble_input,
     published_model,
     run_perf_analyzer,
+    with_cpu_account,
 )
 
 from resnet_triton.build import command as build
@@ -99,20 +100,12 @@ def measure_triton(repo, spec, photos, pixels, levels, interval_ms, out) -> dict
         client = grpcclient.InferenceServerClient(f"localhost:{server.ports.grpc}")
         for kind, (model, data) in inputs.items():
             for level in levels:
-                before, started = cpu_snapshot(server.process.pid), time.perf_counter()
-                images = compute_per_image_ms(client, model)[1]
-                (row,) = run_perf_analyzer(
-                    model, server.ports, data, f"{level}:{level}", out / f"{kind}_{level}.csv",
-                    interval_ms,
+                run = functools.partial(
+                    run_perf_analyzer, model, server.ports, data, f"{level}:{level}",
+                    out / f"{kind}_{level}.csv", interval_ms,
                 )  # fmt: skip
-                images = compute_per_image_ms(client, model)[1] - images
-                wall = time.perf_counter() - started
-                after = cpu_snapshot(server.process.pid)
-                row["cpu_ms_per_image"] = cpu_ms_per_image(before, after, images)
-                row["cpu_busy"] = round(
-                    sum(after[k] - before[k] for k in after) / (wall * os.cpu_count()), 3
-                )
-                results[kind].append(row)
+                rows, cpu, busy = with_cpu_account(server.process.pid, client, model, run)
+                results[kind] += [{**r, "cpu_ms_per_image": cpu, "cpu_busy": busy} for r in rows]
             if kind == "ensemble":
                 results["preprocess_ms_under_load"] = compute_per_image_ms(
                     client, spec.names.preprocess
