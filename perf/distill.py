@@ -46,10 +46,10 @@ def predictions(checkpoint: Path, val: Path) -> tuple[np.ndarray, np.ndarray]:
     return probs.argmax(1), targets
 
 
-def speed(checkpoint: Path, pixels: np.ndarray, seconds: float) -> dict:
+def speed(checkpoint: Path, pixels: np.ndarray, batches: tuple[int, ...], seconds: float) -> dict:
     spec, model, _ = load_checkpoint(checkpoint)
     onnx_path = export_onnx(model, spec, checkpoint.with_suffix(".onnx"), checkpoint)
-    return {f"batch {b}": onnxruntime_ceiling(onnx_path, pixels, b, seconds) for b in (1, 32)}
+    return {f"batch {b}": onnxruntime_ceiling(onnx_path, pixels, b, seconds) for b in batches}
 
 
 def main() -> int:
@@ -76,28 +76,30 @@ def main() -> int:
     }
     taught, targets = predictions(teacher, val)
     paths = sorted(val.rglob("*.png"))[:64]
-    pixels = pixels_from_files(paths, load_checkpoint(teacher)[0].preprocessing)
+    spec = load_checkpoint(teacher)[0]
+    pixels = pixels_from_files(paths, spec.preprocessing)
+    batches = (1, spec.max_batch_size)
     rows = {"teacher": {"checkpoint": str(teacher), "top1": float((taught == targets).mean()),
-                        "speed": speed(teacher, pixels, args.seconds)}}  # fmt: skip
+                        "speed": speed(teacher, pixels, batches, args.seconds)}}  # fmt: skip
     for name, checkpoint in students.items():
         answers, _ = predictions(checkpoint, val)
         rows[name] = {"checkpoint": str(checkpoint), "top1": float((answers == targets).mean()),
                       "agreement_with_teacher": float((answers == taught).mean()),
-                      "speed": speed(checkpoint, pixels, args.seconds)}  # fmt: skip
+                      "speed": speed(checkpoint, pixels, batches, args.seconds)}  # fmt: skip
     for row in rows.values():
         for batch, figures in row["speed"].items():
             teacher_rate = rows["teacher"]["speed"][batch]["throughput_img_s"]
             figures["speedup_over_teacher"] = round(figures["throughput_img_s"] / teacher_rate, 2)
 
-    print(
-        f"\n{'model':<12} {'top-1':>7} {'agrees':>7} {'img/s b1':>9} {'img/s b32':>10} {'x b32':>6}"
-    )
+    most = spec.max_batch_size
+    print(f"\n{'model':<12} {'top-1':>7} {'agrees':>7} {'img/s b1':>9} "
+          f"{f'img/s b{most}':>10} {f'x b{most}':>6}")  # fmt: skip
     for name, row in rows.items():
-        b1, b32 = row["speed"]["batch 1"], row["speed"]["batch 32"]
+        b1, bmost = row["speed"].values()
         agrees = row.get("agreement_with_teacher")
         print(f"{name:<12} {row['top1']:>7.4f} {'-' if agrees is None else f'{agrees:.4f}':>7} "
-              f"{b1['throughput_img_s']:>9.1f} {b32['throughput_img_s']:>10.1f} "
-              f"{b32['speedup_over_teacher']:>6.2f}")  # fmt: skip
+              f"{b1['throughput_img_s']:>9.1f} {bmost['throughput_img_s']:>10.1f} "
+              f"{bmost['speedup_over_teacher']:>6.2f}")  # fmt: skip
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     summary = {"args": {k: str(v) for k, v in vars(args).items()}, "training_device": device,
                "onnxruntime_threads": "default (all cores)", "models": rows}  # fmt: skip

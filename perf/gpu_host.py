@@ -171,7 +171,8 @@ def main() -> int:
         result["classifier"][arch] = rows
         for name, row in rows.items():
             print(f"{arch:<9} {name:<36} {row['ms_per_batch']:8.2f} ms {row['img_s']:9.1f} img/s")
-    result["decoding"] = decoding(photos, demo_spec(), 32, args.seconds)
+    spec = demo_spec()
+    result["decoding"] = decoding(photos, spec, spec.max_batch_size, args.seconds)
     print(json.dumps(result["decoding"], indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -18,7 +18,7 @@ import numpy as np
 
 from resnet_triton.build.export import spec_from_onnx
 from resnet_triton.serving.repository import ONNX_FILE, serialized_bytes
-from resnet_triton.serving.serve import python_stubs
+from resnet_triton.serving.serve import proc_stat, python_stubs
 from resnet_triton.serving.server import preflight
 from resnet_triton.spec import ModelSpec
 
@@ -113,7 +113,7 @@ def compute_per_image_ms(client, model: str) -> tuple[float, int]:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a running process, all its threads (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

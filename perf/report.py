@@ -184,7 +184,8 @@ def measure(arch: str, precision: str, args, photos) -> dict:
     ensemble = triton["ensemble"]
     top = max(ensemble, key=lambda r: r["throughput_img_s"])
     # The load generator shares the cores; the fair ceiling has them to itself.
-    load_share = top["cpu_ms_per_image"]["load generator"] * best(ensemble) / 1000 / os.cpu_count()
+    load_share = top["cpu_ms_per_image"]["load generator"] * top["throughput_img_s"] / 1000
+    load_share /= os.cpu_count()
     return {
         "arch": arch,
         "precision": precision,

@@ -36,6 +36,12 @@ from resnet_triton.serving.server import Ports, ServerError, TritonServer, prefl
 STUB = "triton_python_backend_stub"
 
 
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (which may hold spaces and
+    parentheses): state, ppid, ..., utime and stime at 11 and 12."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def python_stubs(server_pid: int) -> dict[int, str]:
     """pid -> model name of every Python-backend stub under the server process."""
     stubs = {}
@@ -43,7 +49,7 @@ def python_stubs(server_pid: int) -> dict[int, str]:
         if not entry.name.isdigit():
             continue
         try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            ppid = int(proc_stat(int(entry.name))[1])
             args = (entry / "cmdline").read_bytes().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue  # the process ended while we looked
@@ -55,7 +61,7 @@ def python_stubs(server_pid: int) -> dict[int, str]:
 
 def _alive(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = proc_stat(pid)[0]
     except (OSError, IndexError):
         return False
     return state != "Z"  # a zombie is dead, only not yet reaped by Triton
