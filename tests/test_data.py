@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from resnet_triton.data import Augmentation, DataError, image_folder, load_splits
 from resnet_triton.digits import write_digits
+from resnet_triton.preprocess import ImageDecodeError, decode_image, image_files
 from resnet_triton.spec import Preprocessing
 
 
@@ -103,3 +106,24 @@ def test_train_and_val_classes_must_match(tmp_path):
     make_folder(tmp_path / "val", ["a", "c"])
     with pytest.raises(DataError, match=r"only in train \['b'\], only in val \['c'\]"):
         splits(tmp_path)
+
+
+def test_one_definition_of_an_image_file(tmp_path):
+    """The spec's formats decide which files are images, for training, classify and the
+    server alike: a GIF is trained on (the server decodes it), a TIFF is listed as ignored
+    instead of stopping the run (the server refuses it)."""
+    make_folder(tmp_path, ["a", "b"], per_class=3)
+    Image.new("P", (10, 10), 3).save(tmp_path / "a" / "anim.gif")
+    Image.new("RGB", (10, 10)).save(tmp_path / "b" / "scan.tif")
+    result = splits(tmp_path, val_split=0.4)
+    trained = {Path(p).relative_to(tmp_path) for p, _ in result.train.samples + result.val.samples}
+    assert Path("a/anim.gif") in trained and len(trained) == 7
+    assert result.bad_images == [] and result.ignored_files == [str(tmp_path / "b" / "scan.tif")]
+    listed = [p.name for p in image_files([str(tmp_path)])]
+    assert "anim.gif" in listed and "scan.tif" not in listed and len(listed) == 7
+    assert decode_image((tmp_path / "a" / "anim.gif").read_bytes()).mode == "RGB"
+    with pytest.raises(ImageDecodeError, match="image format TIFF is not accepted"):
+        decode_image((tmp_path / "b" / "scan.tif").read_bytes())
+    # A spec that accepts PNG only trains on PNG files only.
+    png_only = image_folder(tmp_path, Preprocessing(36, 32, formats=("PNG",)))
+    assert sorted(Path(p).suffix for p, _ in png_only.samples) == [".png"] * 6

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +22,10 @@ import torch
 from PIL import Image
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from resnet_triton.errors import UserError
 from resnet_triton.preprocess import ImageDecodeError, load_image, preprocess
 from resnet_triton.spec import Preprocessing
-
-SPLITS = ("train", "val")
 
 
 class DataError(UserError, ValueError):
@@ -77,16 +76,29 @@ def train_transform(cfg: Preprocessing, aug: Augmentation) -> transforms.Compose
     return transforms.Compose(steps)
 
 
-def image_folder(root: Path, transform=None, cfg: Preprocessing | None = None) -> ImageFolder:
-    """torchvision's ImageFolder, decoding with the same function and limits as serving."""
+def _has_extension(path: str, extensions: tuple[str, ...]) -> bool:
+    return path.lower().endswith(extensions)
+
+
+def image_folder(
+    root: Path, cfg: Preprocessing | None = None, evaluate: bool = False
+) -> ImageFolder:
+    """torchvision's ImageFolder over the files of `cfg`'s formats (spec.FORMAT_EXTENSIONS),
+    decoded with the same function and limits as serving. `evaluate`: items are `cfg`'s
+    eval tensors, so the decoding and the preprocessing come from one setting."""
+    cfg = cfg or Preprocessing()
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
     try:
-        loader = functools.partial(load_image, cfg=cfg or Preprocessing())
-        dataset = ImageFolder(root, transform=transform, loader=loader)
+        dataset = ImageFolder(
+            root,
+            transform=EvalTransform(cfg) if evaluate else None,
+            loader=functools.partial(load_image, cfg=cfg),
+            is_valid_file=functools.partial(_has_extension, extensions=cfg.extensions),
+        )
     except FileNotFoundError as exc:
         # torchvision names the folder and, for an empty class, the class.
-        raise DataError(f"{root}: {exc}") from None
+        raise DataError(f"{root}: {exc}Image files end in {', '.join(cfg.extensions)}") from None
     if len(dataset.classes) < 2:
         raise DataError(
             f"{root} has {len(dataset.classes)} class folder(s) {dataset.classes}; "
@@ -102,15 +114,23 @@ class Splits:
     test: ImageFolder | None
     classes: list[str]
     bad_images: list[str]  # path: reason, for every skipped file
-    ignored_files: list[str]  # files without an image extension
+    ignored_files: list[str]  # files that are not images of the spec's formats
+    held_out: str  # split_fingerprint(val) as listed, before undecodable images are left out
 
 
-def _restrict(dataset: ImageFolder, samples: list[tuple[str, int]], transform) -> ImageFolder:
+def _restrict(dataset: ImageFolder, samples: list[tuple[str, int]]) -> ImageFolder:
     subset = copy.copy(dataset)
     subset.samples = subset.imgs = samples
     subset.targets = [target for _, target in samples]
-    subset.transform = transform
     return subset
+
+
+def split_fingerprint(dataset: ImageFolder) -> str:
+    """SHA-256 of a split's files (relative to its root) and classes: whether a folder,
+    listed again, still gives the split a model was validated on."""
+    root = Path(dataset.root)
+    listing = [[str(Path(path).relative_to(root)), target] for path, target in dataset.samples]
+    return hashlib.sha256(json.dumps([dataset.classes, listing]).encode()).hexdigest()
 
 
 def find_bad_images(paths: list[str], cfg: Preprocessing, workers: int = 4) -> dict[str, str]:
@@ -128,6 +148,43 @@ def find_bad_images(paths: list[str], cfg: Preprocessing, workers: int = 4) -> d
     return {path: reason for path, reason in zip(paths, reasons, strict=True) if reason}
 
 
+def list_splits(
+    root: Path, cfg: Preprocessing, val_split: float = 0.2, seed: int = 0
+) -> tuple[ImageFolder, ImageFolder, ImageFolder | None]:
+    """(train, val, test or None) of a data folder, listed, nothing decoded: the split
+    `load_splits` trains on, drawn again by the same arguments."""
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist")
+    if not (root / "train").is_dir():
+        from sklearn.model_selection import train_test_split
+
+        full = image_folder(root, cfg)
+        counts = np.bincount(full.targets, minlength=len(full.classes))
+        if counts.min() < 2:
+            few = [c for c, n in zip(full.classes, counts, strict=True) if n < 2]
+            raise DataError(f"classes {few} have fewer than 2 images; cannot split by ratio")
+        train_idx, val_idx = train_test_split(
+            np.arange(len(full)), test_size=val_split, stratify=full.targets, random_state=seed
+        )
+        train = _restrict(full, [full.samples[i] for i in sorted(train_idx)])
+        return train, _restrict(full, [full.samples[i] for i in sorted(val_idx)]), None
+    if not (root / "val").is_dir():
+        raise DataError(
+            f"{root} has train/ but no val/; add {root}/val/<class>/*, or put the class "
+            f"folders directly in {root} to split by --val-split"
+        )
+    train, val = image_folder(root / "train", cfg), image_folder(root / "val", cfg)
+    test = image_folder(root / "test", cfg) if (root / "test").is_dir() else None
+    for name, other in (("val", val), ("test", test)):
+        if other is not None and other.classes != train.classes:
+            raise DataError(
+                f"train and {name} have different classes: only in train "
+                f"{sorted(set(train.classes) - set(other.classes))}, only in {name} "
+                f"{sorted(set(other.classes) - set(train.classes))}"
+            )
+    return train, val, test
+
+
 def load_splits(
     root: Path,
     cfg: Preprocessing,
@@ -136,42 +193,12 @@ def load_splits(
     seed: int = 0,
     on_bad_image: str = "fail",
 ) -> Splits:
-    if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist")
-    evaluate = EvalTransform(cfg)
-    if (root / "train").is_dir():
-        if not (root / "val").is_dir():
-            raise DataError(
-                f"{root} has train/ but no val/; add {root}/val/<class>/*, or put the class "
-                f"folders directly in {root} to split by --val-split"
-            )
-        train = image_folder(root / "train", train_transform(cfg, aug), cfg)
-        val = image_folder(root / "val", evaluate, cfg)
-        test = image_folder(root / "test", evaluate, cfg) if (root / "test").is_dir() else None
-        for name, other in (("val", val), ("test", test)):
-            if other is not None and other.classes != train.classes:
-                raise DataError(
-                    f"train and {name} have different classes: only in train "
-                    f"{sorted(set(train.classes) - set(other.classes))}, only in {name} "
-                    f"{sorted(set(other.classes) - set(train.classes))}"
-                )
-    else:
-        from sklearn.model_selection import train_test_split
-
-        full = image_folder(root, cfg=cfg)
-        counts = np.bincount(full.targets, minlength=len(full.classes))
-        if counts.min() < 2:
-            few = [c for c, n in zip(full.classes, counts, strict=True) if n < 2]
-            raise DataError(f"classes {few} have fewer than 2 images; cannot split by ratio")
-        train_idx, val_idx = train_test_split(
-            np.arange(len(full)), test_size=val_split, stratify=full.targets, random_state=seed
-        )
-        train = _restrict(
-            full, [full.samples[i] for i in sorted(train_idx)], train_transform(cfg, aug)
-        )
-        val = _restrict(full, [full.samples[i] for i in sorted(val_idx)], evaluate)
-        test = None
-
+    train, val, test = list_splits(root, cfg, val_split, seed)
+    held_out = split_fingerprint(val)
+    train.transform = train_transform(cfg, aug)
+    val.transform = EvalTransform(cfg)
+    if test is not None:
+        test.transform = EvalTransform(cfg)
     datasets = [d for d in (train, val, test) if d is not None]
     bad = find_bad_images([p for d in datasets for p, _ in d.samples], cfg)
     if bad and on_bad_image == "fail":
@@ -189,9 +216,46 @@ def load_splits(
     ignored = sorted(
         str(p)
         for p in root.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in IMG_EXTENSIONS
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in cfg.extensions
     )
-    return Splits(train, val, test, train.classes, [f"{p}: {r}" for p, r in bad.items()], ignored)
+    classes = train.classes
+    return Splits(
+        train, val, test, classes, [f"{p}: {r}" for p, r in bad.items()], ignored, held_out
+    )
+
+
+def run_splits(
+    config: dict, cfg: Preprocessing, held_out: str | None, source: str
+) -> tuple[ImageFolder, ImageFolder]:
+    """(train, val) of the training run whose resolved `config` a checkpoint carries, listed
+    again: a flat folder is split again with the run's val_split and seed. `held_out`, the
+    fingerprint the run recorded (None in checkpoints from before 2026-12), must match:
+    a folder whose files changed since cannot tell its held-out images apart."""
+    if not config.get("data"):
+        raise DataError(f"{source} names no training data; pass the images to use")
+    data = Path(config["data"])
+    train, val, _ = list_splits(data, cfg, config.get("val_split", 0.2), config.get("seed", 0))
+    if held_out is not None and split_fingerprint(val) != held_out:
+        raise DataError(
+            f"{data} no longer gives the validation split that {source} was trained with "
+            "(files added, removed or renamed since), so its held-out images cannot be told "
+            "apart from the training images; pass a folder of images it never trained on"
+        )
+    return train, val
+
+
+def held_out_images(
+    folder: Path, config: dict, cfg: Preprocessing, held_out: str | None, source: str
+) -> ImageFolder:
+    """The images of `folder` that the run of `config` did not train on: the validation
+    split when `folder` is the run's own flat data folder, all of it otherwise; the run's
+    train/ folder is refused."""
+    data = Path(config["data"]).resolve() if config.get("data") else None
+    if data is not None and Path(folder).resolve() == data / "train":
+        raise DataError(f"{folder} is the training split of {source}; give held-out images")
+    if data is not None and Path(folder).resolve() == data and not (data / "train").is_dir():
+        return run_splits(config, cfg, held_out, source)[1]
+    return image_folder(Path(folder), cfg)
 
 
 def class_counts(dataset: ImageFolder) -> np.ndarray:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from resnet_triton.build import command as build
 from resnet_triton.client import Classifier
-from resnet_triton.data import EvalTransform, image_folder
+from resnet_triton.data import image_folder
 from resnet_triton.digits import DEMO_ARCH, write_digits
 from resnet_triton.errors import UserError
 from resnet_triton.resnet import load_checkpoint
@@ -77,7 +77,7 @@ def run(out: Path, repository: Path, epochs: int = 5, lr: float = 2e-3, concurre
 
     with stage("pytorch_reference"):
         spec, model, _ = load_checkpoint(checkpoint)
-        val_set = image_folder(data / "val", EvalTransform(spec.preprocessing))
+        val_set = image_folder(data / "val", spec.preprocessing, evaluate=True)
         reference = predict(model, DataLoader(val_set, batch_size=32), torch.device("cpu"))
         reference = reference.argmax(1)
     targets = np.array(val_set.targets)

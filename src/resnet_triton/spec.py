@@ -23,11 +23,20 @@ ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Pillow format names. TIFF, ICO, PSD and the rest are refused: rare in photo
-# data sets, and a larger attack surface for a server decoding untrusted bytes.
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
-# Their file extensions: what `classify` picks from a folder.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+# Pillow format names and their file extensions: the one definition of an image file.
+# Training, build and `classify` pick files by these extensions (of the spec's
+# `formats`), the server decodes only these formats. TIFF, ICO, PSD and the rest are
+# refused: rare in photo data sets, and a larger attack surface for a server decoding
+# untrusted bytes.
+FORMAT_EXTENSIONS = {
+    "JPEG": (".jpg", ".jpeg"),
+    "PNG": (".png",),
+    "WEBP": (".webp",),
+    "BMP": (".bmp",),
+    "GIF": (".gif",),
+}
+IMAGE_FORMATS = tuple(FORMAT_EXTENSIONS)
+IMAGE_EXTENSIONS = tuple(ext for exts in FORMAT_EXTENSIONS.values() for ext in exts)
 PILLOW_BOMB_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: Pillow warns above, fails at 2x
 
 
@@ -94,6 +103,11 @@ class Preprocessing:
             )
 
     @property
+    def extensions(self) -> tuple[str, ...]:
+        """The file extensions of the accepted formats: which files are images."""
+        return tuple(ext for name in self.formats for ext in FORMAT_EXTENSIONS[name])
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         return (3, self.crop_size, self.crop_size)
 
@@ -133,6 +147,10 @@ class Names:
 
 # The ensemble's config parameter that carries `ModelSpec.reject_below` to clients.
 REJECT_BELOW = "reject_below"
+# The Python-backend models' config parameters that name, from `Names`, the tensor
+# each reads and the one it writes (serving/triton_models.py finds them by these).
+INPUT_NAME = "input_name"
+OUTPUT_NAME = "output_name"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from resnet_triton.data import DataError, image_folder
+from resnet_triton.data import DataError, held_out_images
 from resnet_triton.preprocess import image_files, normalize, pixels_from_files
 from resnet_triton.resnet import load_checkpoint, save_checkpoint
 from resnet_triton.spec import ModelSpec, SpecError
@@ -48,11 +48,23 @@ def scores(model: torch.nn.Module, spec: ModelSpec, paths: list[Path]) -> dict[s
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def calibrate(checkpoint: Path, val: Path, frr: float, outside: list[Path]) -> dict:
+def validation_images(data: Path, spec: ModelSpec, payload: dict, checkpoint: Path):
+    """The held-out images to calibrate on: `data`/val/, or the validation split of the
+    run's own flat folder (drawn again from the checkpoint's config), or all of a folder
+    the run never trained on."""
+    if (data / "val").is_dir():
+        data = data / "val"
+    config, held_out = payload.get("config", {}), payload.get("held_out")
+    return held_out_images(data, config, spec.preprocessing, held_out, str(checkpoint))
+
+
+def calibrate(checkpoint: Path, data: Path, frr: float, outside: list[Path]) -> dict:
+    """data: the training data's root (its val/ or validation split), or held-out images."""
     if not 0.0 < frr < 0.5:
         raise SpecError(f"--frr must lie in (0, 0.5), got {frr}")
     spec, model, payload = load_checkpoint(checkpoint)
-    dataset = image_folder(val, cfg=spec.preprocessing)
+    dataset = validation_images(data, spec, payload, checkpoint)
+    val = dataset.root
     if tuple(dataset.classes) != spec.labels:
         raise DataError(
             f"{val} has classes {dataset.classes}; {checkpoint} has {list(spec.labels)}"
@@ -88,16 +100,21 @@ def get_args_parser() -> argparse.ArgumentParser:
         "validation split; report the rejection of images from outside the classes.",
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="rewritten in place")
-    parser.add_argument("--data", type=Path, required=True, help="ImageFolder root with val/")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="the training data (its val/, or the validation split of a folder of classes, "
+        "drawn again as training drew it) or a folder of held-out images of the classes",
+    )
     parser.add_argument("--frr", type=float, default=0.05, help="in-class images rejected")
     parser.add_argument("--outside", nargs="*", default=[], help="images of no class (optional)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    val = args.data / "val" if (args.data / "val").is_dir() else args.data
     outside = image_files(args.outside) if args.outside else []
-    report = calibrate(args.checkpoint, val, args.frr, outside)
+    report = calibrate(args.checkpoint, args.data, args.frr, outside)
     print(f"reject_below {report['threshold']:.4f} ({SCORE}): {report['val_frr']:.1%} of "
           f"{report['val_images']} validation images rejected (target {args.frr:.1%})")  # fmt: skip
     if outside:

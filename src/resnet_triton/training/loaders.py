@@ -18,7 +18,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from resnet_triton.data import EvalTransform, class_counts, image_folder
+from resnet_triton.data import class_counts, image_folder
 from resnet_triton.resnet import load_checkpoint
 from resnet_triton.training import distributed
 from resnet_triton.training.config import TrainConfig
@@ -94,7 +94,7 @@ def predict_folder(checkpoint, folder, device: torch.device) -> tuple[np.ndarray
     """(softmax probabilities, class indices) of a checkpoint on an ImageFolder, through
     the eval preprocessing."""
     spec, model, _ = load_checkpoint(checkpoint)
-    dataset = image_folder(folder, EvalTransform(spec.preprocessing))
+    dataset = image_folder(folder, spec.preprocessing, evaluate=True)
     loader = DataLoader(dataset, batch_size=spec.max_batch_size)
     with torch.no_grad():
         return predict(model.to(device), loader, device), np.array(dataset.targets)

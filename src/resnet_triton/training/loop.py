@@ -134,6 +134,7 @@ class Trainer:
             self.spec,
             metrics=self.state.history[-1],
             config=self.cfg.as_dict(),
+            held_out=self.splits.held_out,
             training=training,
         )
 
@@ -300,6 +301,7 @@ class Trainer:
                         self.spec,
                         metrics=record,
                         config=cfg.as_dict(),
+                        held_out=self.splits.held_out,  # build and calibrate check it
                     )
                 self.save_last()
                 self._write_metrics()
