@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from resnet_triton.build import gate_images
 from resnet_triton.build.export import spec_from_onnx
+from resnet_triton.build.images import ImageSet
+from resnet_triton.data import image_folder
+from resnet_triton.preprocess import pixels_from_files
 
 
 def images_per_second(path: Path, pixels: np.ndarray, batch: int, seconds: float) -> float:
@@ -48,7 +50,8 @@ def main() -> int:
         print(f"error: {', '.join(missing)} missing; run `make build PRECISION=int8` first")
         return 1
     spec = spec_from_onnx(models["fp32"])
-    pixels, _ = gate_images(args.images, spec, 64)
+    images = ImageSet.of(image_folder(args.images, spec.preprocessing)).spread(64)
+    pixels = pixels_from_files(images.paths, spec.preprocessing)
     rows = []
     print(f"{spec.arch}, {spec.preprocessing.crop_size} px, ONNX Runtime {ort.__version__}, "
           f"{os.cpu_count()} CPUs")  # fmt: skip

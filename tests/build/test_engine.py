@@ -10,7 +10,7 @@ import pytest
 
 from resnet_triton.build import command as build
 from resnet_triton.build import engine
-from resnet_triton.build.manifest import read_manifest
+from resnet_triton.build.manifest import Manifest
 from resnet_triton.errors import UserError
 from resnet_triton.serving.repository import read_config
 from resnet_triton.spec import ModelSpec
@@ -152,9 +152,9 @@ def test_plans_pass_their_gates_and_are_published(checkpoint, digits, tmp_path, 
     result = build.run(opts)
     assert all(r.passed for r in result.reports)
     plan = tmp_path / "repo" / "classifier" / "1" / f"model.{GPU.tag}.plan"
-    manifest = read_manifest(plan)
-    assert manifest["compute_capability"] == GPU.compute_capability
-    assert manifest["inputs"]["profile"] == {"min": 1, "opt": 32, "max": 32}
+    manifest = Manifest.read(plan)
+    assert manifest.compute_capability == GPU.compute_capability
+    assert manifest.inputs["profile"] == {"min": 1, "opt": 32, "max": 32}
     config = read_config(tmp_path / "repo" / "classifier" / "config.pbtxt")
     assert config.platform == "tensorrt_plan"
     assert dict(config.cc_model_filenames) == {GPU.compute_capability: plan.name}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from resnet_triton.build.manifest import read_manifest
+from resnet_triton.build.manifest import Manifest
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def test_cpu_target_through_the_workflow_steps(tmp_path, checkpoint, digits):
         "Push the model store",
     ]
     published = tmp_path / "store" / "cpu" / "classifier" / "1" / "model.onnx"
-    assert read_manifest(published)["content_hash"] == status["content_hash"]
+    assert Manifest.read(published).content_hash == status["content_hash"]
     # Pushed to the store's repositories, where servers read it.
     pushed = store_root / "repositories" / "cpu" / "classifier" / "1" / "model.onnx"
     assert pushed.read_bytes() == published.read_bytes()

@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from resnet_triton.build import command as build
 from resnet_triton.build.export import spec_from_onnx
-from resnet_triton.build.manifest import read_manifest
+from resnet_triton.build.manifest import Manifest
 from resnet_triton.build.verify import TorchRunner
 from resnet_triton.client import Classifier, ClientError
 from resnet_triton.data import image_folder
@@ -148,7 +148,7 @@ def test_cpu_classifier_serves_the_int8_model(checkpoint, digits, tmp_path_facto
     )  # fmt: skip
     build.run(options)
     published = root / "repo" / NAMES.classifier / "1" / "model.onnx"
-    assert read_manifest(published)["precision"] == "int8"
+    assert Manifest.read(published).precision == "int8"
 
     samples = val_images(digits, 16)
     spec = spec_from_onnx(published)

@@ -18,7 +18,7 @@ from conftest import damage, snapshot
 from resnet_triton import cli, pipeline
 from resnet_triton.build import command as build
 from resnet_triton.build import engine
-from resnet_triton.build.manifest import file_sha256, read_manifest
+from resnet_triton.build.manifest import Manifest, file_sha256
 from resnet_triton.client import Classifier
 from resnet_triton.errors import UserError
 from resnet_triton.serving.container import ContainerTritonServer
@@ -314,9 +314,9 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     assert smoke["passed"] and smoke["images"] == 120 and smoke["failed_requests"] == 0
     assert smoke["top1_accuracy"] >= 0.9
     assert pipeline.publish_step(config, "cpu") == published
-    manifest = read_manifest(published)
-    assert manifest["content_hash"] == stage.status["content_hash"]
-    assert manifest["precision"] == "fp32"
+    manifest = Manifest.read(published)
+    assert manifest.content_hash == stage.status["content_hash"]
+    assert manifest.precision == "fp32"
     preprocess = read_config(store / "preprocess" / "config.pbtxt")
     assert preprocess.parameters["EXECUTION_ENV_PATH"].string_value == DEFAULT_ENV_PATH
 
@@ -376,7 +376,7 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     assert stage.status["changed"]
     pipeline.smoke_step(config, "cpu")
     pipeline.publish_step(config, "cpu")
-    assert read_manifest(published)["precision"] == "int8"
+    assert Manifest.read(published).precision == "int8"
     for model in ("preprocess", "classifier"):
         params = read_config(store / model / "config.pbtxt").parameters
         assert params["EXECUTION_ENV_PATH"].string_value == "/workspace/.venv"

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from resnet_triton.build.manifest import Manifest
 from resnet_triton.digits import demo_spec
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.plans import TENSORRT_BACKEND_CONFIG, Plans, backend_flags
@@ -99,7 +100,9 @@ def publish_plan(repo: Path, tmp_path: Path, capability: str, **flags) -> str:
     artifact = tmp_path / "candidate.plan"
     artifact.write_bytes(b"stand-in for a TensorRT plan")
     name = f"model.sm{capability.replace('.', '')}.plan"
-    manifest = {"compute_capability": capability, "inputs": {"flags": flags}}
+    manifest = Manifest(
+        "hash", {"flags": flags}, "fp16", "gpu", "sha", compute_capability=capability
+    )
     publish(artifact, ModelSpec(labels=("cat", "dog")), repo, name, manifest, "/opt/venv", "gpu")
     return name
 

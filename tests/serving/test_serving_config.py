@@ -8,13 +8,15 @@ from resnet_triton.spec import ModelSpec, SpecError
 SPEC = ModelSpec(labels=("a", "b"), max_batch_size=16)
 
 
-def test_defaults_are_the_measured_ones():
-    serving = ServingConfig()
-    assert serving.preferred_batch_sizes == ()
-    assert (serving.preprocess_queue_delay_us, serving.classifier_queue_delay_us) == (0, 0)
-    assert (serving.preprocess_instances, serving.classifier_instances) == (1, 1)
-    assert serving.warmup and serving.versions == 1 and not serving.allow_spinning
-    assert serving.classifier_nice == 10
+def test_one_version_is_served_and_versions_is_no_setting(tmp_path):
+    """Publishing replaces the model in its one version folder: a `versions` setting could
+    never take effect, so it is refused by name rather than ignored."""
+    path = tmp_path / "serving.yaml"
+    path.write_text("versions: 2\n")
+    with pytest.raises(
+        SpecError, match=rf"unknown field\(s\) \['versions'\] in serving config {path}"
+    ):
+        ServingConfig.load(path)
 
 
 def test_yaml_round_trip(tmp_path):

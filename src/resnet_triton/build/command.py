@@ -12,7 +12,13 @@ Artifacts are written to the work folder first. Only when every accuracy
 gate passes (verify.py has the table) are the model file and its manifest
 installed into the repository; a failed gate exits 1, reports the worst
 outputs and leaves the repository as it was. A build whose content hash
-(manifest.py) matches the published manifest is skipped.
+(manifest.py) matches the published manifest is skipped before anything is
+exported or decoded: the hash covers the checkpoint and the exporter, not
+the ONNX file the export would write.
+
+Gates measure on held-out images only (build/images.py): the validation split
+of the checkpoint's training run, reproduced from its config for a folder of
+classes; INT8 calibrates on its training split.
 """
 
 from __future__ import annotations
@@ -21,28 +27,32 @@ import argparse
 import json
 import platform
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+from torch import nn
 
-from resnet_triton.build import engine
+from resnet_triton.build import engine, export
 from resnet_triton.build.export import copy_metadata, export_onnx, fold_if_equal, spec_from_onnx
-from resnet_triton.build.manifest import content_hash, file_sha256, files_sha256, is_up_to_date
-from resnet_triton.build.quantize import SETTINGS as QUANTIZATION
-from resnet_triton.build.quantize import quantize_int8
-from resnet_triton.build.verify import GateReport, TorchRunner, run_gate
-from resnet_triton.data import image_folder
+from resnet_triton.build.images import GateImages, calibration_set, held_out_set, pixel_batches
+from resnet_triton.build.manifest import (
+    Manifest,
+    content_hash,
+    file_sha256,
+    files_sha256,
+    is_up_to_date,
+)
+from resnet_triton.build.quantize import U8S8, Quantization, quantize_int8
+from resnet_triton.build.verify import GateReport, Reference, TorchRunner, run_gate
 from resnet_triton.errors import UserError
-from resnet_triton.preprocess import pixels_from_files
 from resnet_triton.resnet import load_checkpoint
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.plans import published_plans
-from resnet_triton.serving.repository import ONNX_FILE, env_path_for, publish, render
+from resnet_triton.serving.repository import ONNX_FILE, env_path_for, publish, render, version_dir
 from resnet_triton.spec import ModelSpec, check_choice
 
 TARGETS = ("auto", "cpu", "gpu")
@@ -60,8 +70,8 @@ class BuildOptions:
     work_dir: Path = Path("artifacts/build")
     precision: str = "fp32"
     target: str = "auto"
-    images: Path | None = None  # validation ImageFolder for the gates
-    calibration: Path | None = None  # training ImageFolder for INT8
+    images: Path | None = None  # held-out images for the gates; default: the run's val split
+    calibration: Path | None = None  # INT8 calibration images; default: the run's train split
     calibration_images: int = 128
     gate_images: int = 64
     agreement_images: int = 1000
@@ -72,6 +82,7 @@ class BuildOptions:
     onnx: Path | None = None
     env_path: str | None = None
     serving: ServingConfig = ServingConfig()  # rendered into the repository's configs
+    quantization: Quantization = U8S8  # the cpu target's INT8 (ONNX Runtime)
     force: bool = False
 
 
@@ -82,6 +93,26 @@ class BuildResult:
     published: Path  # the model file in the repository
     spec: ModelSpec
     reports: list[GateReport] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one build will make, resolved before any work: its content hash decides
+    whether there is anything to do."""
+
+    target: str  # cpu or gpu
+    gpu: engine.Gpu | None
+    spec: ModelSpec
+    model: nn.Module
+    payload: dict  # the checkpoint's: the training run's config
+    settings: engine.PlanSettings
+    calibration: list[str]  # INT8 calibration image files
+    inputs: dict  # everything the content hash covers (manifest.py)
+    filename: str  # of the model file in the classifier's version folder
+
+    @property
+    def key(self) -> str:
+        return content_hash(self.inputs)
 
 
 def resolve_target(requested: str) -> tuple[str, engine.Gpu | None, str]:
@@ -95,52 +126,7 @@ def resolve_target(requested: str) -> tuple[str, engine.Gpu | None, str]:
     return "gpu", gpu, f"gpu ({why})"
 
 
-def sample(folder: Path, count: int) -> tuple[list[str], np.ndarray]:
-    """`count` images spread evenly over an ImageFolder (every class), and their labels."""
-    samples = image_folder(folder).samples
-    picks = np.unique(np.linspace(0, len(samples) - 1, min(count, len(samples))).astype(int))
-    return [samples[i][0] for i in picks], np.array([samples[i][1] for i in picks])
-
-
-def gate_images(folder: Path, spec: ModelSpec, count: int) -> tuple[np.ndarray, list[str]]:
-    """(uint8 pixels (n, 3, crop, crop), paths) of `count` images of an ImageFolder."""
-    paths, _ = sample(folder, count)
-    return pixels_from_files(paths, spec.preprocessing), paths
-
-
-def batches(
-    paths: list[str], labels: np.ndarray, spec: ModelSpec, size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Preprocessed (pixels, labels) batches, decoded lazily to keep memory flat."""
-    for i in range(0, len(paths), size):
-        chunk = paths[i : i + size]
-        yield pixels_from_files(chunk, spec.preprocessing), labels[i : i + size]
-
-
-def calibration_set(opts: BuildOptions, folder: Path) -> list[str]:
-    paths, _ = sample(folder, opts.calibration_images)
-    if len(paths) < opts.calibration_images:
-        raise UserError(
-            f"calibration folder {folder} has {len(paths)} images; --calibration-images asks "
-            f"for {opts.calibration_images} (lower it, or point --calibration at more images)"
-        )
-    return paths
-
-
-def _data_folders(opts: BuildOptions, payload: dict) -> tuple[Path, Path]:
-    """(validation folder, calibration folder), defaulting to the training data's splits."""
-    data = Path(payload.get("config", {}).get("data", ""))
-    split = (data / "train").is_dir()
-    val = opts.images or (data / "val" if split else data)
-    calibration = opts.calibration or (data / "train" if split else data)
-    if not val.is_dir():
-        raise UserError(f"no validation images at {val}; pass --images DIR (an ImageFolder)")
-    return val, calibration
-
-
-def run(opts: BuildOptions) -> BuildResult:
-    target, gpu, why = resolve_target(opts.target)
-    print(f"build target: {why}", flush=True)
+def _check_options(opts: BuildOptions, target: str, gpu: engine.Gpu | None) -> None:
     check_choice(f"precision for the {target} target", opts.precision, PRECISIONS[target])
     plan_flags = [f for f in ("hardware_compatible", "version_compatible") if getattr(opts, f)]
     if plan_flags and target != "gpu":
@@ -148,35 +134,44 @@ def run(opts: BuildOptions) -> BuildResult:
         raise UserError(f"{flags}: options of TensorRT plans (--target gpu), not of {target}")
     if opts.hardware_compatible:
         engine.check_hardware_compatible(gpu)
+
+
+def source_inputs(opts: BuildOptions) -> dict:
+    """What the FP32 ONNX model is made from: a given file, or the checkpoint and the
+    exporter (its code and versions), so that an unchanged build skips the export too."""
+    if opts.onnx is not None:
+        return {"onnx_sha256": file_sha256(opts.onnx)}
+    exporter = {
+        "code": file_sha256(Path(export.__file__)),
+        "opset": export.OPSET,
+        **{package: version(package) for package in ("torch", "onnx", "polygraphy")},
+    }
+    return {"checkpoint_sha256": file_sha256(opts.checkpoint), "exporter": exporter}
+
+
+def plan_build(opts: BuildOptions) -> Plan:
+    target, gpu, why = resolve_target(opts.target)
+    print(f"build target: {why}", flush=True)
+    _check_options(opts, target, gpu)
     spec, model, payload = load_checkpoint(opts.checkpoint)
     opts.serving.validate(spec)
     profile = engine.Profile.for_spec(spec, opts.opt_batch, opts.serving.preferred_batch_sizes)
-    plan = engine.PlanSettings(
+    settings = engine.PlanSettings(
         opts.precision, profile, opts.workspace_gib, opts.hardware_compatible,
         opts.version_compatible,
     )  # fmt: skip
-    val_dir, calibration_dir = _data_folders(opts, payload)
-    work = opts.work_dir
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-
-    gate_set = gate_images(val_dir, spec, opts.gate_images)
-    if opts.onnx is None:
-        fp32 = export_onnx(model, spec, work / "model.fp32.onnx", opts.checkpoint)
-        print(f"exported {fp32}; {fold_if_equal(fp32, gate_set[0][:8])}")
-    else:
-        fp32 = opts.onnx
-        if spec_from_onnx(fp32) != spec:
-            raise UserError(f"{fp32} was exported from another model spec than {opts.checkpoint}")
-
-    calibration = calibration_set(opts, calibration_dir) if opts.precision == "int8" else []
+    calibration = []
+    if opts.precision == "int8":
+        calibration = calibration_set(
+            spec, payload, opts.checkpoint, opts.calibration, opts.calibration_images
+        )
     if calibration and target == "gpu" and len(calibration) < profile.opt:
         raise UserError(
             f"TensorRT calibrates in batches of the profile's opt size {profile.opt}; "
             f"--calibration-images {len(calibration)} does not fill one"
         )
     inputs = {
-        "onnx_sha256": file_sha256(fp32),
+        "source": source_inputs(opts),
         "precision": opts.precision,
         "target": target,
         "calibration_sha256": files_sha256(calibration) if calibration else None,
@@ -185,56 +180,61 @@ def run(opts: BuildOptions) -> BuildResult:
     if target == "cpu":
         inputs["onnxruntime"] = ort.__version__
         if opts.precision == "int8":
-            inputs["quantization"] = QUANTIZATION
+            inputs["quantization"] = asdict(opts.quantization)  # what quantize_int8 calls
         filename = ONNX_FILE
     else:
         inputs |= {"tensorrt": engine.trt_version(), "compute_capability": gpu.compute_capability}
-        inputs |= {"profile": vars(profile), "flags": plan.flags()}
+        inputs |= {"profile": vars(profile), "flags": settings.flags()}
         filename = f"model.{gpu.tag}.plan"
-    key = content_hash(inputs)
-    published = opts.repository / spec.names.classifier / "1" / filename
-    env_path = opts.env_path or env_path_for(opts.repository)
-    if not opts.force and is_up_to_date(published, key):
-        print(f"up to date: {published} was built from the same inputs (content hash {key[:12]})")
-        plans = published_plans(published.parent) if target == "gpu" else None
-        render(spec, opts.repository, env_path, target, plans, opts.serving)
-        return BuildResult(True, key, published, spec)
+    return Plan(target, gpu, spec, model, payload, settings, calibration, inputs, filename)
 
-    val_paths, val_labels = sample(val_dir, opts.agreement_images)
 
-    def agreement_set():
-        return batches(val_paths, val_labels, spec, 16)
+def export_step(opts: BuildOptions, plan: Plan, images: GateImages) -> Path:
+    """The FP32 ONNX model: exported and folded, or the given file if it carries the spec."""
+    if opts.onnx is not None:
+        if spec_from_onnx(opts.onnx) != plan.spec:
+            raise UserError(
+                f"{opts.onnx} was exported from another model spec than {opts.checkpoint}"
+            )
+        return opts.onnx
+    fp32 = export_onnx(plan.model, plan.spec, opts.work_dir / "model.fp32.onnx", opts.checkpoint)
+    print(f"exported {fp32}; {fold_if_equal(fp32, images.first_pixels)}")
+    return fp32
 
-    def onnxrt(path: Path, name: str) -> OnnxrtRunner:
-        return OnnxrtRunner(SessionFromOnnx(str(path), providers=["CPUExecutionProvider"]), name)
 
-    reference = onnxrt(fp32, "onnxruntime-fp32")
-    reports = [
-        run_gate("export", reference, TorchRunner(model, spec), spec, gate_set, agreement_set())
-    ]
+def _onnxrt(path: Path, name: str) -> OnnxrtRunner:
+    return OnnxrtRunner(SessionFromOnnx(str(path), providers=["CPUExecutionProvider"]), name)
+
+
+def candidate_step(opts: BuildOptions, plan: Plan, fp32: Path):
+    """The reduced-precision model file and its Polygraphy runner."""
+    spec, work = plan.spec, opts.work_dir
+    pixels = pixel_batches(plan.calibration, spec, 16)
+    if plan.target == "cpu":
+        artifact = work / "model.int8.onnx"
+        quantize_int8(fp32, artifact, spec.names.pixels, pixels, opts.quantization)
+        copy_metadata(fp32, artifact)
+        runner = _onnxrt(artifact, "onnxruntime-int8")
+    else:
+        artifact = work / f"model.{opts.precision}.{plan.gpu.tag}.plan"
+        engine.build_plan(
+            fp32, artifact, spec, plan.settings, calibration=pixels, work_dir=work,
+            cache_key=plan.key[:16],
+        )  # fmt: skip
+        runner = engine.plan_runner(artifact, f"tensorrt-{opts.precision}")
+    print(f"built {artifact}", flush=True)
+    return artifact, runner
+
+
+def gate_step(opts: BuildOptions, plan: Plan, fp32: Path, images: GateImages):
+    """(the artifact, every gate's report): the export gate, then the candidate's."""
+    work = opts.work_dir
+    reference = Reference(_onnxrt(fp32, "onnxruntime-fp32"), file_sha256(fp32), images, work)
+    reports = [run_gate("export", TorchRunner(plan.model, plan.spec), reference, plan.spec, work)]
     artifact = fp32
-    if reports[0].passed and (target, opts.precision) != ("cpu", "fp32"):
-        calibration_batches = (
-            batches(calibration, np.zeros(len(calibration)), spec, 16) if calibration else iter(())
-        )
-        pixels_only = (pixels for pixels, _ in calibration_batches)
-        if target == "cpu":
-            artifact = work / "model.int8.onnx"
-            quantize_int8(fp32, artifact, spec.names.pixels, pixels_only)
-            copy_metadata(fp32, artifact)
-            candidate = onnxrt(artifact, "onnxruntime-int8")
-        else:
-            artifact = work / f"model.{opts.precision}.{gpu.tag}.plan"
-            engine.build_plan(
-                fp32, artifact, spec, plan, calibration=pixels_only, work_dir=work,
-                cache_key=key[:16],
-            )  # fmt: skip
-            candidate = engine.plan_runner(artifact, f"tensorrt-{opts.precision}")
-        print(f"built {artifact}", flush=True)
-        reports.append(
-            run_gate(opts.precision, candidate, reference, spec, gate_set, agreement_set())
-        )
-
+    if reports[0].passed and (plan.target, opts.precision) != ("cpu", "fp32"):
+        artifact, candidate = candidate_step(opts, plan, fp32)
+        reports.append(run_gate(opts.precision, candidate, reference, plan.spec, work))
     (work / "gates.json").write_text(json.dumps([r.as_dict() for r in reports], indent=2))
     for report in reports:
         print(report.summary())
@@ -243,28 +243,55 @@ def run(opts: BuildOptions) -> BuildResult:
         raise GateFailed(
             f"{artifact} failed the {' and '.join(failed)} gate; {opts.repository} left unchanged"
         )
+    return artifact, reports
 
-    manifest = {
-        "content_hash": key,
-        "inputs": inputs,
-        "precision": opts.precision,
-        "target": target,
-        "output_sha256": file_sha256(artifact),
-        "checkpoint": str(opts.checkpoint),
-        "checkpoint_sha256": file_sha256(opts.checkpoint),
-        "gpu": gpu.name if gpu else platform.processor() or platform.machine(),
-        "compute_capability": gpu.compute_capability if gpu else None,
-        "build_seconds": round(time.perf_counter() - started, 1),
-        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "gates": [
-            {k: r.as_dict()[k] for k in ("gate", "passed", "max_abs_error", "top1_agreement")}
-            for r in reports
-        ],
-    }
-    destination = publish(
-        artifact, spec, opts.repository, filename, manifest, env_path, target, opts.serving
+
+def manifest_for(opts: BuildOptions, plan: Plan, artifact: Path, reports, started: float):
+    gates = [
+        {k: r.as_dict()[k] for k in ("gate", "passed", "max_abs_error", "top1_agreement")}
+        for r in reports
+    ]
+    return Manifest(
+        content_hash=plan.key,
+        inputs=plan.inputs,
+        precision=opts.precision,
+        target=plan.target,
+        output_sha256=file_sha256(artifact),
+        checkpoint=str(opts.checkpoint),
+        checkpoint_sha256=file_sha256(opts.checkpoint),
+        cpu=platform.processor() or platform.machine(),
+        gpu=plan.gpu.name if plan.gpu else None,
+        compute_capability=plan.gpu.compute_capability if plan.gpu else None,
+        build_seconds=round(time.perf_counter() - started, 1),
+        built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        gates=gates,
     )
-    print(f"published {destination} ({opts.precision}, {target})")
+
+
+def run(opts: BuildOptions) -> BuildResult:
+    """Resolve, skip if up to date, else export, gate and publish."""
+    plan = plan_build(opts)
+    spec, key = plan.spec, plan.key
+    published = version_dir(opts.repository, spec.names.classifier) / plan.filename
+    env_path = opts.env_path or env_path_for(opts.repository)
+    if not opts.force and is_up_to_date(published, key):
+        print(f"up to date: {published} was built from the same inputs (content hash {key[:12]})")
+        plans = published_plans(published.parent) if plan.target == "gpu" else None
+        render(spec, opts.repository, env_path, plan.target, plans, opts.serving)
+        return BuildResult(True, key, published, spec)
+
+    started = time.perf_counter()
+    opts.work_dir.mkdir(parents=True, exist_ok=True)
+    held_out = held_out_set(spec, plan.payload, opts.checkpoint, opts.images)
+    images = GateImages.load(held_out, spec, opts.gate_images, opts.agreement_images)
+    fp32 = export_step(opts, plan, images)
+    artifact, reports = gate_step(opts, plan, fp32, images)
+    manifest = manifest_for(opts, plan, artifact, reports, started)
+    destination = publish(
+        artifact, spec, opts.repository, plan.filename, manifest, env_path, plan.target,
+        opts.serving,
+    )  # fmt: skip
+    print(f"published {destination} ({opts.precision}, {plan.target})")
     return BuildResult(False, key, destination, spec, reports)
 
 
@@ -285,12 +312,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--images",
         type=Path,
-        help="validation ImageFolder for the gates (default: val/ of the training data)",
+        help="held-out ImageFolder for the gates (default: the validation split of the "
+        "checkpoint's training data: its val/, or a folder of classes split again as training "
+        "split it; a flat training folder given here is split the same way)",
     )
     parser.add_argument(
         "--calibration",
         type=Path,
-        help="INT8 calibration ImageFolder (default: train/ of the training data)",
+        help="INT8 calibration ImageFolder (default: the training split of the checkpoint's "
+        "training data)",
     )
     parser.add_argument("--calibration-images", type=int, default=d.calibration_images)
     parser.add_argument(
@@ -300,7 +330,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--agreement-images",
         type=int,
         default=d.agreement_images,
-        help="validation images for the top-1 agreement and accuracy gates",
+        help="held-out images for the top-1 agreement and accuracy gates",
     )
     parser.add_argument("--opt-batch", type=int, help="TensorRT profile opt batch")
     parser.add_argument("--workspace-gib", type=float, default=d.workspace_gib)

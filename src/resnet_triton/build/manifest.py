@@ -1,18 +1,25 @@
-"""Build manifests and the content hash that decides whether a build can be skipped.
+"""The manifest beside every published model file, and the content hash that decides
+whether a build can be skipped. This module is the format's one owner: build writes
+manifests, serving (which plans to serve) and the pipeline (what to publish) read them
+through `Manifest`.
 
 Every published model file has `<file>.manifest.json` beside it. Its
-`content_hash` is the SHA-256 of everything the artifact depends on: the
-FP32 ONNX file, the precision, the target and runtime version (ONNX Runtime,
-or TensorRT and the GPU's compute capability), the optimization profile, the
-build flags and the calibration images. The same inputs give the same hash,
-so a build whose hash matches the published manifest (and whose published
-file still matches its recorded SHA-256) has nothing to do.
+`content_hash` is the SHA-256 of everything the artifact depends on, known
+before any work is done: the checkpoint and the exporter (or a given ONNX
+file), the precision, the target and runtime version (ONNX Runtime, or
+TensorRT and the GPU's compute capability), the optimization profile, the
+build flags, the quantization settings and the calibration images. The same
+inputs give the same hash, so a build whose hash matches the published
+manifest (and whose published file still matches its recorded SHA-256) has
+nothing to do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -41,28 +48,50 @@ def manifest_path(model_file: Path) -> Path:
     return model_file.with_name(model_file.name + ".manifest.json")
 
 
-def write_manifest(model_file: Path, manifest: dict) -> Path:
-    path = manifest_path(model_file)
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return path
+@dataclass(frozen=True)
+class Manifest:
+    """How and from what one published model file was built, and the gates it passed."""
 
+    content_hash: str
+    inputs: dict  # everything the content hash covers
+    precision: str
+    target: str  # "cpu" (ONNX Runtime) or "gpu" (TensorRT)
+    output_sha256: str  # the model file's own hash: a damaged file is rebuilt
+    checkpoint: str = ""
+    checkpoint_sha256: str = ""
+    cpu: str | None = None  # the build machine's processor
+    gpu: str | None = None  # the GPU a plan was built on; None for the cpu target
+    compute_capability: str | None = None
+    build_seconds: float = 0.0
+    built_at: str = ""
+    gates: list[dict] = field(default_factory=list)
 
-def read_manifest(model_file: Path) -> dict | None:
-    path = manifest_path(model_file)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None  # a damaged manifest means: rebuild
+    @property
+    def flags(self) -> dict:
+        """A plan's TensorRT build flags (hardware_compatible, version_compatible)."""
+        return self.inputs.get("flags", {})
+
+    def write(self, model_file: Path) -> Path:
+        path = manifest_path(model_file)
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def read(cls, model_file: Path) -> Manifest | None:
+        """The manifest of `model_file`; None when it is missing or damaged (rebuild)."""
+        path = manifest_path(model_file)
+        try:
+            data = json.loads(path.read_text())
+            return cls(**data)
+        except (OSError, json.JSONDecodeError, TypeError):
+            return None
+
+    def describes(self, model_file: Path) -> bool:
+        """`model_file` is the very file this manifest was written for (intact)."""
+        return model_file.is_file() and self.output_sha256 == file_sha256(model_file)
 
 
 def is_up_to_date(model_file: Path, key: str) -> bool:
     """The published file was built from the same inputs and is intact."""
-    manifest = read_manifest(model_file)
-    return (
-        manifest is not None
-        and manifest.get("content_hash") == key
-        and model_file.is_file()
-        and manifest.get("output_sha256") == file_sha256(model_file)
-    )
+    manifest = Manifest.read(model_file)
+    return manifest is not None and manifest.content_hash == key and manifest.describes(model_file)

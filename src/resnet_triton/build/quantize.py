@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,30 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-SETTINGS = {
-    "format": "QDQ",
-    "activations": "QUInt8",
-    "weights": "QInt8",
-    "per_channel": True,
-    "calibration": "MinMax",
-}
+
+@dataclass(frozen=True)
+class Quantization:
+    """The settings of `quantize_static`: the build hashes `asdict()` of the very object
+    that `quantize_int8` turns into the call, so the content hash describes the call."""
+
+    format: str = "QDQ"
+    activations: str = "QUInt8"
+    weights: str = "QInt8"
+    per_channel: bool = True
+    calibration: str = "MinMax"
+
+    def arguments(self) -> dict:
+        """quantize_static's keyword arguments (names of onnxruntime's enums)."""
+        return {
+            "quant_format": QuantFormat[self.format],
+            "activation_type": QuantType[self.activations],
+            "weight_type": QuantType[self.weights],
+            "per_channel": self.per_channel,
+            "calibrate_method": CalibrationMethod[self.calibration],
+        }
+
+
+U8S8 = Quantization()  # what the CPU target builds
 
 
 class _Batches(CalibrationDataReader):
@@ -44,9 +62,13 @@ class _Batches(CalibrationDataReader):
 
 
 def quantize_int8(
-    fp32_path: Path, out_path: Path, input_name: str, batches: Iterator[np.ndarray]
-) -> dict:
-    """Write the INT8 QDQ model; returns the settings used (for the manifest)."""
+    fp32_path: Path,
+    out_path: Path,
+    input_name: str,
+    batches: Iterator[np.ndarray],
+    settings: Quantization = U8S8,
+) -> None:
+    """Write the INT8 model quantized with `settings`."""
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))  # shape inference + graph cleanup
@@ -54,10 +76,5 @@ def quantize_int8(
             str(prepared),
             str(out_path),
             _Batches(input_name, batches),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            calibrate_method=CalibrationMethod.MinMax,
+            **settings.arguments(),
         )
-    return dict(SETTINGS)

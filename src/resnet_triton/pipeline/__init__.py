@@ -30,11 +30,12 @@ The store is a folder of Triton model repositories, one per target kind
 one plan per compute capability, picked by Triton through cc_model_filenames.
 """
 
-from resnet_triton.pipeline.config import PipelineConfig, PipelineError, Target
+from resnet_triton.pipeline.config import PipelineConfig, PipelineError, PipelineTarget
 from resnet_triton.pipeline.steps import build_step, matrix, publish_step, smoke_step
 from resnet_triton.pipeline.store import Stage, pull_step, sync_store
 
 __all__ = [
-    "PipelineConfig", "PipelineError", "Stage", "Target", "build_step", "matrix", "publish_step",
+    "PipelineConfig", "PipelineError", "PipelineTarget", "Stage", "build_step", "matrix",
+    "publish_step",
     "pull_step", "smoke_step", "sync_store",
 ]  # fmt: skip

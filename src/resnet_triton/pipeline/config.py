@@ -56,7 +56,9 @@ def expand(value, where: str):
 
 
 @dataclass(frozen=True)
-class Target:
+class PipelineTarget:
+    """One entry of the config's `targets`: what to build (`target`: cpu or gpu) and where."""
+
     name: str
     target: str  # "cpu" (ONNX Runtime) or "gpu" (TensorRT)
     precision: str
@@ -93,7 +95,7 @@ class PipelineConfig:
     checkpoint: str  # path, s3:// or gs:// URI: the checkpoint reference
     images: str  # validation ImageFolder for the accuracy gates
     holdout: str  # ImageFolder the smoke test classifies through the served ensemble
-    targets: dict[str, Target]
+    targets: dict[str, PipelineTarget]
     calibration: str | None = None  # INT8 calibration ImageFolder
     checkpoint_sha256: str | None = None  # pin the checkpoint's content
     onnx: str | None = None  # gate and ship this FP32 ONNX instead of exporting one
@@ -118,11 +120,11 @@ class PipelineConfig:
         if not isinstance(kwargs["targets"], dict):
             raise PipelineError(f"pipeline config {path}: targets must map names to targets")
         kwargs["targets"] = {
-            name: Target(**{**fields_of(Target, entry, f"targets.{name}"), "name": name})
+            name: PipelineTarget(**{**fields_of(PipelineTarget, entry, f"targets.{name}"), "name": name})
             for name, entry in kwargs["targets"].items()
         }
         # A repository has one set of configs: targets that share it share serving settings.
-        by_repository: dict[str, Target] = {}
+        by_repository: dict[str, PipelineTarget] = {}
         for t in kwargs["targets"].values():
             first = by_repository.setdefault(t.repository, t)
             if first.serving != t.serving:
@@ -161,7 +163,7 @@ class PipelineConfig:
             )
         return cls(**kwargs)
 
-    def target(self, name: str) -> Target:
+    def pipeline_target(self, name: str) -> PipelineTarget:
         if name not in self.targets:
             raise PipelineError(f"unknown target {name!r}; choose one of {', '.join(self.targets)}")
         return self.targets[name]

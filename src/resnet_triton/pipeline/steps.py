@@ -7,7 +7,8 @@ from pathlib import Path
 
 from resnet_triton.build import command as build
 from resnet_triton.build import engine
-from resnet_triton.build.manifest import file_sha256, read_manifest
+from resnet_triton.build.images import ImageSet
+from resnet_triton.build.manifest import Manifest, file_sha256
 from resnet_triton.client import Classifier
 from resnet_triton.data import image_folder
 from resnet_triton.pipeline.config import PipelineConfig, PipelineError
@@ -22,7 +23,7 @@ SERVERS = ("local", "docker")
 
 
 def build_step(config: PipelineConfig, name: str, force: bool = False) -> Stage:
-    target = config.target(name)
+    entry = config.pipeline_target(name)
     stage = Stage(config.work_dir / name)
     stage.status_path.unlink(missing_ok=True)  # a failed build leaves nothing to publish
     checkpoint = require(config, stage, "checkpoint")
@@ -32,30 +33,30 @@ def build_step(config: PipelineConfig, name: str, force: bool = False) -> Stage:
             f"{checkpoint} has SHA-256 {digest}, not the pinned "
             f"checkpoint_sha256 {config.checkpoint_sha256}"
         )
-    if target.target == "gpu":
+    if entry.target == "gpu":
         gpu, _ = engine.gpu_status()  # no GPU at all: build.run names what is missing
-        if gpu is not None and gpu.compute_capability != target.compute_capability:
+        if gpu is not None and gpu.compute_capability != entry.compute_capability:
             raise PipelineError(
-                f"target {name} expects compute capability {target.compute_capability}, but "
+                f"target {name} expects compute capability {entry.compute_capability}, but "
                 f"this runner has {gpu.name} ({gpu.compute_capability}): check its labels"
             )
     # Staging starts as the store's repository, so an unchanged build is skipped and
     # the other GPUs' plans stay in the rendered config.
     shutil.rmtree(stage.repository, ignore_errors=True)
-    published = config.store / target.repository
+    published = config.store / entry.repository
     if published.is_dir():
         shutil.copytree(published, stage.repository)
     options = build.BuildOptions(
         checkpoint=checkpoint,
         repository=stage.repository,
         work_dir=stage.root / "build",
-        precision=target.precision,
-        target=target.target,
+        precision=entry.precision,
+        target=entry.target,
         images=require(config, stage, "images"),
         calibration=require(config, stage, "calibration"),
         onnx=require(config, stage, "onnx"),
         env_path=config.env_path,  # as the store's configs have it, to compare them
-        serving=target.serving,
+        serving=entry.serving,
         force=force,
     )
     result = build.run(options)
@@ -74,7 +75,7 @@ def build_step(config: PipelineConfig, name: str, force: bool = False) -> Stage:
     verdict = "built and gated" if not result.skipped else "unchanged"
     if configs_changed:
         verdict = "unchanged model, new serving configs"
-    report(f"{name}: {verdict} ({target.precision}, content hash {result.content_hash[:12]})")
+    report(f"{name}: {verdict} ({entry.precision}, content hash {result.content_hash[:12]})")
     return stage
 
 
@@ -85,25 +86,25 @@ def configs(repository: Path) -> dict[str, str]:
 
 def smoke_step(config: PipelineConfig, name: str, server: str = "local") -> Stage:
     check_choice("server", server, SERVERS)
-    target = config.target(name)
+    entry = config.pipeline_target(name)
     stage = Stage(config.work_dir / name).load()
     if not stage.status["changed"]:
         print(f"{name}: unchanged since the published build; no smoke test needed")
         return stage
     spec = stage.spec
     env_path = env_path_for(stage.repository) if server == "local" else config.env_path
-    plans = published_plans(stage.model_file.parent) if target.target == "gpu" else None
-    render(spec, stage.repository, env_path, target.target, plans, target.serving)
+    plans = published_plans(stage.model_file.parent) if entry.target == "gpu" else None
+    render(spec, stage.repository, env_path, entry.target, plans, entry.serving)
 
-    holdout = require(config, stage, "holdout")
-    paths, labels = build.sample(holdout, config.holdout_images)
-    classes = image_folder(holdout).classes
+    holdout = image_folder(require(config, stage, "holdout"), spec.preprocessing)
+    images = ImageSet.of(holdout).spread(config.holdout_images)
+    paths, labels, classes = images.paths, images.labels, holdout.classes
     log = stage.root / "triton.log"
     if server == "local":
         triton = TritonServer(stage.repository, Ports.free(), log_path=log, exit_timeout_s=5)
     else:
         triton = ContainerTritonServer(
-            stage.repository, Ports.free(), log_path=log, target=target.target
+            stage.repository, Ports.free(), log_path=log, target=entry.target
         )
     with triton:
         triton.wait_ready([spec.names.ensemble], timeout=300)
@@ -140,7 +141,7 @@ def smoke_step(config: PipelineConfig, name: str, server: str = "local") -> Stag
 
 
 def publish_step(config: PipelineConfig, name: str) -> Path | None:
-    target = config.target(name)
+    entry = config.pipeline_target(name)
     stage = Stage(config.work_dir / name).load()
     if not stage.status["changed"]:
         print(f"{name}: the store already holds this build; nothing to publish")
@@ -149,21 +150,21 @@ def publish_step(config: PipelineConfig, name: str) -> Path | None:
     if not smoke.get("passed") or smoke.get("content_hash") != stage.status["content_hash"]:
         raise PipelineError(f"{name}: this build has not passed `pipeline smoke`; not publishing")
     staged = stage.model_file
-    manifest = read_manifest(staged)
+    manifest = Manifest.read(staged)
     if (
         manifest is None
-        or manifest["content_hash"] != stage.status["content_hash"]
-        or manifest["output_sha256"] != file_sha256(staged)
+        or manifest.content_hash != stage.status["content_hash"]
+        or not manifest.describes(staged)
     ):
         raise PipelineError(f"{staged} does not match its manifest or the build; not publishing")
-    repo = config.store / target.repository
+    repo = config.store / entry.repository
     destination = publish(
-        staged, stage.spec, repo, staged.name, manifest, config.env_path, target.target,
-        target.serving,
+        staged, stage.spec, repo, staged.name, manifest, config.env_path, entry.target,
+        entry.serving,
     )  # fmt: skip
     stage.status["published"] = str(destination)
     stage.save()
-    report(f"{name}: published {destination} ({target.precision})")
+    report(f"{name}: published {destination} ({entry.precision})")
     return destination
 
 

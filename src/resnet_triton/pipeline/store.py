@@ -17,6 +17,7 @@ from resnet_triton.pipeline.config import (
     is_remote,
     scheme,
 )
+from resnet_triton.serving.repository import version_dir
 from resnet_triton.spec import ModelSpec
 
 
@@ -54,7 +55,7 @@ class Stage:
 
     @property
     def model_file(self) -> Path:
-        return self.repository / self.spec.names.classifier / "1" / self.status["file"]
+        return version_dir(self.repository, self.spec.names.classifier) / self.status["file"]
 
 
 def copy_command(uri: str, folder: bool) -> list[str]:
@@ -84,7 +85,7 @@ def pull_step(config: PipelineConfig, name: str | None = None) -> None:
     sync_store(config, "pull")
     if name is None:
         return
-    stage = Stage(config.work_dir / config.target(name).name)
+    stage = Stage(config.work_dir / config.pipeline_target(name).name)
     for key, folder in INPUTS.items():
         uri = getattr(config, key)
         if uri is not None and is_remote(uri):

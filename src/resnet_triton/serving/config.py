@@ -50,8 +50,6 @@ class ServingConfig:
     # Warm every model up at load (a real photo, zero tensors), so that the first
     # requests do not pay for lazy initialization and a broken model fails at start.
     warmup: bool = True
-    # Versions served at once from a model's folder (version_policy latest N).
-    versions: int = 1
 
     def validate(self, spec: ModelSpec) -> None:
         """Errors name the field; batch sizes are checked against the model's limit."""
@@ -64,7 +62,7 @@ class ServingConfig:
         ranges = {
             "preprocess_queue_delay_us": (0, None), "classifier_queue_delay_us": (0, None),
             "preprocess_instances": (1, None), "classifier_instances": (1, None),
-            "intra_op_threads": (0, None), "versions": (1, None), "classifier_nice": (0, 19),
+            "intra_op_threads": (0, None), "classifier_nice": (0, 19),
             "dali_threads": (1, None),
         }  # fmt: skip
         for name, (least, most) in ranges.items():

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from resnet_triton.build.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -25,20 +26,20 @@ TENSORRT_BACKEND_CONFIG = "--backend-config=tensorrt,version-compatible=true"
 def published_plans(version_dir: Path) -> Plans:
     """The plans in a classifier version folder, from the manifests beside them."""
     manifests = {
-        path.name.removesuffix(".manifest.json"): json.loads(path.read_text())
-        for path in sorted(version_dir.glob("*.plan.manifest.json"))
+        plan.name: manifest
+        for plan in sorted(version_dir.glob("*.plan"))
+        if (manifest := Manifest.read(plan)) is not None
     }
-    flags = {name: data["inputs"].get("flags", {}) for name, data in manifests.items()}
-    portable = [name for name, f in flags.items() if f.get("hardware_compatible")]
+    portable = [name for name, m in manifests.items() if m.flags.get("hardware_compatible")]
     return Plans(
-        by_capability={data["compute_capability"]: name for name, data in manifests.items()},
+        by_capability={m.compute_capability: name for name, m in manifests.items()},
         portable=portable[0] if portable else None,
-        version_compatible=any(f.get("version_compatible") for f in flags.values()),
+        version_compatible=any(m.flags.get("version_compatible") for m in manifests.values()),
     )
 
 
 def backend_flags(repository: Path) -> list[str]:
     """tritonserver flags that the published models of `repository` need."""
-    version_dirs = {p.parent for p in Path(repository).glob("*/*/*.plan.manifest.json")}
+    version_dirs = {p.parent for p in Path(repository).glob("*/*/*.plan")}
     needed = any(published_plans(d).version_compatible for d in version_dirs)
     return [TENSORRT_BACKEND_CONFIG] if needed else []

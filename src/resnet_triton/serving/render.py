@@ -7,7 +7,7 @@ from pathlib import Path
 
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.plans import published_plans
-from resnet_triton.serving.repository import DEFAULTS, env_path_for, render
+from resnet_triton.serving.repository import DEFAULTS, env_path_for, render, version_dir
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     env_path = args.env_path or env_path_for(args.repository)
     plans = None
     if args.target == "gpu":
-        plans = published_plans(args.repository / spec.names.classifier / "1")
+        plans = published_plans(version_dir(args.repository, spec.names.classifier))
     serving = ServingConfig.load(args.serving) if args.serving else DEFAULTS
     for path in render(spec, args.repository, env_path, args.target, plans, serving):
         print(path)

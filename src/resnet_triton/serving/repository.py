@@ -21,8 +21,7 @@ Layout (names from `spec.names`):
 Every model: max_batch_size from the spec (the model contract); from the
 serving configuration (serving/config.py, a deployment's choice): the dynamic
 batcher's preferred sizes and queue delay, instance counts, the classifier's
-ONNX Runtime threads, the version policy (latest N; by default one version
-served, a new model replacing the old one in the same folder) and warmup at
+ONNX Runtime threads and warmup at
 load (preprocess: a real JPEG through the whole decode path; classifier: zero
 tensors at batch 1 and at max_batch_size), so the first requests do not pay
 for lazy initialization and a model that cannot run fails at start.
@@ -47,7 +46,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from resnet_triton.build.manifest import write_manifest
+from resnet_triton.build.manifest import Manifest
 from resnet_triton.serving import dali
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.plans import Plans, published_plans
@@ -58,6 +57,7 @@ from resnet_triton.spec import REJECT_BELOW, ModelSpec
 DEFAULT_ENV_PATH = "$$TRITON_MODEL_DIRECTORY/../../.venv"
 DEFAULTS = ServingConfig()
 ONNX_FILE = "model.onnx"
+VERSION = "1"  # the one version folder of every model (version_dir)
 WARMUP_FILE = "image"  # in <model>/warmup/, where Triton looks for input_data_file
 
 
@@ -84,6 +84,11 @@ def env_path_for(repo: Path) -> str:
     return str(Path(sys.prefix).resolve())
 
 
+def version_dir(repo: Path, model: str) -> Path:
+    """Where `model`'s files live: one version is served, a new model replaces the old."""
+    return Path(repo) / model / VERSION
+
+
 LABELS_FILE = "labels.txt"
 HEADER = (
     "# Generated from the model spec by `resnet-triton render`; edit the spec, not this file.\n"
@@ -99,7 +104,9 @@ def _model(
     spec: ModelSpec, serving: ServingConfig, name: str, kind, instances: int, delay_us: int
 ) -> mc.ModelConfig:
     """What the preprocess and classifier models share, whatever their backend."""
-    versions = mc.ModelVersionPolicy.Latest(num_versions=serving.versions)
+    # One version is served: a new model replaces the old in the same folder (VERSION);
+    # rollouts and rollbacks happen between repositories in the model store.
+    versions = mc.ModelVersionPolicy.Latest(num_versions=1)
     return mc.ModelConfig(
         name=name,
         max_batch_size=spec.max_batch_size,
@@ -283,20 +290,20 @@ def rendered_files(
     if serving.preprocessing == "dali":
         preprocess = {
             "config.pbtxt": pbtxt(dali_preprocess_config(spec, target, serving)),
-            f"1/{dali.MODEL_FILE}": dali.serialized(spec, target, serving.dali_threads),
+            f"{VERSION}/{dali.MODEL_FILE}": dali.serialized(spec, target, serving.dali_threads),
             f"warmup/{WARMUP_FILE}": warmup_image(),  # raw bytes: the input is UINT8
         }
     else:
         preprocess = {
             "config.pbtxt": pbtxt(preprocess_config(spec, env_path, serving)),
-            "1/model.py": MODEL_PY.format(cls="PreprocessModel"),
+            f"{VERSION}/model.py": MODEL_PY.format(cls="PreprocessModel"),
             f"warmup/{WARMUP_FILE}": serialized_bytes(warmup_image()),
         }
     files = {
         **{f"{names.preprocess}/{path}": content for path, content in preprocess.items()},
         f"{names.ensemble}/config.pbtxt": pbtxt(ensemble_config(spec, serving)),
         f"{names.ensemble}/{LABELS_FILE}": "".join(f"{label}\n" for label in spec.labels),
-        f"{names.ensemble}/1/.gitkeep": "",
+        f"{names.ensemble}/{VERSION}/.gitkeep": "",
     }
     if target == "gpu":
         files[f"{names.classifier}/config.pbtxt"] = pbtxt(
@@ -306,7 +313,7 @@ def rendered_files(
         files[f"{names.classifier}/config.pbtxt"] = pbtxt(
             classifier_config(spec, env_path, serving)
         )
-        files[f"{names.classifier}/1/model.py"] = MODEL_PY.format(cls="OnnxClassifierModel")
+        files[f"{names.classifier}/{VERSION}/model.py"] = MODEL_PY.format(cls="OnnxClassifierModel")
     return dict(sorted(files.items()))
 
 
@@ -325,7 +332,7 @@ def render(
     """
     files = rendered_files(spec, env_path, target, plans, serving)
     for option in ("model.py", dali.MODEL_FILE):
-        relative = f"{spec.names.preprocess}/1/{option}"
+        relative = f"{spec.names.preprocess}/{VERSION}/{option}"
         if relative not in files:
             (repo / relative).unlink(missing_ok=True)
     written = []
@@ -345,7 +352,7 @@ def publish(
     spec: ModelSpec,
     repo: Path,
     filename: str,
-    manifest: dict,
+    manifest: Manifest,
     env_path: str = DEFAULT_ENV_PATH,
     target: str = "cpu",
     serving: ServingConfig = DEFAULTS,
@@ -355,18 +362,18 @@ def publish(
     Call only after the accuracy gates passed. The file is copied next to its
     destination and renamed into place, so a reader never sees half a file.
     """
-    version_dir = repo / spec.names.classifier / "1"
-    version_dir.mkdir(parents=True, exist_ok=True)
-    destination = version_dir / filename
-    fd, partial = tempfile.mkstemp(dir=version_dir, suffix=".partial")
+    folder = version_dir(repo, spec.names.classifier)
+    folder.mkdir(parents=True, exist_ok=True)
+    destination = folder / filename
+    fd, partial = tempfile.mkstemp(dir=folder, suffix=".partial")
     os.close(fd)
     shutil.copyfile(artifact, partial)
     # mkstemp makes the file 0600; the server may run as another user (uid 1000 in
     # the images) and must be able to read it.
     os.chmod(partial, 0o644)
     Path(partial).replace(destination)
-    write_manifest(destination, manifest)
-    plans = published_plans(version_dir) if target == "gpu" else None
+    manifest.write(destination)
+    plans = published_plans(folder) if target == "gpu" else None
     render(spec, repo, env_path, target, plans, serving)
     return destination
 

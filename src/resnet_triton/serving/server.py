@@ -41,7 +41,7 @@ from resnet_triton.endpoints import (
 )
 from resnet_triton.errors import UserError
 from resnet_triton.serving.plans import backend_flags
-from resnet_triton.serving.repository import read_config
+from resnet_triton.serving.repository import read_config, version_dir
 
 
 class ServerError(UserError, RuntimeError):
@@ -140,6 +140,7 @@ def server_environment() -> dict[str, str]:
 
 
 def ensemble_names(repository: Path) -> list[str]:
+    """The ensembles in `repository`: what `serve` waits for and its supervisor probes."""
     return sorted(
         path.parent.name
         for path in repository.glob("*/config.pbtxt")
@@ -325,7 +326,7 @@ def preflight(repository: Path) -> list[str]:
                 )
         onnx_file = config.parameters.get("onnx_file")
         if onnx_file is not None:
-            model = path.parent / "1" / onnx_file.string_value
+            model = version_dir(repository, path.parent.name) / onnx_file.string_value
             if not model.is_file():
                 raise ServerError(
                     f"{model} does not exist; publish a model first "
