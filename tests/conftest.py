@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import pytest
 import sklearn
+import tritonclient.grpc as grpcclient
 from onnx import numpy_helper
 
 from resnet_triton import demo
@@ -106,6 +107,31 @@ def restricted_api_statuses(http_port: int) -> list[int]:
         except urllib.error.HTTPError as exc:
             statuses.append(exc.code)
     return statuses
+
+
+def inference_metrics(metrics_port: int) -> dict[str, float]:
+    """Triton's nv_inference_* series, e.g. 'nv_inference_count{model="classifier",
+    version="1"}' -> value, as Prometheus scrapes them."""
+    text = urllib.request.urlopen(f"http://localhost:{metrics_port}/metrics").read().decode()
+    lines = (line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("nv_inference_"))
+    return {series: float(value) for series, value in lines}
+
+
+def infer_images(grpc_port: int, payloads: list[bytes]) -> None:
+    """One gRPC request to the ensemble, `payloads` its batch; raises if it fails."""
+    client = grpcclient.InferenceServerClient(f"localhost:{grpc_port}")
+    try:
+        image = grpcclient.InferInput(NAMES.image, [len(payloads), 1], "BYTES")
+        image.set_data_from_numpy(np.array([[p] for p in payloads], dtype=np.object_))
+        client.infer(NAMES.ensemble, [image])
+    finally:
+        client.close()
+
+
+def series(metric: str, model: str, reason: str | None = None) -> str:
+    """One model's series of `metric` (version 1), in Triton's label order."""
+    labels = f'model="{model}",' + (f'reason="{reason}",' if reason else "") + 'version="1"'
+    return f"{metric}{{{labels}}}"
 
 
 def snapshot(repo):

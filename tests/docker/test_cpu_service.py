@@ -2,15 +2,23 @@
 repository: the same answers as the bare-process server, the serving policy, and
 nginx keeping chunked bodies away from Triton 2.51."""
 
-import re
 import socket
-import urllib.request
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from conftest import NAMES, ComposeProject, restricted_api_statuses, run
+from conftest import (
+    NAMES,
+    ComposeProject,
+    infer_images,
+    inference_metrics,
+    restricted_api_statuses,
+    run,
+    series,
+)
+from tritonclient.utils import InferenceServerException
 
 from resnet_triton.client import Classifier
 from resnet_triton.serving.server import Ports, TritonServer
@@ -94,12 +102,36 @@ def test_the_server_runs_unprivileged_and_cannot_write_the_repository(service):
     assert "Read-only file system" in write.stderr
 
 
-def test_metrics_are_served(service, demo_run):
-    classify(f"localhost:{service.ports.grpc}", sorted(demo_run.val.glob("3/*.png"))[:3])
-    text = urllib.request.urlopen(f"http://localhost:{service.ports.metrics}/metrics").read()
-    success = rf'nv_inference_request_success{{model="{NAMES.ensemble}".*}} (\d+)'
-    match = re.search(success, text.decode())
-    assert match and int(match.group(1)) >= 3
+def test_metrics_count_the_requests_sent(service, demo_run):
+    """One good request of 3 images and one bad one, beside the healthcheck's probes: each
+    probe is one good request of one image, so it adds as much to a model's request
+    count as to its image count, and nothing to the failures."""
+    before = inference_metrics(service.ports.metrics)
+    threes = sorted(demo_run.val.glob("3/*.png"))[:3]
+    infer_images(service.ports.grpc, [path.read_bytes() for path in threes])
+    with pytest.raises(InferenceServerException, match="image 0: empty image payload"):
+        infer_images(service.ports.grpc, [b""])
+    # (model, requests that succeeded, images counted) from our two requests. The Python
+    # backend reports a request it answered with an error as a success, and Triton 2.51
+    # counts a failed ensemble request twice, as reason OTHER.
+    ours = ((NAMES.ensemble, 1, 3), (NAMES.preprocess, 2, 4), (NAMES.classifier, 1, 3))
+    failed = series("nv_inference_request_failure", NAMES.ensemble, "OTHER")
+    deadline = time.monotonic() + 10
+    while True:  # counters settle when each model finishes; the last may trail the reply
+        after = inference_metrics(service.ports.metrics)
+        change = {key: after[key] - before[key] for key in after if key in before}
+        probes = {
+            model: change[series("nv_inference_request_success", model)] - requests
+            for model, requests, _ in ours
+        }
+        images = {
+            model: change[series("nv_inference_count", model)] - count for model, _, count in ours
+        }
+        if (change[failed], images) == (2, probes) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert change[failed] == 2
+    assert images == probes and min(probes.values()) >= 0
 
 
 def test_ports_are_published_on_loopback_only(service):

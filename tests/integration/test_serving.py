@@ -3,21 +3,27 @@ metrics, and the supervisor noticing a dead Python-backend stub."""
 
 import io
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import ADMIN_KEY, NAMES, PHOTOS, restricted_api_statuses
+from conftest import (
+    ADMIN_KEY,
+    NAMES,
+    PHOTOS,
+    infer_images,
+    inference_metrics,
+    restricted_api_statuses,
+    series,
+)
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
@@ -98,30 +104,45 @@ def test_restricted_apis_need_the_admin_key(triton):
     assert_ready(triton)
 
 
-def test_metrics_show_queue_compute_and_failures_per_model(triton):
-    with Classifier(f"localhost:{triton.ports.grpc}", "grpc") as classifier:
-        classifier.classify_bytes([PHOTOS[1].read_bytes()])
-        with pytest.raises(ClientError):
-            classifier.classify_bytes([b""])
-    text = urllib.request.urlopen(f"http://localhost:{triton.ports.metrics}/metrics").read()
-    text = text.decode()
-    for metric, model in (
-        ("nv_inference_queue_duration_us", NAMES.preprocess),
-        ("nv_inference_queue_duration_us", NAMES.classifier),
-        ("nv_inference_compute_infer_duration_us", NAMES.preprocess),
-        ("nv_inference_compute_infer_duration_us", NAMES.classifier),
-        ("nv_inference_request_success", NAMES.ensemble),
-        ("nv_inference_request_failure", NAMES.ensemble),
-    ):
-        assert f'{metric}{{model="{model}"' in text, (metric, model)
-    # A refused image counts as a failure of the ensemble (reason OTHER); Triton 2.51
-    # does not count a Python-backend error response against the composing model.
-    failed = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("nv_inference_request_failure{") and f'model="{NAMES.ensemble}"' in line
-    )
-    assert failed >= 1
+def test_metrics_count_each_request_per_model(triton):
+    """The change two good requests (1 and 2 images) and one bad one make to the counters."""
+    before = inference_metrics(triton.ports.metrics)
+    infer_images(triton.ports.grpc, [PHOTOS[1].read_bytes()])
+    infer_images(triton.ports.grpc, [PHOTOS[0].read_bytes(), PHOTOS[2].read_bytes()])
+    with pytest.raises(InferenceServerException, match="image 0: empty image payload"):
+        infer_images(triton.ports.grpc, [b""])
+    ensemble, preprocess, classifier = NAMES.ensemble, NAMES.preprocess, NAMES.classifier
+    expected = {
+        series("nv_inference_request_success", ensemble): 2,
+        # Triton 2.51 counts a failed ensemble request twice, as reason OTHER.
+        series("nv_inference_request_failure", ensemble, "OTHER"): 2,
+        series("nv_inference_request_failure", ensemble, "BACKEND"): 0,
+        series("nv_inference_count", ensemble): 3,  # images
+        # The Python backend reports a request it answered with an error as a success.
+        series("nv_inference_request_success", preprocess): 3,
+        series("nv_inference_request_failure", preprocess, "BACKEND"): 0,
+        series("nv_inference_count", preprocess): 4,
+        series("nv_inference_exec_count", preprocess): 3,  # one request at a time
+        series("nv_inference_request_success", classifier): 2,
+        series("nv_inference_count", classifier): 3,
+        series("nv_inference_exec_count", classifier): 2,
+        # The latency summaries for the dashboard, one observation per request.
+        series("nv_inference_queue_summary_us_count", preprocess): 3,
+        series("nv_inference_queue_summary_us_count", classifier): 2,
+        series("nv_inference_compute_infer_summary_us_count", classifier): 2,
+    }
+    # Counters settle when each model finishes; the last ones may trail the reply.
+    deadline = time.monotonic() + 10
+    while True:
+        after = inference_metrics(triton.ports.metrics)
+        changes = {key: after[key] - before[key] for key in expected}
+        if changes == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert changes == expected
+    for model in (preprocess, classifier):  # time was measured, whatever it was
+        compute = series("nv_inference_compute_infer_duration_us", model)
+        assert after[compute] > before[compute], model
 
 
 def copy_repository(repository, target):
@@ -141,28 +162,47 @@ def processes_in_group(group: int) -> list[int]:
     return members
 
 
-def test_warmup_runs_at_load_and_a_broken_one_stops_the_start(repository, tmp_path):
-    repo = copy_repository(repository, tmp_path / "repo")
-    warmup = repo / NAMES.preprocess / "warmup" / WARMUP_FILE
-    assert warmup.read_bytes() == serialized_bytes(warmup_image())  # the shipped photo
-    warmup.write_bytes(serialized_bytes(warmup_image()[:600]))  # a well-formed, cut JPEG
-    server = TritonServer(repo, Ports.free(), log_path=tmp_path / "log", exit_timeout_s=3)
-    with server, pytest.raises(ServerError) as info:
+WARMUP_FAILED = (
+    "failed to load 'preprocess' version 1: Invalid argument: failed to run warmup sample "
+    "'real photo': image 0: corrupt image (600 bytes): Truncated File Read"
+)
+
+
+def failed_start(repo: Path, log: Path) -> tuple[int, str]:
+    """Start Triton on `repo`, which must not get ready: (exit code, log)."""
+    server = TritonServer(repo, Ports.free(), log_path=log, exit_timeout_s=3)
+    with server, pytest.raises(ServerError, match=r"exited with code -?\d+ while loading"):
         server.wait_ready([NAMES.ensemble], timeout=120)
-    # Only the warmup file differs from the repository the session server serves.
-    # Triton 2.51 exits 1 on the failed warmup, or (seen in some full runs) crashes
-    # with SIGSEGV while unloading the other models, before its logger flushes.
-    # Either way the broken model never serves.
-    assert re.search(r"exited with code (1|-11) while loading", str(info.value)), info.value
     # No stub outlives its server (killed ones take a moment to be reaped).
     deadline = time.monotonic() + 10
     while processes_in_group(server.process.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert processes_in_group(server.process.pid) == []
-    log = (tmp_path / "log").read_text()
-    if "warmup" in log:
-        assert "failed to run warmup sample 'real photo'" in log
-        assert "image 0: corrupt image (600 bytes)" in log
+    return server.process.returncode, log.read_text()
+
+
+def test_warmup_runs_at_load_and_a_broken_one_stops_the_start(repository, tmp_path):
+    repo = copy_repository(repository, tmp_path / "repo")
+    warmup = repo / NAMES.preprocess / "warmup" / WARMUP_FILE
+    assert warmup.read_bytes() == serialized_bytes(warmup_image())  # the shipped photo
+    warmup.write_bytes(serialized_bytes(warmup_image()[:600]))  # a well-formed, cut JPEG
+    # Only the warmup file differs from the repository the session server serves.
+    # Triton 2.51 stops with exit 1 and the reason, or, in about a third of the starts
+    # here, crashes first with SIGSEGV: a race in its core, which destroys the instance
+    # whose warmup failed while that instance's backend thread still appends to the list
+    # StopBackendThread reads (backend_model_instance.cc; the core dump's stack is
+    # ~TritonModelInstance -> TritonBackendThread::StopBackendThread). A crashed start
+    # is started again, up to five times in all.
+    codes = []
+    for attempt in range(5):
+        code, log = failed_start(repo, tmp_path / f"log{attempt}")
+        codes.append(code)
+        assert "successfully loaded 'preprocess'" not in log
+        if code != -11:
+            break
+    assert codes[-1] == 1 and set(codes[:-1]) <= {-11}, codes
+    assert WARMUP_FAILED in log
+    assert log.rstrip().endswith("error: creating server: Internal - failed to load all models")
 
 
 def serve_command(repository: Path, ports: Ports, *extra: str) -> list[str]:

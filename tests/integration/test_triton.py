@@ -135,9 +135,14 @@ def test_wrong_dtype_is_refused_and_server_stays_ready(triton, protocol):
     assert_ready(triton)
 
 
-def test_unknown_model_is_named(triton):
-    with pytest.raises(ClientError, match="model 'nope' is not ready|nope"):
-        Classifier(f"localhost:{triton.ports.grpc}", "grpc", model="nope")
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_unknown_model_is_named(triton, protocol):
+    address = f"localhost:{triton.ports.grpc if protocol == 'grpc' else triton.ports.http}"
+    with pytest.raises(ClientError) as error:
+        Classifier(address, protocol, model="nope")
+    assert str(error.value) == (
+        f"unknown model 'nope' at {address}: Request for unknown model: 'nope' is not found"
+    )
 
 
 def test_cpu_classifier_serves_the_int8_model(checkpoint, digits, tmp_path_factory):
@@ -165,3 +170,33 @@ def test_cpu_classifier_serves_the_int8_model(checkpoint, digits, tmp_path_facto
             rows = classifier.classify_bytes([Path(p).read_bytes() for p, _ in samples], top_k=1)
     assert [row[0].index for row in rows] == list(local.argmax(1))
     np.testing.assert_allclose([row[0].score for row in rows], local.max(1), atol=1e-3)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_the_classifier_answers_class_count_with_labels(triton, digits, protocol):
+    """What NVIDIA's image_client.py does: pixels to the classifier model, class_count."""
+    published = triton.repository / NAMES.classifier / "1" / "model.onnx"
+    spec = spec_from_onnx(published)
+    paths = [path for path, _ in val_images(digits, 2)]
+    pixels = pixels_from_files(paths, spec.preprocessing)  # (2, 3, crop, crop) uint8
+    session = ort.InferenceSession(str(published), providers=["CPUExecutionProvider"])
+    local = session.run(None, {spec.names.pixels: pixels})[0]
+
+    module = grpcclient if protocol == "grpc" else httpclient
+    port = triton.ports.grpc if protocol == "grpc" else triton.ports.http
+    client = module.InferenceServerClient(f"localhost:{port}")
+    request = module.InferInput(spec.names.pixels, list(pixels.shape), "UINT8")
+    request.set_data_from_numpy(pixels)
+    top2 = module.InferRequestedOutput(spec.names.scores, class_count=2)
+    try:
+        result = client.infer(spec.names.classifier, [request], outputs=[top2])
+    finally:
+        client.close()
+    rows = result.as_numpy(spec.names.scores)  # (2, 2) "score:index:label" bytes
+    for row, scores in zip(rows, local, strict=True):
+        expected = np.argsort(scores)[::-1][:2]
+        answers = [entry.decode().split(":") for entry in row]
+        assert [len(parts) for parts in answers] == [3, 3], row  # "score:index" lacks labels
+        assert [int(index) for _, index, _ in answers] == list(expected)
+        assert [label for _, _, label in answers] == [spec.labels[i] for i in expected]
+        np.testing.assert_allclose([float(s) for s, _, _ in answers], scores[expected], atol=1e-5)

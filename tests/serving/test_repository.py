@@ -61,8 +61,16 @@ def test_every_value_comes_from_the_spec(tmp_path):
     assert list(pre.output[0].dims) == list(cls.input[0].dims) == [3, 128, 128]
     assert pre.parameters["crop_size"].string_value == "128"
     assert list(cls.output[0].dims) == list(ens.output[0].dims) == [3]
-    assert ens.output[0].label_filename == "labels.txt"
-    assert (tmp_path / "resnet_ensemble" / "labels.txt").read_text() == "cat\ndog\nowl\n"
+    # Both score outputs carry the labels: class_count answers "score:index:label" from
+    # the classifier (what NVIDIA's image_client.py asks) as from the ensemble.
+    for model, config in (("classifier", cls), ("resnet_ensemble", ens)):
+        assert config.output[0].label_filename == "labels.txt"
+        assert (tmp_path / model / "labels.txt").read_text() == "cat\ndog\nowl\n"
+    # The Python-backend models find their tensors by these names (triton_models.py).
+    for config, tensors in ((pre, ("IMAGE", "PIXELS")), (cls, ("PIXELS", "SCORES"))):
+        params = config.parameters
+        assert (params["input_name"].string_value, params["output_name"].string_value) == tensors
+        assert (config.input[0].name, config.output[0].name) == tensors
     steps = ens.ensemble_scheduling.step
     assert [s.model_name for s in steps] == ["preprocess", "classifier"]
     assert steps[0].output_map["PIXELS"] == steps[1].input_map["PIXELS"]
@@ -87,6 +95,8 @@ def test_gpu_target_serves_tensorrt_plans_by_compute_capability(tmp_path):
     assert config.default_model_filename == ""  # no plan for GPUs of other capabilities
     assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
     assert list(config.input[0].dims) == [3, 224, 224]
+    assert config.output[0].label_filename == "labels.txt"
+    assert (tmp_path / "classifier" / "labels.txt").read_text() == "cat\ndog\n"
     assert not (tmp_path / "classifier" / "1" / "model.py").exists()
     # The ensemble and the preprocess model are the same for both targets.
     cpu = rendered_files(spec, "/opt/venv", "cpu")

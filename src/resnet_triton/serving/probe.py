@@ -8,7 +8,10 @@ so it runs in the serving image as a Docker healthcheck:
     python -m resnet_triton.serving.probe --url localhost:8000 --model resnet_ensemble
 
 Exit 0 and one line with the top-1 answer when the ensemble answers, 1 with
-the reason when it does not.
+the reason when it does not. The tensor names and the image input's datatype
+come from the model's metadata, so a spec with other names is probed as well.
+The warmup photo and the BYTES element format live here, where the repository
+renderer imports them: this module stays standard library only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,16 @@ from importlib import resources
 from resnet_triton.spec import Names
 
 
+def warmup_image() -> bytes:
+    """A 120x80 JPEG of scikit-image's chelsea.png, shipped in the package."""
+    return resources.files("resnet_triton").joinpath("assets/warmup.jpg").read_bytes()
+
+
+def serialized_bytes(data: bytes) -> bytes:
+    """One TYPE_STRING tensor element as Triton serializes it: 4-byte LE length, then data."""
+    return struct.pack("<I", len(data)) + data
+
+
 def _call(request: urllib.request.Request | str, model: str, url: str, timeout_s: float):
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -34,27 +47,42 @@ def _call(request: urllib.request.Request | str, model: str, url: str, timeout_s
         raise RuntimeError(f"no answer from {url}: {exc}") from None
 
 
+def _image_input(model: str, metadata: dict, image: bytes) -> tuple[dict, bytes]:
+    """The request's input entry (named from the model's metadata) and its binary data."""
+    if len(metadata["inputs"]) != 1 or len(metadata["outputs"]) != 1:
+        raise RuntimeError(
+            f"{model} has inputs {[i['name'] for i in metadata['inputs']]} and outputs "
+            f"{[o['name'] for o in metadata['outputs']]}; the probe needs an ensemble with "
+            "one image input and one scores output"
+        )
+    (tensor,) = metadata["inputs"]
+    if tensor["datatype"] == "UINT8":  # the DALI preprocess model: the bytes themselves
+        element, shape = image, [1, len(image)]
+    elif tensor["datatype"] == "BYTES":  # the Python preprocess model: one serialized element
+        element, shape = serialized_bytes(image), [1, 1]
+    else:
+        raise RuntimeError(
+            f"{model} input {tensor['name']} is {tensor['datatype']}; the probe sends an "
+            "encoded image as BYTES or UINT8"
+        )
+    entry = {
+        "name": tensor["name"],
+        "shape": shape,
+        "datatype": tensor["datatype"],
+        "parameters": {"binary_data_size": len(element)},
+    }
+    return entry, element
+
+
 def probe(url: str, model: str, timeout_s: float = 10.0) -> str:
     """The top-1 "score:index:label" for the warmup photo; raises RuntimeError otherwise."""
-    image = resources.files("resnet_triton").joinpath("assets/warmup.jpg").read_bytes()
-    # The image input's datatype: BYTES (the Python preprocess model) or UINT8 (DALI).
     metadata = _call(f"http://{url}/v2/models/{model}", model, url, timeout_s)
-    if metadata["inputs"][0]["datatype"] == "UINT8":
-        element, shape, datatype = image, [1, len(image)], "UINT8"
-    else:  # a serialized BYTES element: 4-byte length, then the bytes
-        element, shape, datatype = struct.pack("<I", len(image)) + image, [1, 1], "BYTES"
-    names = Names()
+    image, element = _image_input(model, metadata, warmup_image())
+    scores = metadata["outputs"][0]["name"]
     header = json.dumps(
         {
-            "inputs": [
-                {
-                    "name": names.image,
-                    "shape": shape,
-                    "datatype": datatype,
-                    "parameters": {"binary_data_size": len(element)},
-                }
-            ],
-            "outputs": [{"name": names.scores, "parameters": {"classification": 1}}],
+            "inputs": [image],
+            "outputs": [{"name": scores, "parameters": {"classification": 1}}],
         }
     ).encode()
     request = urllib.request.Request(

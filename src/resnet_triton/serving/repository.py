@@ -13,10 +13,17 @@ Layout (names from `spec.names`):
     <repo>/classifier/1/model.onnx       CPU target (FP32 or INT8), placed by `publish`
     <repo>/classifier/1/model.sm90.plan  GPU target, one plan per compute capability
     <repo>/classifier/1/<file>.manifest.json   how and from what each model file was built
+    <repo>/classifier/labels.txt         one label per line, for class_count (both targets)
     <repo>/resnet_ensemble/config.pbtxt  IMAGE -> preprocess -> classifier -> SCORES
-    <repo>/resnet_ensemble/labels.txt    one label per line, for class_count
+    <repo>/resnet_ensemble/labels.txt    the same labels, for the ensemble's class_count
     <repo>/resnet_ensemble/1/            ensembles need a (empty) version folder
     <repo>/preprocess/warmup/image       a small real photo, serialized, for model warmup
+
+Both SCORES outputs carry `label_filename`, so Triton's classification
+extension answers "score:index:label" from the classifier too (NVIDIA's stock
+image_client.py asks the model that takes pixels). The Python-backend models
+name the tensors they read and write in their `input_name` and `output_name`
+parameters (serving/triton_models.py finds them by those names).
 
 Every model: max_batch_size from the spec (the model contract); from the
 serving configuration (serving/config.py, a deployment's choice): the dynamic
@@ -37,10 +44,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import sys
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -50,7 +55,8 @@ from resnet_triton.build.manifest import Manifest
 from resnet_triton.serving import dali
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.plans import Plans, published_plans
-from resnet_triton.spec import REJECT_BELOW, ModelSpec
+from resnet_triton.serving.probe import serialized_bytes, warmup_image
+from resnet_triton.spec import INPUT_NAME, OUTPUT_NAME, REJECT_BELOW, ModelSpec
 
 # The stub's interpreter ignores PYTHONPATH; EXECUTION_ENV_PATH points it at the
 # project's virtual environment, here relative to the committed repository.
@@ -59,16 +65,6 @@ DEFAULTS = ServingConfig()
 ONNX_FILE = "model.onnx"
 VERSION = "1"  # the one version folder of every model (version_dir)
 WARMUP_FILE = "image"  # in <model>/warmup/, where Triton looks for input_data_file
-
-
-def serialized_bytes(data: bytes) -> bytes:
-    """One TYPE_STRING tensor element as Triton serializes it: 4-byte LE length, then data."""
-    return struct.pack("<I", len(data)) + data
-
-
-def warmup_image() -> bytes:
-    """A 120x80 JPEG of scikit-image's chelsea.png, shipped in the package."""
-    return resources.files("resnet_triton").joinpath("assets/warmup.jpg").read_bytes()
 
 
 def env_path_for(repo: Path) -> str:
@@ -149,10 +145,24 @@ def _pixels(spec: ModelSpec, cls):
     return tensor
 
 
+def _scores(spec: ModelSpec) -> mc.ModelOutput:
+    """Softmax probabilities with the labels, so class_count answers "score:index:label"."""
+    return mc.ModelOutput(
+        name=spec.names.scores,
+        data_type=mc.TYPE_FP32,
+        dims=[spec.num_classes],
+        label_filename=LABELS_FILE,
+    )
+
+
 def preprocess_config(
     spec: ModelSpec, env_path: str, serving: ServingConfig = DEFAULTS
 ) -> mc.ModelConfig:
-    params = spec.preprocessing.to_params()
+    params = {
+        **spec.preprocessing.to_params(),
+        INPUT_NAME: spec.names.image,
+        OUTPUT_NAME: spec.names.pixels,
+    }
     name, instances = spec.names.preprocess, serving.preprocess_instances
     delay = serving.preprocess_queue_delay_us
     config = _python_model(spec, serving, name, env_path, params, instances, delay)
@@ -193,14 +203,14 @@ def classifier_config(
         "intra_op_threads": str(serving.intra_op_threads),
         "allow_spinning": str(int(serving.allow_spinning)),
         "nice": str(serving.classifier_nice),
+        INPUT_NAME: spec.names.pixels,
+        OUTPUT_NAME: spec.names.scores,
     }
     name, instances = spec.names.classifier, serving.classifier_instances
     delay = serving.classifier_queue_delay_us
     config = _python_model(spec, serving, name, env_path, params, instances, delay)
     config.input.append(_pixels(spec, mc.ModelInput))
-    config.output.append(
-        mc.ModelOutput(name=spec.names.scores, data_type=mc.TYPE_FP32, dims=[spec.num_classes])
-    )
+    config.output.append(_scores(spec))
     if serving.warmup:
         config.model_warmup.extend(_classifier_warmup(spec))
     return config
@@ -217,9 +227,7 @@ def tensorrt_classifier_config(
     )  # fmt: skip
     config.platform = "tensorrt_plan"
     config.input.append(_pixels(spec, mc.ModelInput))
-    config.output.append(
-        mc.ModelOutput(name=spec.names.scores, data_type=mc.TYPE_FP32, dims=[spec.num_classes])
-    )
+    config.output.append(_scores(spec))
     config.cc_model_filenames.update(plans.by_capability)
     if plans.portable:
         config.default_model_filename = plans.portable
@@ -254,14 +262,7 @@ def ensemble_config(spec: ModelSpec, serving: ServingConfig = DEFAULTS) -> mc.Mo
         platform="ensemble",
         max_batch_size=spec.max_batch_size,
         input=[encoded],
-        output=[
-            mc.ModelOutput(
-                name=names.scores,
-                data_type=mc.TYPE_FP32,
-                dims=[spec.num_classes],
-                label_filename=LABELS_FILE,
-            )
-        ],
+        output=[_scores(spec)],
         ensemble_scheduling=mc.ModelEnsembling(step=steps),
     )
     if spec.reject_below is not None:  # clients read it from the config and answer "unknown"
@@ -299,10 +300,12 @@ def rendered_files(
             f"{VERSION}/model.py": MODEL_PY.format(cls="PreprocessModel"),
             f"warmup/{WARMUP_FILE}": serialized_bytes(warmup_image()),
         }
+    labels = "".join(f"{label}\n" for label in spec.labels)
     files = {
         **{f"{names.preprocess}/{path}": content for path, content in preprocess.items()},
+        f"{names.classifier}/{LABELS_FILE}": labels,
         f"{names.ensemble}/config.pbtxt": pbtxt(ensemble_config(spec, serving)),
-        f"{names.ensemble}/{LABELS_FILE}": "".join(f"{label}\n" for label in spec.labels),
+        f"{names.ensemble}/{LABELS_FILE}": labels,
         f"{names.ensemble}/{VERSION}/.gitkeep": "",
     }
     if target == "gpu":

@@ -30,8 +30,13 @@ import tritonclient.http as httpclient
 
 from resnet_triton.endpoints import ADMIN_HEADER, LOOPBACK, RESTRICTED_APIS
 from resnet_triton.serving.probe import probe
-from resnet_triton.serving.repository import read_config
-from resnet_triton.serving.server import Ports, ServerError, TritonServer, preflight
+from resnet_triton.serving.server import (
+    Ports,
+    ServerError,
+    TritonServer,
+    ensemble_names,
+    preflight,
+)
 
 STUB = "triton_python_backend_stub"
 
@@ -72,11 +77,7 @@ class Supervisor:
         self.server = server
         self.probe_interval_s = probe_interval_s
         self.models = sorted(p.parent.name for p in server.repository.glob("*/config.pbtxt"))
-        self.ensembles = [
-            m
-            for m in self.models
-            if read_config(server.repository / m / "config.pbtxt").platform == "ensemble"
-        ]
+        self.ensembles = ensemble_names(server.repository)
         self.stubs = python_stubs(server.process.pid)
         self.client = httpclient.InferenceServerClient(f"{server.host}:{server.ports.http}")
         self.last_probe = time.monotonic()

@@ -2,7 +2,10 @@
 
 This module runs inside Triton's Python stub (it imports
 `triton_python_backend_utils`, which only exists there). Every setting
-comes from the rendered config.pbtxt, so nothing here repeats the spec.
+comes from the rendered config.pbtxt, so nothing here repeats the spec:
+each model finds its tensors by the names its `input_name` and
+`output_name` parameters give (rendered from `spec.names`), and the output
+dtype from the tensor's config, as python_backend's own examples do.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from resnet_triton.preprocess import ImageDecodeError, pixels_from_bytes
-from resnet_triton.spec import Preprocessing
+from resnet_triton.spec import INPUT_NAME, OUTPUT_NAME, Preprocessing
 
 
 def _config(args: dict) -> tuple[dict, dict[str, str]]:
@@ -25,14 +28,43 @@ def _config(args: dict) -> tuple[dict, dict[str, str]]:
     return config, params
 
 
+def _shape(tensor: dict) -> str:
+    """'TYPE_UINT8 [3, 224, 224]': how a tensor's config reads in the log."""
+    return f"{tensor['data_type']} [{', '.join(str(d) for d in tensor['dims'])}]"
+
+
+def _tensor_configs(config: dict, params: dict[str, str]) -> tuple[dict, dict]:
+    """The input and output configs named by the model's parameters; raises if absent."""
+    found = []
+    for key, kind, lookup in (
+        (INPUT_NAME, "input", pb_utils.get_input_config_by_name),
+        (OUTPUT_NAME, "output", pb_utils.get_output_config_by_name),
+    ):
+        tensor = lookup(config, params.get(key))
+        if tensor is None:
+            names = [t["name"] for t in config.get(kind, [])]
+            raise ValueError(
+                f"model '{config['name']}': parameter {key} is {params.get(key)!r}, not one "
+                f"of its {kind}s {names}; render the repository again (resnet-triton render)"
+            )
+        found.append(tensor)
+    return found[0], found[1]
+
+
 class PreprocessModel:
     """Encoded images -> 8-bit pixels. A bad image fails its own request only."""
 
     def initialize(self, args):
         config, params = _config(args)
         self.cfg = Preprocessing.from_params(params)
-        self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
+        self.name = config["name"]
+        image, pixels = _tensor_configs(config, params)
+        self.input_name, self.output_name = image["name"], pixels["name"]
+        self.output_dtype = pb_utils.triton_string_to_numpy(pixels["data_type"])
+        pb_utils.Logger.log_info(
+            f"{self.name}: {self.input_name} -> {self.output_name} "
+            f"{_shape(pixels)}, accepting {', '.join(self.cfg.formats)}"
+        )
 
     def execute(self, requests):
         responses = []
@@ -40,35 +72,33 @@ class PreprocessModel:
             payloads = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
             try:
                 pixels = pixels_from_bytes(payloads.reshape(-1), self.cfg)  # (n, 3, crop, crop)
-            except ImageDecodeError as exc:
+            except ImageDecodeError as exc:  # the client's image: its own request fails
                 error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
-            tensor = pb_utils.Tensor(self.output_name, pixels)
+            tensor = pb_utils.Tensor(self.output_name, pixels.astype(self.output_dtype, copy=False))
             responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
         return responses
 
+    def finalize(self):
+        pb_utils.Logger.log_info(f"{self.name}: unloaded")
+
 
 class OnnxClassifierModel:
-    """The CPU classifier: ONNX Runtime, one run over all requests Triton batched."""
+    """The CPU classifier: ONNX Runtime, one run over all requests Triton batched.
+
+    A request that run fails on gets its own error: the batch is run again one
+    request at a time, so the other requests still get their scores.
+    """
 
     def initialize(self, args):
         config, params = _config(args)
+        self.name = config["name"]
         path = Path(args["model_repository"]) / args["model_version"] / params["onnx_file"]
-        # Before the session: its pool's threads inherit the priority of the thread that
-        # starts them. Linux keeps a nice value per thread: set it on every thread.
-        nice = int(params.get("nice", "0"))
-        for task in Path("/proc/self/task").iterdir():
-            os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
-        # Idle ONNX Runtime threads spin by default, taking the cores that the
-        # preprocess model (another process) needs between batches.
-        spinning = params.get("allow_spinning", "0")
-        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
+        self.session = _session(path, params)
+        pixels, scores = _tensor_configs(config, params)
+        self.input_name, self.output_name = pixels["name"], scores["name"]
+        self.output_dtype = pb_utils.triton_string_to_numpy(scores["data_type"])
         expected = "tensor(uint8)"
         (model_input,) = self.session.get_inputs()
         if model_input.type != expected:  # an ONNX file exported before pixels were 8-bit
@@ -76,16 +106,62 @@ class OnnxClassifierModel:
                 f"{path} takes {model_input.type} pixels; the preprocess model sends "
                 f"{expected}: rebuild it from its checkpoint (resnet-triton build)"
             )
+        outputs = [o.name for o in self.session.get_outputs()]
+        if model_input.name != self.input_name or self.output_name not in outputs:
+            raise RuntimeError(
+                f"{path} maps {model_input.name} to {outputs}; the config serves "
+                f"{self.input_name} -> {self.output_name}: rebuild it from its checkpoint"
+            )
+        pb_utils.Logger.log_info(
+            f"{self.name}: {path.name} in ONNX Runtime {ort.__version__}, "
+            f"{self.input_name} {_shape(pixels)} -> {self.output_name} {_shape(scores)}"
+        )
 
     def execute(self, requests):
         batches = [
             pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests
         ]
-        scores = self.session.run([self.output_name], {self.input_name: np.concatenate(batches)})[
-            0
-        ]  # (sum of request batch sizes, num_classes)
-        splits = np.cumsum([len(b) for b in batches])[:-1]
-        return [
-            pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
-            for part in np.split(scores, splits)
-        ]
+        return [self._response(result) for result in self._scores(batches)]
+
+    def _scores(self, batches: list[np.ndarray]) -> list[np.ndarray | Exception]:
+        """Each request's scores, or the error running it raised."""
+        try:
+            scores = self.session.run(
+                [self.output_name], {self.input_name: np.concatenate(batches)}
+            )[0]  # (sum of request batch sizes, num_classes)
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several types
+            if len(batches) == 1:
+                return [exc]
+            pb_utils.Logger.log_warn(
+                f"{self.name}: a batch of {len(batches)} requests failed, running each alone: {exc}"
+            )
+            return [self._scores([batch])[0] for batch in batches]
+        return np.split(scores, np.cumsum([len(b) for b in batches])[:-1])
+
+    def _response(self, result: np.ndarray | Exception):
+        if isinstance(result, Exception):
+            # Any uint8 pixels should score: a failure is the model's, so it is logged.
+            message = f"{self.name} failed on this request's pixels: {result}"
+            pb_utils.Logger.log_error(message)
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+        tensor = pb_utils.Tensor(self.output_name, result.astype(self.output_dtype, copy=False))
+        return pb_utils.InferenceResponse(output_tensors=[tensor])
+
+    def finalize(self):
+        self.session = None  # the last reference: ONNX Runtime frees the model and its threads
+        pb_utils.Logger.log_info(f"{self.name}: ONNX Runtime session released")
+
+
+def _session(path: Path, params: dict[str, str]) -> ort.InferenceSession:
+    # Before the session: its pool's threads inherit the priority of the thread that
+    # starts them. Linux keeps a nice value per thread: set it on every thread.
+    nice = int(params.get("nice", "0"))
+    for task in Path("/proc/self/task").iterdir():
+        os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+    # Idle ONNX Runtime threads spin by default, taking the cores that the
+    # preprocess model (another process) needs between batches.
+    spinning = params.get("allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
