@@ -106,19 +106,19 @@ def test_the_heatmap_falls_on_the_class_evidence(shapes, method):
     assert np.mean(brightest) >= 0.85
 
 
-def test_shapes_ranges_and_the_target_class(shapes):
+def test_shapes_ranges_and_an_asked_class(shapes):
     checkpoint, held_out = shapes
     paths = sorted(held_out)[:4]
     explainer = Explainer.from_checkpoint(checkpoint)
     predicted = explainer.explain_files(paths)
-    targeted = explainer.explain_files(paths, target="ring")
+    asked = explainer.explain_files(paths, label="ring")
     crops = np.stack([explainer.crop_file(p) for p in paths])
     pixels = torch.from_numpy(crops.transpose(0, 3, 1, 2).astype(np.float32) / 255)
     prep = explainer.spec.preprocessing
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (prep.mean, prep.std))
     with torch.no_grad():
         probs = torch.softmax(explainer.model((pixels - mean) / std), 1).numpy()
-    for n, (p, t) in enumerate(zip(predicted, targeted, strict=True)):
+    for n, (p, t) in enumerate(zip(predicted, asked, strict=True)):
         assert p.index == probs[n].argmax() and p.label == CLASSES[p.index] == p.predicted
         assert p.score == pytest.approx(probs[n].max(), abs=1e-5)
         assert (t.label, t.index, t.predicted) == ("ring", 1, p.predicted)
@@ -127,7 +127,7 @@ def test_shapes_ranges_and_the_target_class(shapes):
         assert p.heatmap.min() >= 0 and p.heatmap.max() == pytest.approx(1.0)
         assert p.crop.shape == p.overlay().shape == (SIZE, SIZE, 3)
         assert p.overlay().dtype == np.uint8
-    pairs = zip(predicted, targeted, strict=True)
+    pairs = zip(predicted, asked, strict=True)
     assert any(not np.allclose(p.heatmap, t.heatmap) for p, t in pairs)  # another class
 
 
@@ -160,7 +160,7 @@ def test_cli_writes_overlays_and_heatmaps_and_skips_a_bad_file(shapes, tmp_path,
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--target", "cat"], f"error: target class 'cat' is not one of {list(CLASSES)}"),
+        (["--class", "cat"], f"error: class 'cat' is not one of {list(CLASSES)}"),
         (["--checkpoint", "{missing}"], "error: checkpoint {missing} does not exist"),
         (["--checkpoint", "{bad}"], "error: cannot load {bad}: "),
     ],

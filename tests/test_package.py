@@ -40,25 +40,35 @@ def imports(path: Path, known: dict[str, Path]) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
+    """Each module's explicit imports of the package's modules."""
     known = modules()
-    graph = {name: imports(path, known) for name, path in known.items()}
-    for name in known:  # importing a submodule runs its package's __init__ first
-        if "." in name:
-            graph[name].add(name.rsplit(".", 1)[0])
-    return graph
+    return {name: imports(path, known) for name, path in known.items()}
+
+
+def package_of(name: str) -> str | None:
+    return name.rsplit(".", 1)[0] if "." in name else None
 
 
 def cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle as [a, b, ..., a], or None."""
+    """One import cycle as [a, b, ..., a], or None.
+
+    Importing a submodule runs its package's __init__ first: that implicit edge is
+    followed too, but it closes no cycle, because a package being imported is already
+    in sys.modules when its own __init__ imports the submodule. An explicit import of
+    a module still being imported does close one, a submodule's of its package included.
+    """
     state: dict[str, str] = {}
 
     def visit(node: str, path: list[str]) -> list[str] | None:
         state[node] = "open"
-        for nxt in sorted(graph.get(node, ())):
-            if nxt == node.rsplit(".", 1)[0] and node.startswith(f"{nxt}."):
-                continue  # a package's own __init__ importing its submodule is not a cycle
+        package = package_of(node)
+        edges = [(nxt, True) for nxt in sorted(graph.get(node, ()))]
+        edges += [(package, False)] if package in graph else []
+        for nxt, explicit in edges:
             if state.get(nxt) == "open":
-                return path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt]
+                if explicit:
+                    return path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt]
+                continue
             if nxt not in state:
                 found = visit(nxt, [*path, nxt])
                 if found:
@@ -72,6 +82,18 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
             if found:
                 return found
     return None
+
+
+def functions_over(limit: int) -> dict[str, int]:
+    """ "module:function" -> lines, for every function in src/ longer than `limit` lines."""
+    found = {}
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found[f"{name}:{node.name}"] = lines
+    return found
 
 
 def test_folders_are_the_stages_and_the_core_stays_at_the_top():
@@ -111,6 +133,18 @@ def test_the_import_graph_has_no_cycle():
 
 def test_the_cycle_finder_finds_one():
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    # A package's __init__ importing its submodule is no cycle ...
+    assert cycle({"pkg": {"pkg.a"}, "pkg.a": set()}) is None
+    # ... but the submodule importing a name from that __init__ is one.
+    assert cycle({"pkg": {"pkg.a"}, "pkg.a": {"pkg"}}) == ["pkg", "pkg.a", "pkg"]
+    # A cycle through the implicit import of a package's __init__.
+    graph = {"a": {"pkg.b"}, "pkg": {"c"}, "pkg.b": set(), "c": {"a"}}
+    assert cycle(graph) == ["a", "pkg.b", "pkg", "c", "a"]
+
+
+def test_no_function_is_over_80_lines():
+    assert functions_over(80) == {}
+    assert functions_over(60) != {}  # the finder finds long ones (a few are 60-80 lines)
 
 
 def test_lower_stages_do_not_import_upward():

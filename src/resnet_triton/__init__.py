@@ -1,1 +1,4 @@
-VERSION = "0.1.0"
+"""From a folder of labelled images to a fine-tuned ResNet served by Triton (README.md).
+
+The version is the distribution's: importlib.metadata.version("resnet-triton").
+"""

@@ -42,47 +42,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(out: Path, repository: Path, epochs: int = 5, lr: float = 2e-3, concurrency: int = 8):
-    seconds: dict[str, float] = {}
+class Stages:
+    """Times each stage of the demo and says which one runs."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def stage(name: str):
+    def __call__(self, name: str):
         print(f"== {name}", flush=True)
         start = time.perf_counter()
         yield
-        seconds[name] = round(time.perf_counter() - start, 2)
+        self.seconds[name] = round(time.perf_counter() - start, 2)
 
-    data = out / "digits"
-    with stage("data"):
-        shutil.rmtree(data, ignore_errors=True)
-        counts = write_digits(data)
-        print(f"wrote {counts['train']} train and {counts['val']} val images to {data}")
-    with stage("train"):
-        config = TrainConfig(
-            data=str(data),
-            out=str(out / "train"),
-            arch=DEMO_ARCH,
-            weights="none",
-            epochs=epochs,
-            lr=lr,
-            hflip=False,  # a mirrored digit is another glyph
-        )
-        evaluation = train(config)["evaluation"]
-    checkpoint = out / "train" / "checkpoint.pt"
-    with stage("build"):
-        options = build.BuildOptions(
-            checkpoint, repository, out / "build", target="cpu", images=data / "val", force=True
-        )
-        gate = build.run(options).reports[0]  # the export gate: ONNX Runtime vs PyTorch
 
-    with stage("pytorch_reference"):
-        spec, model, _ = load_checkpoint(checkpoint)
-        val_set = image_folder(data / "val", spec.preprocessing, evaluate=True)
-        reference = predict(model, DataLoader(val_set, batch_size=32), torch.device("cpu"))
-        reference = reference.argmax(1)
-    targets = np.array(val_set.targets)
-    paths = [Path(p) for p, _ in val_set.samples]
-
+def served_answers(repository: Path, spec, paths: list[Path], out: Path, concurrency: int, stage):
+    """Every image through the ensemble of the real Triton server, started and stopped here."""
     server = None
     try:
         with stage("server_start"):
@@ -91,14 +66,42 @@ def run(out: Path, repository: Path, epochs: int = 5, lr: float = 2e-3, concurre
         with stage("classify"):
             url = f"localhost:{server.ports.grpc}"
             with Classifier(url, "grpc", spec.names.ensemble, concurrency=concurrency) as client:
-                results = client.classify(paths, top_k=1)
+                return client.classify(paths, top_k=1)
     finally:
         if server is not None:
             with stage("server_stop"):
                 server.stop()
 
+
+def run(out: Path, repository: Path, epochs: int = 5, lr: float = 2e-3, concurrency: int = 8):
+    stage = Stages()
+    data = out / "digits"
+    with stage("data"):
+        shutil.rmtree(data, ignore_errors=True)
+        counts = write_digits(data)
+        print(f"wrote {counts['train']} train and {counts['val']} val images to {data}")
+    with stage("train"):
+        config = TrainConfig(
+            data=str(data), out=str(out / "train"), arch=DEMO_ARCH, weights="none",
+            epochs=epochs, lr=lr, hflip=False,  # a mirrored digit is another glyph
+        )  # fmt: skip
+        evaluation = train(config)["evaluation"]
+    checkpoint = out / "train" / "checkpoint.pt"
+    with stage("build"):
+        options = build.BuildOptions(
+            checkpoint, repository, out / "build", target="cpu", images=data / "val", force=True
+        )
+        gate = build.run(options).reports[0]  # the export gate: ONNX Runtime vs PyTorch
+    with stage("pytorch_reference"):
+        spec, model, _ = load_checkpoint(checkpoint)
+        val_set = image_folder(data / "val", spec.preprocessing, evaluate=True)
+        reference = predict(model, DataLoader(val_set, batch_size=32), torch.device("cpu"))
+        reference = reference.argmax(1)
+    paths = [Path(p) for p, _ in val_set.samples]
+    results = served_answers(repository, spec, paths, out, concurrency, stage)
     served = np.array([r.top1.index if r.top1 else -1 for r in results])
     failed = [{"image": r.source, "error": r.error} for r in results if r.error]
+    targets = np.array(val_set.targets)
     report = {
         "images": len(paths),
         "failed_requests": len(failed),
@@ -113,19 +116,22 @@ def run(out: Path, repository: Path, epochs: int = 5, lr: float = 2e-3, concurre
         # confident mistakes and correct answers per class, with Grad-CAM overlays)
         "training_figures": {k: str(out / "train" / v) for k, v in evaluation["figures"].items()},
         "val_mistakes": evaluation["error_analysis"]["mistakes_total"],
-        "stage_seconds": seconds,
-        "total_seconds": round(sum(seconds.values()), 2),
+        "stage_seconds": stage.seconds,
+        "total_seconds": round(sum(stage.seconds.values()), 2),
         "checkpoint": str(checkpoint),
         "repository": str(repository),
     }
-    path = out / "report.json"
+    write_report(report, out / "report.json")
+    if failed:
+        raise UserError(f"{len(failed)} of {len(paths)} requests failed, first: {failed[0]}")
+    return report
+
+
+def write_report(report: dict, path: Path) -> None:
     path.write_text(json.dumps(report, indent=2))
     print(f"\nreport: {path}  (total {report['total_seconds']:.0f} s)")
     for key in ("pytorch_top1_accuracy", "served_top1_accuracy", "served_vs_pytorch_agreement"):
         print(f"{key:<28} {report[key]:.4f}")
-    if failed:
-        raise UserError(f"{len(failed)} of {len(paths)} requests failed, first: {failed[0]}")
-    return report
 
 
 def main(args: argparse.Namespace) -> int:

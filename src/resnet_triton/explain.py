@@ -7,7 +7,8 @@ usual choice for ResNets: its maps are crop/32 cells (7x7 at 224 px),
 upsampled to the crop by bilinear interpolation.
 
     explainer = Explainer.from_checkpoint("checkpoint.pt", method="gradcam++")
-    [explanation] = explainer.explain_bytes([jpeg])
+    explanation = explainer.explain_bytes(jpeg_bytes)          # or label="cat"
+    explanations = explainer.explain_files(["a.jpg", "b.png"])
     explanation.heatmap   # (crop, crop) float32 in [0, 1]
     explanation.overlay() # (crop, crop, 3) uint8: the heatmap over the crop
 """
@@ -50,7 +51,7 @@ class Explanation:
     source: str
     crop: np.ndarray  # (crop, crop, 3) uint8: the pixels the model saw
     heatmap: np.ndarray  # (crop, crop) float32 in [0, 1], for `label`
-    label: str  # the class explained: the prediction unless a target was given
+    label: str  # the class explained: the prediction unless one was asked for
     index: int
     score: float  # softmax probability of `label`
     predicted: str
@@ -81,22 +82,23 @@ class Explainer:
         spec, model, _ = load_checkpoint(path)  # CheckpointError names a bad file
         return cls(model, spec, method)
 
-    def target_index(self, label: str | None) -> int | None:
+    def class_index(self, label: str | None) -> int | None:
+        """The index of class `label`; None for None (each image's prediction)."""
         if label is None:
             return None
         if label not in self.spec.labels:
-            raise UserError(f"target class {label!r} is not one of {list(self.spec.labels)}")
+            raise UserError(f"class {label!r} is not one of {list(self.spec.labels)}")
         return self.spec.labels.index(label)
 
     def explain(
-        self, crops: np.ndarray, sources: list[str], target: str | None = None
+        self, crops: np.ndarray, sources: list[str], label: str | None = None
     ) -> list[Explanation]:
-        """(N, crop, crop, 3) uint8 crops -> one Explanation each, for `target` or the
-        predicted class."""
+        """(N, crop, crop, 3) uint8 crops -> one Explanation each, for class `label` or
+        the predicted class."""
         if len(crops) == 0:
             return []
         inputs = torch.from_numpy(normalize(to_pixels(crops), self.spec.preprocessing))
-        fixed = self.target_index(target)
+        fixed = self.class_index(label)
         targets = None if fixed is None else [ClassifierOutputTarget(fixed)] * len(crops)
         layer = self.model.layer4[-1]
         with METHODS[self.method](model=self.model, target_layers=[layer]) as cam:
@@ -128,13 +130,13 @@ class Explainer:
         prep = self.spec.preprocessing
         return crop(load_image(path, prep), prep)
 
-    def explain_bytes(self, data: bytes, source: str = "image", target: str | None = None):
-        return self.explain(self.crop_bytes(data)[None], [source], target)[0]
+    def explain_bytes(self, data: bytes, source: str = "image", label: str | None = None):
+        return self.explain(self.crop_bytes(data)[None], [source], label)[0]
 
-    def explain_files(self, paths, target: str | None = None) -> list[Explanation]:
+    def explain_files(self, paths, label: str | None = None) -> list[Explanation]:
         paths = [Path(p) for p in paths]
         crops = np.stack([self.crop_file(p) for p in paths])
-        return self.explain(crops, [str(p) for p in paths], target)
+        return self.explain(crops, [str(p) for p in paths], label)
 
 
 def write(explanations: list[Explanation], out: Path, method: str) -> list[Path]:
@@ -169,14 +171,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="+", help="image files, folders or globs")
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt from train")
     parser.add_argument("--method", default="gradcam", choices=list(METHODS))
-    parser.add_argument("--target", help="class to explain (default: each image's prediction)")
+    parser.add_argument(
+        "--class", dest="label", help="class to explain (default: each image's prediction)"
+    )
     parser.add_argument("--out", type=Path, default=Path("artifacts/explain"))
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     explainer = Explainer.from_checkpoint(args.checkpoint, args.method)
-    explainer.target_index(args.target)  # an unknown class fails before any work
+    explainer.class_index(args.label)  # an unknown class fails before any work
     crops, sources, failed = [], [], 0
     for path in image_files(args.paths):  # the classify CLI's rules
         try:
@@ -188,7 +192,7 @@ def main(args: argparse.Namespace) -> int:
     explanations, batch = [], explainer.spec.max_batch_size
     for start in range(0, len(crops), batch):
         chunk = np.stack(crops[start : start + batch])
-        explanations += explainer.explain(chunk, sources[start : start + batch], args.target)
+        explanations += explainer.explain(chunk, sources[start : start + batch], args.label)
     overlays = write(explanations, args.out, args.method)
     for e, overlay in zip(explanations, overlays, strict=True):
         print(f"{e.source}: {e.label} ({e.score:.4f}, predicted {e.predicted}) -> {overlay}")

@@ -19,7 +19,10 @@ def test_demo_writes_the_report(demo_run):
     # Served and PyTorch run the same weights on the same pixels.
     assert report["served_vs_pytorch_agreement"] >= 0.99
     assert abs(report["served_top1_accuracy"] - report["pytorch_top1_accuracy"]) <= 0.01
-    assert report["polygraphy_max_abs_error"] <= report["polygraphy_tolerance"]["atol"]
+    # The export gate's bound, as verify.py documents it, and the error well inside it
+    # (FP32 summation order only); a model outside it fails (tests/build/test_command.py).
+    assert report["polygraphy_tolerance"] == {"atol": 1e-4, "rtol": 1e-3}
+    assert report["polygraphy_max_abs_error"] <= 1e-5
     assert set(report["stage_seconds"]) == {
         "data", "train", "build", "pytorch_reference", "server_start", "classify", "server_stop",
     }  # fmt: skip

@@ -120,7 +120,9 @@ class PipelineConfig:
         if not isinstance(kwargs["targets"], dict):
             raise PipelineError(f"pipeline config {path}: targets must map names to targets")
         kwargs["targets"] = {
-            name: PipelineTarget(**{**fields_of(PipelineTarget, entry, f"targets.{name}"), "name": name})
+            name: PipelineTarget(
+                **{**fields_of(PipelineTarget, entry, f"targets.{name}"), "name": name}
+            )
             for name, entry in kwargs["targets"].items()
         }
         # A repository has one set of configs: targets that share it share serving settings.

@@ -190,6 +190,81 @@ def resolve(yaml_path: Path | None, overrides: dict, defaults: dict | None = Non
     return config
 
 
+FLAG = {"action": argparse.BooleanOptionalAction}
+FLOAT, INT = {"type": float}, {"type": int}
+# The command line: (option, help, argparse keywords) by group; every option is a field of
+# TrainConfig, whose value is the default shown.
+OPTIONS = {
+    "data": [
+        ("data", "ImageFolder root: train/ and val/ (and optional test/) class folders, or "
+         "class folders directly, split by --val-split (build and calibrate draw the same "
+         "split again from the checkpoint)", {}),
+        ("out", "output folder", {}),
+        ("val_split", "validation fraction when data has no train/ folder (stratified, seeded)",
+         FLOAT),
+        ("on_bad_image", f"images that fail to decode: {' or '.join(ON_BAD_IMAGE)}", {}),
+        ("workers", "data loader processes", INT),
+        ("seed", "seed for initialisation, shuffling, augmentation and splits", INT),
+    ],
+    "model": [
+        ("arch", f"one of {', '.join(ARCHITECTURES)}", {}),
+        ("weights", "imagenet (torchvision, downloads once), none, or a state_dict file", {}),
+        ("head_dropout", "dropout before the linear head; 0 = Linear head only", FLOAT),
+        ("resize_size", "eval resize of the shorter side", INT),
+        ("crop_size", "model input size", INT),
+    ],
+    "strategy": [
+        ("strategy", f"one of {', '.join(STRATEGIES)} (see below)", {}),
+        ("stage_epochs", "staged: epochs for layer4, then layer3+4; the rest trains all",
+         {"type": int, "nargs": 2}),
+        ("freeze_bn", "keep every BatchNorm's statistics and affine parameters fixed", FLAG),
+    ],
+    "optimization": [
+        ("epochs", "epochs in all", INT),
+        ("batch_size", "images per optimizer step and micro-batch, over all processes", INT),
+        ("accumulate", "micro-batches per optimizer step (gradient accumulation)", INT),
+        ("optimizer", f"one of {', '.join(OPTIMIZERS)}", {}),
+        ("lr", "peak learning rate of the backbone", FLOAT),
+        ("head_lr", "peak learning rate of the head (default: --lr)", FLOAT),
+        ("momentum", "SGD momentum", FLOAT),
+        ("nesterov", "SGD with Nesterov momentum", FLAG),
+        ("weight_decay", "weight decay; never applied to norm weights and biases", FLOAT),
+        ("schedule", f"one of {', '.join(SCHEDULES)}", {}),
+        ("warmup_epochs", "linear warmup (cosine and step schedules)", FLOAT),
+        ("step_size", "step schedule: epochs between decays", INT),
+        ("gamma", "step and plateau schedules: decay factor", FLOAT),
+        ("plateau_patience", "plateau schedule: epochs without improvement", INT),
+        ("label_smoothing", "cross-entropy label smoothing", FLOAT),
+        ("clip_grad_norm", "clip the gradient norm to this; 0 = off", FLOAT),
+        ("class_balance", f"imbalanced classes: {', '.join(CLASS_BALANCE)}", {}),
+        ("ema_decay", "exponential moving average of weights, e.g. 0.999; 0 = off", FLOAT),
+        ("amp", "mixed precision: fp16 + loss scaling on CUDA, bf16 on CPU", FLAG),
+        ("channels_last", "channels_last memory format", FLAG),
+    ],
+    "augmentation (train split only; eval is the serving preprocessing)": [
+        ("rrc_scale", "RandomResizedCrop area range", {"type": float, "nargs": 2}),
+        ("hflip", "random horizontal flips (off for text, digits, asymmetric classes)", FLAG),
+        ("color_jitter", "brightness/contrast/saturation strength; 0 = off", FLOAT),
+        ("rotation", "random rotation range in degrees; 0 = off", FLOAT),
+        ("blur", "probability of a Gaussian blur", FLOAT),
+        ("auto_augment", f"one of {', '.join(AUTO_AUGMENT)}", {}),
+    ],
+    "distillation (see resnet-triton distill)": [
+        ("teacher", "checkpoint.pt of a teacher with the same classes; none = plain training",
+         {}),
+        ("kd_temperature", "softmax temperature of the soft targets", FLOAT),
+        ("kd_weight", "weight of the soft-target loss; the labels' loss gets 1 - this", FLOAT),
+    ],
+    "early stopping and checkpoints": [
+        ("monitor", f"metric choosing the best epoch: {', '.join(MONITORS)}", {}),
+        ("patience", "stop after this many epochs without improvement; 0 = off", INT),
+        ("resume", "continue from this last.pt (same architecture and classes)", {}),
+        ("stop_after", "stop after this many epochs of this run (a time slot); resume later",
+         INT),
+    ],
+}  # fmt: skip
+
+
 def get_args_parser(
     prog: str = "resnet-triton train", description: str = ""
 ) -> argparse.ArgumentParser:
@@ -202,86 +277,14 @@ def get_args_parser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=STRATEGY_HELP,
     )
-    d = TrainConfig(data="")
     parser.add_argument("--config", type=Path, default=None, help="YAML file of options")
-
-    def add(group, name, help, **kwargs):
-        default = getattr(d, name)
-        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        group.add_argument(f"--{_flag(name)}", help=f"{help} (default: {shown})", **kwargs)
-
-    def flag(group, name, help):
-        add(group, name, help, action=argparse.BooleanOptionalAction)
-
-    g = parser.add_argument_group("data")
-    add(g, "data", "ImageFolder root: train/ and val/ (and optional test/) class folders, "
-        "or class folders directly, split by --val-split")  # fmt: skip
-    add(g, "out", "output folder")
-    add(g, "val_split", "validation fraction when data has no train/ folder (stratified, seeded)",
-        type=float)  # fmt: skip
-    add(g, "on_bad_image", f"images that fail to decode: {' or '.join(ON_BAD_IMAGE)}")
-    add(g, "workers", "data loader processes", type=int)
-    add(g, "seed", "seed for initialisation, shuffling, augmentation and splits", type=int)
-
-    g = parser.add_argument_group("model")
-    add(g, "arch", f"one of {', '.join(ARCHITECTURES)}")
-    add(g, "weights", "imagenet (torchvision, downloads once), none, or a state_dict file")
-    add(g, "head_dropout", "dropout before the linear head; 0 = Linear head only", type=float)
-    add(g, "resize_size", "eval resize of the shorter side", type=int)
-    add(g, "crop_size", "model input size", type=int)
-
-    g = parser.add_argument_group("strategy")
-    add(g, "strategy", f"one of {', '.join(STRATEGIES)} (see below)")
-    add(g, "stage_epochs", "staged: epochs for layer4, then layer3+4; the rest trains all",
-        type=int, nargs=2)  # fmt: skip
-    flag(g, "freeze_bn", "keep every BatchNorm's statistics and affine parameters fixed")
-
-    g = parser.add_argument_group("optimization")
-    add(g, "epochs", "epochs in all", type=int)
-    add(g, "batch_size", "images per optimizer step and micro-batch, over all processes",
-        type=int)  # fmt: skip
-    add(g, "accumulate", "micro-batches per optimizer step (gradient accumulation)", type=int)
-    add(g, "optimizer", f"one of {', '.join(OPTIMIZERS)}")
-    add(g, "lr", "peak learning rate of the backbone", type=float)
-    add(g, "head_lr", "peak learning rate of the head (default: --lr)", type=float)
-    add(g, "momentum", "SGD momentum", type=float)
-    flag(g, "nesterov", "SGD with Nesterov momentum")
-    add(g, "weight_decay", "weight decay; never applied to norm weights and biases", type=float)
-    add(g, "schedule", f"one of {', '.join(SCHEDULES)}")
-    add(g, "warmup_epochs", "linear warmup (cosine and step schedules)", type=float)
-    add(g, "step_size", "step schedule: epochs between decays", type=int)
-    add(g, "gamma", "step and plateau schedules: decay factor", type=float)
-    add(g, "plateau_patience", "plateau schedule: epochs without improvement", type=int)
-    add(g, "label_smoothing", "cross-entropy label smoothing", type=float)
-    add(g, "clip_grad_norm", "clip the gradient norm to this; 0 = off", type=float)
-    add(g, "class_balance", f"imbalanced classes: {', '.join(CLASS_BALANCE)}")
-    add(g, "ema_decay", "exponential moving average of weights, e.g. 0.999; 0 = off",
-        type=float)  # fmt: skip
-    flag(g, "amp", "mixed precision: fp16 + loss scaling on CUDA, bf16 on CPU")
-    flag(g, "channels_last", "channels_last memory format")
-
-    g = parser.add_argument_group(
-        "augmentation (train split only; eval is the serving preprocessing)"
-    )
-    add(g, "rrc_scale", "RandomResizedCrop area range", type=float, nargs=2)
-    flag(g, "hflip", "random horizontal flips (off for text, digits, asymmetric classes)")
-    add(g, "color_jitter", "brightness/contrast/saturation strength; 0 = off", type=float)
-    add(g, "rotation", "random rotation range in degrees; 0 = off", type=float)
-    add(g, "blur", "probability of a Gaussian blur", type=float)
-    add(g, "auto_augment", f"one of {', '.join(AUTO_AUGMENT)}")
-
-    g = parser.add_argument_group("distillation (see resnet-triton distill)")
-    add(g, "teacher", "checkpoint.pt of a teacher with the same classes; none = plain training")
-    add(g, "kd_temperature", "softmax temperature of the soft targets", type=float)
-    add(g, "kd_weight", "weight of the soft-target loss; the labels' loss gets 1 - this",
-        type=float)  # fmt: skip
-
-    g = parser.add_argument_group("early stopping and checkpoints")
-    add(g, "monitor", f"metric choosing the best epoch: {', '.join(MONITORS)}")
-    add(g, "patience", "stop after this many epochs without improvement; 0 = off", type=int)
-    add(g, "resume", "continue from this last.pt (same architecture and classes)")
-    add(g, "stop_after", "stop after this many epochs of this run (a time slot); resume later",
-        type=int)  # fmt: skip
+    defaults = TrainConfig(data="")
+    for title, options in OPTIONS.items():
+        group = parser.add_argument_group(title)
+        for name, text, kwargs in options:
+            default = getattr(defaults, name)
+            shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+            group.add_argument(f"--{_flag(name)}", help=f"{text} (default: {shown})", **kwargs)
     return parser
 
 

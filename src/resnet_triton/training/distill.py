@@ -5,7 +5,7 @@ Every option of `resnet-triton train` applies (strategies, schedules, AMP, resum
 torchrun); the student's checkpoint carries its spec like any other and goes through
 `build` and its gates unchanged. evaluation.json gains "distillation": teacher and
 student top-1 and their agreement on the evaluation split. `make bench-distill`
-measures the student's speed-up (perf/distill_speedup.py).
+measures the student's speed-up (perf/distill.py).
 """
 
 from __future__ import annotations

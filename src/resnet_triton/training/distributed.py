@@ -65,12 +65,3 @@ def gather(ctx: Context, obj):
     out = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_flag(ctx: Context, flag: bool) -> bool:
-    """Rank 0's decision (for example early stopping), on every rank."""
-    if not ctx.distributed:
-        return flag
-    box = [flag]
-    dist.broadcast_object_list(box, src=0)
-    return bool(box[0])
