@@ -4,13 +4,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torchvision import transforms as T
 
 from resnet_triton.data import EvalTransform
 from resnet_triton.preprocess import load_image
 from resnet_triton.resnet import CheckpointError, build_model, load_checkpoint
 from resnet_triton.spec import ModelSpec
-from resnet_triton.training import TrainConfig, run
+from resnet_triton.training import TrainConfig, run, strategy
 from resnet_triton.training.config import resolve
 from resnet_triton.training.distributed import Context
 from resnet_triton.training.loop import Trainer
@@ -158,13 +160,144 @@ def test_accumulation_takes_one_optimizer_step_per_group(tmp_path):
     data = imbalanced(tmp_path / "data", {"a": 20, "b": 20})
     cfg = TrainConfig(
         data=str(data), out=str(tmp_path / "o"), batch_size=4, accumulate=3, epochs=1,
-        optimizer="sgd", nesterov=True, schedule="step", clip_grad_norm=1.0,
-        label_smoothing=0.1, color_jitter=0.3, rotation=10, blur=0.5,
-        auto_augment="randaugment", **TINY,
+        schedule="step", **TINY,
     )  # fmt: skip
     trainer = Trainer(cfg, Context())
+    forwards, steps = [], []
+    trainer.model.register_forward_pre_hook(lambda module, args: forwards.append(len(args[0])))
+    trainer.optimizer.register_step_post_hook(lambda *_: steps.append(len(forwards)))
     trainer.fit()
-    # 32 train images in batches of 4 = 8 micro-batches -> 2 whole groups of 3.
+    # 32 train images in batches of 4 = 8 micro-batches -> 2 whole groups of 3; the 2
+    # left over are not trained on.
     assert trainer.steps_per_epoch == 2
+    assert steps == [3, 6] and forwards[:6] == [4] * 6
     assert trainer.schedule.scheduler.last_epoch == 2
     assert torch.isfinite(next(trainer.model.parameters())).all()
+
+
+# What each training switch does. A trainer on the tiny two-class folder, ready to step
+# as train_epoch leaves it.
+SWITCHES = {
+    "optimizer": "sgd", "nesterov": True, "clip_grad_norm": 0.05, "label_smoothing": 0.1,
+    "rrc_scale": (0.5, 0.9), "color_jitter": 0.3, "rotation": 10.0, "blur": 0.5,
+    "auto_augment": "randaugment",
+}  # fmt: skip
+
+
+def switched(tmp_path, **changes) -> Trainer:
+    data = imbalanced(tmp_path / "data", {"a": 20, "b": 20})
+    settings = {**TINY, **SWITCHES, **changes}
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "o"), batch_size=8, **settings)
+    trainer = Trainer(cfg, Context())
+    trainer.set_stage(0)
+    strategy.set_train_mode(trainer.model, cfg, 0)
+    return trainer
+
+
+def grad_norm(optimizer: torch.optim.Optimizer) -> float:
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads if g is not None])))
+
+
+def test_clipping_bounds_the_gradient_norm_the_optimizer_steps_on(tmp_path):
+    norms = {}
+    for clip in (0.0, 0.05):
+        trainer = switched(tmp_path / f"clip{clip}", clip_grad_norm=clip)
+        seen = norms.setdefault(clip, [])
+        trainer.optimizer.register_step_pre_hook(
+            lambda opt, *_, seen=seen: seen.append(grad_norm(opt))
+        )
+        images, labels = next(iter(trainer.data.loader))
+        trainer.step(images, labels, stepping=True)
+    assert norms[0.0][0] > 10 * 0.05  # unclipped: the bound has work to do
+    # clip_grad_norm_ scales by clip / (norm + 1e-6).
+    assert norms[0.05] == [pytest.approx(0.05, rel=1e-4)]
+
+
+def test_the_loss_is_label_smoothed(tmp_path):
+    trainer = switched(tmp_path, amp=False)  # float32, for a close comparison
+    images, labels = next(iter(trainer.data.loader))
+    with torch.no_grad():  # train mode: batch statistics, as in the step
+        logits = trainer.model(images.to(memory_format=torch.channels_last))
+    smoothed = F.cross_entropy(logits, labels, label_smoothing=0.1).item()
+    plain = F.cross_entropy(logits, labels).item()
+    # The same float32 operations: seen equal. Two classes at random weights are near a
+    # tie, so the smoothing moves the loss little (seen 8e-4 relative), but 800x the bound.
+    assert trainer.step(images, labels, stepping=False) == pytest.approx(smoothed, rel=1e-6)
+    assert plain != pytest.approx(smoothed, rel=1e-6)
+
+
+def test_nesterov_momentum_reaches_the_optimizer(tmp_path):
+    optimizer = switched(tmp_path).optimizer
+    assert type(optimizer) is torch.optim.SGD
+    assert {(g["momentum"], g["nesterov"]) for g in optimizer.param_groups} == {(0.9, True)}
+
+
+@pytest.mark.parametrize(
+    "changes, flip, auto",
+    [
+        ({}, [], T.RandAugment),  # SWITCHES: no flip (TINY's hflip is off)
+        ({"hflip": True, "auto_augment": "autoaugment"}, [T.RandomHorizontalFlip], T.AutoAugment),
+    ],
+)
+def test_the_train_split_is_augmented_as_configured(tmp_path, changes, flip, auto):
+    trainer = switched(tmp_path, **changes)
+    steps = trainer.splits.train.transform.transforms
+    classes = [T.RandomResizedCrop, *flip, T.RandomRotation, T.ColorJitter, T.RandomApply, auto,
+               T.ToTensor, T.Normalize]  # fmt: skip
+    assert [type(step) for step in steps] == classes
+    if flip:
+        assert steps[1].p == 0.5
+    crop, rotation, jitter, blur, augment, _, normalize = [steps[0], *steps[1 + len(flip) :]]
+    bilinear = T.InterpolationMode.BILINEAR  # the spec's, also where torchvision's is nearest
+    assert (crop.size, crop.scale, crop.interpolation) == ((32, 32), (0.5, 0.9), bilinear)
+    assert (rotation.degrees, rotation.interpolation) == ([-10.0, 10.0], bilinear)
+    assert jitter.brightness == jitter.contrast == jitter.saturation == (0.7, 1.3)
+    assert jitter.hue is None
+    (gaussian,) = blur.transforms
+    assert (blur.p, gaussian.kernel_size, gaussian.sigma) == (0.5, (5, 5), (0.1, 2.0))
+    assert augment.interpolation == bilinear
+    spec = trainer.spec.preprocessing
+    assert (normalize.mean, normalize.std) == (spec.mean, spec.std)
+    assert type(trainer.splits.val.transform) is EvalTransform  # no augmentation
+
+
+def test_without_augmentation_the_crop_is_all_there_is(tmp_path):
+    trainer = switched(tmp_path, rrc_scale=(1.0, 1.0), color_jitter=0.0, rotation=0.0, blur=0.0,
+                       auto_augment="none")  # fmt: skip
+    steps = trainer.splits.train.transform.transforms
+    assert [type(step) for step in steps] == [T.RandomResizedCrop, T.ToTensor, T.Normalize]
+
+
+def test_a_step_skipped_for_overflow_leaves_the_schedule_and_the_ema(tmp_path):
+    """The loop's skip logic on CPU: GradScaler("cpu") skips a step whose gradients are
+    not finite (here made infinite by a hook) and backs off, as the CUDA scaler does with
+    fp16 overflow (test_gpu_training.py)."""
+    trainer = switched(tmp_path, ema_decay=0.9)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)  # the loop's is CUDA's
+    images, labels = next(iter(trainer.data.loader))
+    weights = trainer.model.fc.weight.detach().clone()
+    hook = trainer.model.fc.weight.register_hook(lambda grad: torch.full_like(grad, torch.inf))
+    trainer.step(images, labels, stepping=True)
+    hook.remove()
+    assert trainer.scaler.get_scale() == 2.0**9  # skipped and backed off
+    assert torch.equal(trainer.model.fc.weight, weights)
+    assert trainer.schedule.scheduler.last_epoch == 0  # warm-up has not moved on
+    assert int(trainer.ema.n_averaged) == 0
+    trainer.step(images, labels, stepping=True)
+    assert trainer.scaler.get_scale() == 2.0**9
+    assert not torch.equal(trainer.model.fc.weight, weights)
+    assert trainer.schedule.scheduler.last_epoch == 1
+    assert int(trainer.ema.n_averaged) == 1
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_reaches_the_weights_and_the_inputs(tmp_path, channels_last):
+    trainer = switched(tmp_path, channels_last=channels_last)
+    inputs = []
+    trainer.model.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    images, labels = next(iter(trainer.data.loader))
+    trainer.step(images, labels, stepping=True)
+    layout = torch.channels_last
+    assert trainer.model.conv1.weight.is_contiguous(memory_format=layout) is channels_last
+    assert inputs[0].is_contiguous(memory_format=layout) is channels_last
