@@ -134,6 +134,8 @@ def main(argv: list[str]) -> int:
         record = {
             "initial": trainer.initial,
             "parameters": parameters(trainer.model),
+            # what the last evaluation ran: BatchNorm's running statistics included
+            "evaluated": {n: b.detach().cpu().clone() for n, b in trainer.model.named_buffers()},
             "train_loss": [epoch["train_loss"] for epoch in trainer.state.history],
             "seen": trainer.seen(),
         }

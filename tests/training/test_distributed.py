@@ -108,6 +108,11 @@ def test_two_processes_take_the_steps_of_one(runs):
     first, second = (rank["parameters"] for rank in ranks)
     assert first.keys() == second.keys() == one["parameters"].keys()
     assert all(torch.equal(first[name], second[name]) for name in first)  # one model
+    # Evaluated with one set of running statistics (each rank's forward passes update its
+    # own): rank 0's, which checkpoint.pt holds. Without the broadcast all 40 differ.
+    evaluated = [rank["evaluated"] for rank in ranks]
+    assert len(evaluated[0]) == 60  # resnet18: 20 BatchNorms x (mean, var, batches seen)
+    assert all(torch.equal(evaluated[0][n], evaluated[1][n]) for n in evaluated[0])
     moved = distance(first, one["initial"])
     assert moved > 1.0  # 4 steps at lr 0.05 from random weights: seen 6.3
     assert distance(first, one["parameters"]) <= 1e-4 * moved

@@ -65,3 +65,15 @@ def gather(ctx: Context, obj):
     out = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_buffers(ctx: Context, model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank.
+
+    DDP averages the gradients, so the ranks' weights stay equal, but each rank's forward
+    passes update its own running statistics. Before an evaluation they are made rank 0's,
+    so that every rank's share of the metrics comes from the model rank 0 saves.
+    """
+    if ctx.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)

@@ -232,6 +232,7 @@ class Trainer:
 
     def evaluate(self, model: nn.Module, dataset) -> np.ndarray:
         """Probabilities for every image of `dataset`, in dataset order, on every rank."""
+        distributed.broadcast_buffers(self.ctx, model)
         probs = predict(
             model,
             eval_loader(dataset, self.ctx, self.micro_batch, self.cfg.workers),
