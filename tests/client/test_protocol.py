@@ -1,5 +1,8 @@
 """Client logic that needs no server: encoding, retry policy, parsing."""
 
+import http.client
+import socket
+
 import aiohttp
 import numpy as np
 import pytest
@@ -10,13 +13,14 @@ from tritonclient.utils import InferenceServerException
 from resnet_triton.client import Classifier
 from resnet_triton.client.protocol import (
     ClientError,
+    Failure,
     Job,
     ModelInfo,
     Prediction,
     _Protocol,
-    _retryable,
     encode_image,
     encoded_batch,
+    failure_of,
     parse_classification,
 )
 
@@ -36,28 +40,93 @@ def test_arrays_and_pil_images_are_sent_as_lossless_png():
         encode_image({})
 
 
+def triton_error(status: str, message: str = "x") -> InferenceServerException:
+    return InferenceServerException(message, status=status)
+
+
+# What tritonclient raises (statuses as it reports them, and the HTTP clients' socket,
+# geventhttpclient and aiohttp errors, unwrapped) -> the policy's category.
+FAILURES = [
+    (triton_error("StatusCode.UNAVAILABLE"), Failure.UNAVAILABLE),
+    (triton_error("503"), Failure.UNAVAILABLE),
+    (triton_error("502"), Failure.UNAVAILABLE),
+    (ConnectionRefusedError(111, "Connection refused"), Failure.UNAVAILABLE),
+    (ConnectionResetError(104, "Connection reset by peer"), Failure.UNAVAILABLE),
+    # A proxy accepted the connection and the server behind it is gone.
+    (HTTPConnectionClosed("connection closed."), Failure.UNAVAILABLE),
+    (http.client.RemoteDisconnected("closed"), Failure.UNAVAILABLE),
+    (aiohttp.ServerDisconnectedError(), Failure.UNAVAILABLE),
+    (aiohttp.ClientConnectorError(None, ConnectionRefusedError(111, "refused")),
+     Failure.UNAVAILABLE),
+    (triton_error("StatusCode.INVALID_ARGUMENT"), Failure.INVALID_INPUT),
+    (triton_error("400"), Failure.INVALID_INPUT),
+    (triton_error("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded"), Failure.TIMEOUT),
+    (triton_error("504"), Failure.TIMEOUT),
+    # geventhttpclient's network_timeout (socket.timeout) and aiohttp's total timeout
+    # (asyncio.TimeoutError): both TimeoutError since Python 3.10 and 3.11.
+    (TimeoutError("timed out"), Failure.TIMEOUT),
+    (aiohttp.ServerTimeoutError("read"), Failure.TIMEOUT),  # a connection error too
+    (triton_error("StatusCode.NOT_FOUND", "Request for unknown model"), Failure.OTHER),
+    (triton_error("404", "Request for unknown model"), Failure.OTHER),
+    (triton_error("StatusCode.INTERNAL"), Failure.OTHER),
+    (triton_error("500"), Failure.OTHER),
+    # Triton's gRPC answer to a wrong admin key: UNAVAILABLE, and it will stay wrong.
+    (triton_error("StatusCode.UNAVAILABLE", "This protocol is restricted, expecting header "
+                  "'triton-grpc-protocol-admin-key'"), Failure.OTHER),
+    (triton_error("403", "This API is restricted, expecting header 'admin-key'"), Failure.OTHER),
+    (socket.gaierror(-2, "Name or service not known"), Failure.OTHER),
+    (ValueError("a bug, not the network"), Failure.OTHER),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("error", "failure"), FAILURES, ids=lambda v: repr(v)[:60])
+def test_each_failure_has_one_category(error, failure):
+    assert failure_of(error) is failure
+
+
 @pytest.mark.parametrize(
-    ("status", "retry"),
-    [("StatusCode.UNAVAILABLE", True), ("503", True), ("StatusCode.INVALID_ARGUMENT", False),
-     ("400", False), ("StatusCode.DEADLINE_EXCEEDED", False)],
+    ("error", "delays", "message", "failure"),
+    [(triton_error("StatusCode.UNAVAILABLE", "down"), [0.01, 0.02],
+      "Triton at localhost:1 unavailable after 3 attempts: down", Failure.UNAVAILABLE),
+     (TimeoutError("timed out"), [], "no answer from localhost:1 within 0.5 s: timed out",
+      Failure.TIMEOUT),
+     (TimeoutError(), [], "no answer from localhost:1 within 0.5 s: TimeoutError",
+      Failure.TIMEOUT),
+     (triton_error("400", "image 0: not a decodable image"), [],
+      "image 0: not a decodable image", Failure.INVALID_INPUT),
+     (triton_error("StatusCode.NOT_FOUND", "unknown model"), [], "unknown model",
+      Failure.OTHER)],
 )  # fmt: skip
-def test_only_unavailable_servers_are_retried(status, retry):
-    assert _retryable(InferenceServerException("x", status=status)) is retry
-    assert _retryable(ConnectionRefusedError()) is True
+def test_only_an_unavailable_server_is_waited_for(error, delays, message, failure):
+    protocol = _Protocol("localhost:1", "grpc", "m", 0.5, 2, 0.01, 1)
+    waited = []
+    with pytest.raises(ClientError) as raised:
+        for attempt in range(protocol.retries + 1):
+            waited.append(protocol.retry_delay(error, attempt))
+    assert (waited, str(raised.value), raised.value.failure) == (delays, message, failure)
 
 
-def test_a_connection_closed_before_the_answer_is_retried():
-    # What tritonclient's sync and asyncio HTTP clients raise, unwrapped, when a proxy
-    # accepts the connection and the server behind it is gone.
-    assert _retryable(HTTPConnectionClosed("connection closed.")) is True
-    assert _retryable(aiohttp.ServerDisconnectedError()) is True
-    assert _retryable(ValueError("a bug, not the network")) is False
+def test_only_an_invalid_input_splits_a_batch():
+    job = Job([b"a", b"b", b"c"], max_batch_size=2)
+    first, second = job.batches
+    invalid = ClientError("image 0: not a decodable image", Failure.INVALID_INPUT)
+    assert job.refused(first, invalid) == [[first[0]], [first[1]]]
+    assert job.refused(first[:1], invalid) == []  # one image: its own error
+    job.answered(first[1:], [(Prediction("cat", 0, 0.9),)])
+    assert job.refused(second, ClientError("timed out", Failure.TIMEOUT)) == []
+    results = job.results()
+    assert [r.error for r in results] == ["image 0: not a decodable image", None, "timed out"]
+    for failure in (Failure.UNAVAILABLE, Failure.TIMEOUT, Failure.OTHER):
+        job = Job([b"a", b"b"], max_batch_size=2)
+        assert job.refused(job.batches[0], ClientError("down", failure)) == []
+        assert [r.error for r in job.results()] == ["down", "down"]
 
 
 def test_retries_back_off_then_give_up(monkeypatch):
     classifier = Classifier.__new__(Classifier)  # no server: only the retry loop runs
-    classifier.retries, classifier.backoff_s, classifier.shared_memory = 2, 0.01, False
+    classifier.retries, classifier.backoff_s, classifier._shm = 2, 0.01, None
     classifier.protocol, classifier.model, classifier.timeout_s = "grpc", "m", 1.0
+    classifier.url = "localhost:1"
     classifier.info = ModelInfo("m", "IMAGE", "SCORES", 32)
     classifier.module = __import__("tritonclient.grpc", fromlist=["x"])
     calls, sleeps = [], []
@@ -69,14 +138,14 @@ def test_retries_back_off_then_give_up(monkeypatch):
 
     monkeypatch.setattr(classifier, "_client", lambda: Flaky())
     monkeypatch.setattr("resnet_triton.client.classifier.time.sleep", sleeps.append)
-    with pytest.raises(ClientError, match="busy"):
+    with pytest.raises(ClientError, match="unavailable after 3 attempts: busy"):
         classifier._infer([b"x"], 1)
     assert len(calls) == 3 and sleeps == [0.01, 0.02]
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_a_uint8_image_input_gets_zero_padded_rows(protocol):
-    """A DALI ensemble (serving.preprocessing: dali) takes UINT8 [-1], not BYTES."""
+    """A DALI ensemble (serving.preprocess_backend: dali) takes UINT8 [-1], not BYTES."""
     module = __import__(f"tritonclient.{protocol}", fromlist=["x"])
     client = _Protocol(None, protocol, "m", 1.0, 0, 0.1, 1)
     info = ModelInfo("m", "IMAGE", "SCORES", 32, "UINT8")

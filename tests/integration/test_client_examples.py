@@ -3,6 +3,7 @@
 
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -55,13 +56,29 @@ def test_each_example_answers_like_the_library(triton, images, expected, name, p
     assert lines == expected
 
 
-def test_many_files_classifies_a_folder(triton, digits, images):
-    lines = example("many_files.py", "--url", f"localhost:{triton.ports.grpc}",
-                    str(digits / "val" / "3"))  # fmt: skip
-    count = len(list((digits / "val" / "3").glob("*.png")))
-    assert lines[0] == f"{count} images, requests of up to 32"
-    assert lines[1].startswith(f"classified {count} images: ")
-    assert "3: " in lines[1]
+def test_many_files_classifies_a_folder(triton, digits, tmp_path):
+    """Every file's label counted: a folder of 3s and 7s (40, more than one request), and
+    a file the server refuses, named with its error."""
+    folder = tmp_path / "shots"
+    for digit in ("3", "7"):
+        for path in sorted((digits / "val" / digit).glob("*.png"))[:20]:
+            (folder / digit).mkdir(parents=True, exist_ok=True)
+            (folder / digit / path.name).write_bytes(path.read_bytes())
+    broken = folder / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)
+    paths = sorted(folder.rglob("*.png"))
+    with Classifier(f"localhost:{triton.ports.grpc}", "grpc") as classifier:
+        results = classifier.classify(paths)  # the library's answer for each file
+    (error,) = [r.error for r in results if not r.ok]
+    assert "image 0: not a decodable image (38 bytes" in error
+    counts = Counter(r.top1.label for r in results if r.ok)
+    assert sum(counts.values()) == 40 and counts["3"] >= 18 and counts["7"] >= 18
+    lines = example("many_files.py", "--url", f"localhost:{triton.ports.grpc}", str(folder))
+    assert lines == [
+        "41 images, requests of up to 32",
+        "classified 41 images: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
+        f"{broken}: error: {error}",
+    ]
 
 
 def test_nvidias_image_client_steps_work_against_the_classifier(triton, repository, images):

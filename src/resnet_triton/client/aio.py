@@ -10,7 +10,7 @@ import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
 from resnet_triton.client.protocol import (
-    CONNECTION_ERRORS,
+    REQUEST_ERRORS,
     ClientError,
     ImageLike,
     Job,
@@ -71,6 +71,8 @@ class AsyncClassifier(_Protocol):
         await self.close()
 
     async def _infer(self, payloads: list[bytes], top_k: int) -> list[tuple[Prediction, ...]]:
+        """One request, sent again while the server is unavailable (protocol.Failure);
+        raises ClientError."""
         for attempt in range(self.retries + 1):
             try:
                 infer_input, output = self.request(self.module, self.info, payloads, top_k)
@@ -79,7 +81,7 @@ class AsyncClassifier(_Protocol):
                     self.model, [infer_input], outputs=[output], **options
                 )
                 return self.parse(result, self.info, len(payloads), top_k)
-            except (InferenceServerException, *CONNECTION_ERRORS) as exc:
+            except REQUEST_ERRORS as exc:
                 await asyncio.sleep(self.retry_delay(exc, attempt))
         raise AssertionError("unreachable")
 

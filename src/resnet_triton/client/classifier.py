@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import (
-    InferenceServerException,
-    serialize_byte_tensor,
-    serialized_byte_size,
-)
+from tritonclient.utils import InferenceServerException
 
 from resnet_triton.client.protocol import (
-    CONNECTION_ERRORS,
+    REQUEST_ERRORS,
     ClientError,
     ImageLike,
     Job,
@@ -26,7 +20,9 @@ from resnet_triton.client.protocol import (
     Result,
     _Item,
     _Protocol,
+    encoded_batch,
 )
+from resnet_triton.client.shm import ShmPool
 from resnet_triton.endpoints import ADMIN_HEADER
 from resnet_triton.spec import Names
 
@@ -48,7 +44,6 @@ class Classifier(_Protocol):
     ):
         super().__init__(url, protocol, model, timeout_s, retries, backoff_s, concurrency)
         self.module = grpcclient if self.grpc else httpclient
-        self.shared_memory = shared_memory
         # Triton's gRPC frontend expects restricted-protocol headers with a prefix.
         header = f"triton-grpc-protocol-{ADMIN_HEADER}" if self.grpc else ADMIN_HEADER
         self.headers = {header: admin_key} if admin_key else None
@@ -57,6 +52,7 @@ class Classifier(_Protocol):
         self._local = threading.local()
         self._clients = []  # every thread's client, to close them all
         self._lock = threading.Lock()
+        self._shm = ShmPool(self._client, self.headers) if shared_memory else None
         client = self._client()
         try:
             ready = client.is_model_ready(model)
@@ -80,8 +76,15 @@ class Classifier(_Protocol):
                 self._clients.append(client)
         return self._local.client
 
+    @property
+    def shared_memory(self) -> bool:
+        return self._shm is not None
+
     def close(self) -> None:
-        """Close every connection (Triton waits for open HTTP connections on shutdown)."""
+        """Release the shared-memory regions, close every connection (Triton waits for
+        open HTTP connections on shutdown)."""
+        if self._shm is not None:
+            self._shm.close()
         with self._lock:
             for client in self._clients:
                 client.close()
@@ -95,42 +98,28 @@ class Classifier(_Protocol):
         self.close()
 
     def _infer(self, payloads: list[bytes], top_k: int) -> list[tuple[Prediction, ...]]:
-        """One request, retried while the server is unavailable; raises ClientError."""
+        """One request, sent again while the server is unavailable (protocol.Failure);
+        raises ClientError."""
         for attempt in range(self.retries + 1):
             try:
-                if self.shared_memory:
-                    result = self._infer_shared_memory(payloads, top_k)
-                else:
-                    infer_input, output = self.request(self.module, self.info, payloads, top_k)
-                    options = {"client_timeout": self.timeout_s} if self.grpc else {}
-                    result = self._client().infer(
-                        self.model, [infer_input], outputs=[output], **options
-                    )
+                result = self._send(payloads, top_k)
                 return self.parse(result, self.info, len(payloads), top_k)
-            except (InferenceServerException, *CONNECTION_ERRORS) as exc:
+            except REQUEST_ERRORS as exc:
                 time.sleep(self.retry_delay(exc, attempt))
         raise AssertionError("unreachable")
 
-    def _infer_shared_memory(self, payloads: list[bytes], top_k: int):
-        import tritonclient.utils.shared_memory as shm
-
-        batch = np.array([[p] for p in payloads], dtype=np.object_)
-        serialized = serialize_byte_tensor(batch)  # length-prefixed elements, one buffer
-        size = serialized_byte_size(serialized)
-        name = f"resnet_triton_{uuid.uuid4().hex[:12]}"
-        handle = shm.create_shared_memory_region(name, f"/{name}", size)
-        client = self._client()
-        try:
-            shm.set_shared_memory_region(handle, [serialized])
-            client.register_system_shared_memory(name, f"/{name}", size, headers=self.headers)
-            infer_input, output = self.request(self.module, self.info, payloads, top_k)
-            infer_input.set_shared_memory(name, size)
-            return client.infer(self.model, [infer_input], outputs=[output])
-        finally:
-            try:
-                client.unregister_system_shared_memory(name, headers=self.headers)
-            finally:
-                shm.destroy_shared_memory_region(handle)
+    def _send(self, payloads: list[bytes], top_k: int):
+        output = self.output_for(self.module, self.info, top_k)
+        options = {"client_timeout": self.timeout_s} if self.grpc else {}
+        if self._shm is None:
+            infer_input, _ = self.request(self.module, self.info, payloads, top_k)
+            return self._client().infer(self.model, [infer_input], outputs=[output], **options)
+        # The same encoding as in the body: (n, 1) BYTES or (n, longest) UINT8.
+        batch = encoded_batch(payloads, self.info.input_datatype)
+        infer_input = self.input_for(self.module, self.info, batch)
+        with self._shm.holding(batch) as (region, byte_size):
+            infer_input.set_shared_memory(region, byte_size)
+            return self._client().infer(self.model, [infer_input], outputs=[output], **options)
 
     def classify_bytes(self, images: list[bytes], top_k: int = 1) -> list[tuple[Prediction, ...]]:
         """Send the images as one request; raises ClientError if the server refuses it."""
@@ -152,9 +141,10 @@ class Classifier(_Protocol):
             try:
                 job.answered(batch, self._infer([i.data for i in batch], top_k))
             except ClientError as exc:
-                for alone in job.refused(batch, exc):
+                instead = job.refused(batch, exc)
+                for alone in instead:
                     run(alone)
-                if len(batch) > 1:
+                if instead:
                     return  # the images alone reported their progress
             if progress:
                 progress(len(batch))

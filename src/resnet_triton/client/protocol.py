@@ -1,9 +1,10 @@
 """What the sync and async clients share: results, image encoding, the batching policy
-(`Job`), request building and parsing, and the retry policy. The package docstring
-(resnet_triton.client) describes the behaviour."""
+(`Job`), request building and parsing, and the retry policy (`Failure`, `failure_of`).
+The package docstring (resnet_triton.client) describes the behaviour."""
 
 from __future__ import annotations
 
+import enum
 import http.client
 import io
 from collections.abc import Sequence
@@ -20,18 +21,67 @@ from resnet_triton.errors import UserError
 from resnet_triton.spec import REJECT_BELOW
 
 PROTOCOLS = {"grpc": f"localhost:{GRPC_PORT}", "http": f"localhost:{HTTP_PORT}"}
-RETRYABLE_STATUS = {"StatusCode.UNAVAILABLE", "503", "502"}
+# What a request can raise besides our own errors: tritonclient's, and the HTTP clients'
+# socket, geventhttpclient and aiohttp errors, which tritonclient lets through unwrapped.
+REQUEST_ERRORS = (InferenceServerException, OSError, http.client.HTTPException, aiohttp.ClientError)
 # The connection went away (refused, reset, closed before the answer: a server that
-# stops or restarts, a proxy in front of one that is gone); tritonclient's HTTP
-# clients raise these unwrapped (geventhttpclient's HTTPConnectionClosed is an
-# http.client.HTTPException).
-CONNECTION_ERRORS = (OSError, http.client.HTTPException, aiohttp.ClientConnectionError)
+# stops or restarts, a proxy in front of one that is gone); geventhttpclient's
+# HTTPConnectionClosed is an http.client.HTTPException.
+CONNECTION_ERRORS = (ConnectionError, http.client.HTTPException, aiohttp.ClientConnectionError)
 
 ImageLike = bytes | str | Path | Image.Image | np.ndarray
 
 
+class Failure(enum.Enum):
+    """Why a request failed, which decides what both clients do next: the retry policy."""
+
+    # The server or the connection is unavailable and may come back: the request is sent
+    # again after a backoff, up to `retries` times, then the batch fails.
+    UNAVAILABLE = "unavailable"
+    # The server answered and refused the input (a bad image in the batch): a batch of
+    # several is sent again one image at a time, so that only the bad image fails.
+    INVALID_INPUT = "invalid input"
+    # No answer in time: the batch fails at once (a retry would wait as long again and
+    # add load to a server that is already behind).
+    TIMEOUT = "timeout"
+    # Anything else (an unknown model, a server error, a refused admin key): the batch
+    # fails at once.
+    OTHER = "other"
+
+
+# tritonclient's status: gRPC status codes, HTTP status codes as text.
+STATUS_FAILURES = {
+    "StatusCode.UNAVAILABLE": Failure.UNAVAILABLE, "502": Failure.UNAVAILABLE,
+    "503": Failure.UNAVAILABLE,
+    "StatusCode.INVALID_ARGUMENT": Failure.INVALID_INPUT, "400": Failure.INVALID_INPUT,
+    "StatusCode.DEADLINE_EXCEEDED": Failure.TIMEOUT, "504": Failure.TIMEOUT,
+}  # fmt: skip
+
+
+def failure_of(exc: BaseException) -> Failure:
+    """The policy's category of what a failed request raised."""
+    if isinstance(exc, InferenceServerException):
+        failure = STATUS_FAILURES.get(str(exc.status()), Failure.OTHER)
+        # Triton's gRPC frontend answers a missing or wrong admin key with UNAVAILABLE;
+        # it stays wrong however often it is sent.
+        if failure is Failure.UNAVAILABLE and "is restricted" in _message(exc):
+            return Failure.OTHER
+        return failure
+    # Before the connection errors: aiohttp's ServerTimeoutError is both.
+    if isinstance(exc, TimeoutError):  # socket.timeout, asyncio's and aiohttp's
+        return Failure.TIMEOUT
+    if isinstance(exc, CONNECTION_ERRORS):
+        return Failure.UNAVAILABLE
+    return Failure.OTHER
+
+
 class ClientError(UserError):
-    """The server, the model or an image cannot be used as asked."""
+    """The server, the model or an image cannot be used as asked; `failure` says why a
+    request failed (Failure.OTHER for errors that are not a request's)."""
+
+    def __init__(self, message: str, failure: Failure = Failure.OTHER):
+        super().__init__(message)
+        self.failure = failure
 
 
 @dataclass(frozen=True)
@@ -129,21 +179,17 @@ def encoded_batch(payloads: list[bytes], datatype: str) -> np.ndarray:
     return batch
 
 
-def _retryable(exc: Exception) -> bool:
-    if isinstance(exc, InferenceServerException):
-        return str(exc.status()) in RETRYABLE_STATUS
-    return isinstance(exc, CONNECTION_ERRORS)  # the server may be back
-
-
-def _message(exc: Exception) -> str:
-    return exc.message() if isinstance(exc, InferenceServerException) else str(exc)
+def _message(exc: BaseException) -> str:
+    text = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
+    return text or type(exc).__name__  # asyncio's TimeoutError has no text
 
 
 class Job:
     """The images of one classify() call, and the policy both clients follow: encode each
     once, send them in requests of at most max_batch_size, and when the server refuses a
-    request of several images, send each of them alone, so that only the image at fault
-    fails (with its own error) and every other image is answered."""
+    request of several images as invalid input, send each of them alone, so that only the
+    image at fault fails (with its own error) and every other image is answered. Any other
+    failure is every image's of the request (see Failure)."""
 
     def __init__(
         self, images: Sequence[ImageLike], max_batch_size: int, reject_below: float | None = None
@@ -164,10 +210,11 @@ class Job:
         )
 
     def refused(self, batch: list[_Item], error: ClientError) -> list[list[_Item]]:
-        """The requests to send instead: each image alone, or none once one image failed."""
-        if len(batch) > 1:
+        """The requests to send instead: each image alone when the server refused a batch
+        of several as invalid input; otherwise none, and every image has the error."""
+        if len(batch) > 1 and error.failure is Failure.INVALID_INPUT:
             return [[item] for item in batch]
-        self.answers[batch[0].index] = Result(batch[0].source, error=str(error))
+        self.answers.update({i.index: Result(i.source, error=str(error)) for i in batch})
         return []
 
     def results(self) -> list[Result]:
@@ -247,26 +294,40 @@ class _Protocol:
         return ClientError(f"cannot reach Triton at {self.url} ({self.protocol}): {message}")
 
     def request(self, module, info: ModelInfo, payloads: list[bytes], top_k: int):
+        """The input, with the encoded images in the request's body, and the output."""
         batch = encoded_batch(payloads, info.input_datatype)
-        infer_input = module.InferInput(info.input_name, list(batch.shape), info.input_datatype)
+        infer_input = self.input_for(module, info, batch)
         if self.grpc:
             infer_input.set_data_from_numpy(batch)
-            output = module.InferRequestedOutput(info.output_name, class_count=top_k)
         else:
             infer_input.set_data_from_numpy(batch, binary_data=True)
-            output = module.InferRequestedOutput(
-                info.output_name, binary_data=True, class_count=top_k
-            )
-        return infer_input, output
+        return infer_input, self.output_for(module, info, top_k)
+
+    @staticmethod
+    def input_for(module, info: ModelInfo, batch: np.ndarray):
+        """The input for an encoded batch, its data not set yet (the body or shared memory)."""
+        return module.InferInput(info.input_name, list(batch.shape), info.input_datatype)
+
+    def output_for(self, module, info: ModelInfo, top_k: int):
+        if self.grpc:
+            return module.InferRequestedOutput(info.output_name, class_count=top_k)
+        return module.InferRequestedOutput(info.output_name, binary_data=True, class_count=top_k)
 
     @staticmethod
     def parse(result, info: ModelInfo, count: int, top_k: int) -> list[tuple[Prediction, ...]]:
         rows = result.as_numpy(info.output_name).reshape(count, top_k)
         return [tuple(parse_classification(entry) for entry in row) for row in rows]
 
-    def retry_delay(self, exc: Exception, attempt: int) -> float:
-        """Seconds to wait before retrying a failed request; raises ClientError when it should
-        not be retried (the last attempt, or a failure other than an unavailable server)."""
-        if attempt == self.retries or not _retryable(exc):
-            raise ClientError(_message(exc)) from None
-        return self.backoff_s * 2**attempt
+    def retry_delay(self, exc: BaseException, attempt: int) -> float:
+        """Seconds to wait before sending a failed request again (attempt 0 was the first);
+        raises ClientError, carrying the Failure, when it is not to be sent again."""
+        failure = failure_of(exc)
+        if failure is Failure.UNAVAILABLE and attempt < self.retries:
+            return self.backoff_s * 2**attempt
+        message = _message(exc)
+        if failure is Failure.UNAVAILABLE:
+            tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
+            message = f"Triton at {self.url} unavailable after {tries}: {message}"
+        elif failure is Failure.TIMEOUT:
+            message = f"no answer from {self.url} within {self.timeout_s:g} s: {message}"
+        raise ClientError(message, failure) from None
