@@ -5,7 +5,7 @@ CPU, against the project's Python path, on the same real photos.
              give the same), in 1 and 2 processes, as Triton's Python preprocess model
              runs it (ceilings.preprocessing_ms)
   dali       the serialized CPU-target pipeline (the file `render` writes for
-             serving.preprocessing: dali) run by DALI's executor with 1 and 2 threads,
+             serving.preprocess_backend: dali) run by DALI's executor with 1 and 2 threads,
              at batch 1 (the DALI model runs each request alone) and batch 32 (a client
              sending 32 images in one request)
 

@@ -4,17 +4,23 @@ import asyncio
 import csv
 import io
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import ADMIN_KEY, NAMES
 from PIL import Image
+from tritonclient.grpc import model_config_pb2 as mc
 
-from resnet_triton.client import AsyncClassifier, Classifier, ClientError
+from resnet_triton.client import AsyncClassifier, Classifier, ClientError, ModelInfo
 from resnet_triton.client.classify import get_args_parser, main
 from resnet_triton.data import image_folder
+from resnet_triton.digits import demo_spec
+from resnet_triton.serving.config import ServingConfig
+from resnet_triton.serving.repository import read_config, render
 
 pytestmark = pytest.mark.integration
 
@@ -103,22 +109,111 @@ def test_a_bad_image_fails_alone_and_is_named(triton, digits, tmp_path):
     assert results[11].error == "missing.png: cannot read: No such file or directory"
 
 
-def test_shared_memory_gives_the_same_answers(triton, digits):
-    paths, _ = val_paths(digits, 12)
+def registered_regions(triton) -> dict[str, dict]:
+    """The server's system shared-memory regions: name -> name, key, offset, byte_size."""
+    client = httpclient.InferenceServerClient(url(triton, "http"))
+    try:
+        status = client.get_system_shared_memory_status(headers={"admin-key": ADMIN_KEY})
+    finally:
+        client.close()
+    return {region["name"]: region for region in status}
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_shared_memory_reuses_a_region_per_request_in_flight(triton, digits, protocol):
+    paths, _ = val_paths(digits, 70)  # requests of 32 + 32 + 6
     with Classifier(url(triton, "grpc"), "grpc") as plain:
         expected = predictions(plain.classify(paths, top_k=3))
-    for protocol in ("grpc", "http"):
-        with Classifier(
-            url(triton, protocol), protocol, shared_memory=True, admin_key=ADMIN_KEY
-        ) as classifier:
-            assert predictions(classifier.classify(paths, top_k=3)) == expected
+    seen, lock = [], threading.Lock()
+
+    def look(count):  # after each request, while the others are in flight
+        with lock:
+            seen.append(registered_regions(triton))
+
+    with Classifier(url(triton, protocol), protocol, concurrency=2, shared_memory=True,
+                    admin_key=ADMIN_KEY) as classifier:  # fmt: skip
+        for _ in range(3):  # 9 requests, 2 at a time
+            results = classifier.classify(paths, top_k=3, progress=look)
+            assert [r.error for r in results] == [None] * 70
+            assert predictions(results) == expected
+        kept = registered_regions(triton)
+    names = set().union(*seen)
+    assert len(seen) == 9 and 1 <= len(names) <= 2  # one region per request in flight
+    assert set(kept) == names  # registered once, kept between requests
+    # Sized by the largest request: 32 BYTES elements, each 4 bytes of length + the file.
+    sizes = [sum(4 + len(Path(p).read_bytes()) for p in paths[i : i + 32]) for i in (0, 32, 64)]
+    assert max(int(region["byte_size"]) for region in kept.values()) == max(sizes)
+    assert registered_regions(triton) == {}  # close() unregistered them
+
+
+def test_shared_memory_needs_the_admin_key(triton, digits, monkeypatch):
+    paths, _ = val_paths(digits, 1)
     with pytest.raises(ClientError, match="shared memory needs the server's admin key"):
         Classifier(url(triton, "grpc"), "grpc", shared_memory=True)
-    # Without the right key the restricted API refuses the region.
+    before = sorted(Path("/dev/shm").glob("resnet_triton_client_*"))
+    tries = []
+    register = grpcclient.InferenceServerClient.register_system_shared_memory
+
+    def counted(self, *args, **kwargs):
+        tries.append(args)
+        return register(self, *args, **kwargs)
+
+    monkeypatch.setattr(grpcclient.InferenceServerClient, "register_system_shared_memory", counted)
+    # Without the right key the restricted API refuses the region, at once: the key
+    # stays wrong however often it is sent (Triton says UNAVAILABLE over gRPC).
     with Classifier(url(triton, "grpc"), "grpc", shared_memory=True, admin_key="x") as wrong:
-        (result,) = wrong.classify(paths[:1])
-    assert not result.ok
-    assert "restricted, expecting header 'triton-grpc-protocol-admin-key'" in result.error
+        (result,) = wrong.classify(paths)
+    assert len(tries) == 1
+    assert result.error == (
+        "This protocol is restricted, expecting header 'triton-grpc-protocol-admin-key'"
+    )
+    assert sorted(Path("/dev/shm").glob("resnet_triton_client_*")) == before  # none left
+
+
+def test_shared_memory_sends_a_dali_ensemble_uint8_rows(triton, digits, tmp_path, monkeypatch):
+    """The DALI ensemble takes each image's encoded bytes as a UINT8 row, zero-padded to
+    the longest. Triton's DALI backend cannot run here: the request is checked against the
+    rendered DALI config, and sent to the Python-preprocessing server, which registers the
+    region, reads the input's type and refuses it."""
+    render(demo_spec(), tmp_path, serving=ServingConfig(preprocess_backend="dali"))
+    config = read_config(tmp_path / NAMES.ensemble / "config.pbtxt")
+    (image,) = config.input
+    datatype = mc.DataType.Name(image.data_type).removeprefix("TYPE_")
+    assert (datatype, list(image.dims)) == ("UINT8", [-1])
+    dali = ModelInfo(config.name, image.name, config.output[0].name, config.max_batch_size,
+                     datatype)  # fmt: skip
+    payloads = [Path(p).read_bytes() for p in val_paths(digits, 5)[0]]
+    longest = max(map(len, payloads))
+    rows = b"".join(p.ljust(longest, b"\0") for p in payloads)  # (5, longest) uint8
+    sent = []
+    with Classifier(url(triton, "grpc"), "grpc", shared_memory=True,
+                    admin_key=ADMIN_KEY) as classifier:  # fmt: skip
+        classifier.info = dali  # what it reads from a DALI server
+        client = classifier._client()  # this thread's, which classify_bytes uses
+        infer = client.infer
+
+        def seen_infer(model, inputs, **options):
+            sent.extend(inputs)
+            return infer(model, inputs, **options)
+
+        monkeypatch.setattr(client, "infer", seen_infer)
+        with pytest.raises(ClientError) as refused:
+            classifier.classify_bytes(payloads)
+        ((name, region),) = registered_regions(triton).items()
+        written = Path("/dev/shm", region["key"].lstrip("/")).read_bytes()
+    assert str(refused.value).endswith(
+        "inference input 'IMAGE' data-type is 'UINT8', but model 'resnet_ensemble' expects 'BYTES'"
+    )
+    (request,) = sent
+    shape = request.shape()
+    assert (request.datatype(), shape) == ("UINT8", [len(payloads), longest])
+    # The config's dims ([-1]) behind a batch dimension of at most max_batch_size.
+    assert len(shape) == 1 + len(image.dims) and shape[0] <= config.max_batch_size
+    assert all(dim in (-1, size) for dim, size in zip(image.dims, shape[1:], strict=True))
+    parameters = request._get_tensor().parameters  # the request names region and size
+    assert parameters["shared_memory_region"].string_param == name
+    assert parameters["shared_memory_byte_size"].int64_param == len(rows)
+    assert int(region["byte_size"]) == len(rows) and written == rows
 
 
 def test_unknown_model_and_unreachable_server(triton):

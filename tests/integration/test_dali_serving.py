@@ -3,7 +3,8 @@ against the Python-path ensemble of the same model.
 
 Runs where NVIDIA's Triton image is: set NGC_TRITONSERVER to its binary
 (/opt/tritonserver/bin/tritonserver) in an environment whose Python matches the image's
-Python backend stub. Marked gpu: the GPU hosts are where that image runs.
+Python backend stub. Marked gpu: the GPU hosts are where that image runs. No CI job
+runs it: a manual check, whose command is in README.md (Development); not yet run.
 """
 
 import os
@@ -37,7 +38,7 @@ def test_the_dali_ensemble_answers_as_the_python_one(checkpoint, digits, triton,
     target = "gpu" if engine.gpu_status()[0] else "cpu"  # nvJPEG where TensorRT is
     options = build.BuildOptions(
         checkpoint, tmp_path / "repo", tmp_path / "build", target=target,
-        images=digits / "val", serving=ServingConfig(preprocessing="dali"),
+        images=digits / "val", serving=ServingConfig(preprocess_backend="dali"),
     )  # fmt: skip
     build.run(options)
     samples = image_folder(digits / "val").samples

@@ -32,7 +32,7 @@ from resnet_triton.serving.repository import read_config, render, rendered_files
 from resnet_triton.serving.server import ServerError, TritonServer
 from resnet_triton.spec import Preprocessing, SpecError
 
-DALI = ServingConfig(preprocessing="dali")
+DALI = ServingConfig(preprocess_backend="dali")
 
 
 def pipeline(cfg: Preprocessing, target: str = "cpu") -> dali.CpuPipeline:
@@ -124,10 +124,10 @@ def test_the_cpu_target_file_is_what_runs():
 @pytest.mark.parametrize(
     "serving, interpolation, message",
     [
-        (ServingConfig(preprocessing="opencv"), "bilinear",
-         "serving.preprocessing must be one of python, dali, got 'opencv'"),
+        (ServingConfig(preprocess_backend="opencv"), "bilinear",
+         "serving.preprocess_backend must be one of python, dali, got 'opencv'"),
         (DALI, "bicubic", "preprocessing.interpolation is 'bicubic'"),
-        (ServingConfig(preprocessing="dali", dali_threads=0), "bilinear",
+        (ServingConfig(preprocess_backend="dali", dali_threads=0), "bilinear",
          "serving.dali_threads must be an integer >= 1, got 0"),
     ],
 )  # fmt: skip
@@ -143,7 +143,7 @@ def test_the_wheels_tritonserver_refuses_a_dali_repository(tmp_path):
     render(demo_spec(), tmp_path, serving=DALI)
     with pytest.raises(ServerError, match="model.dali needs Triton's DALI backend") as error:
         TritonServer(tmp_path).start()
-    assert "serving.preprocessing: python" in str(error.value)
+    assert "serving.preprocess_backend: python" in str(error.value)
 
 
 @pytest.mark.gpu

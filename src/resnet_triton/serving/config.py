@@ -16,7 +16,7 @@ from pathlib import Path
 
 from resnet_triton.spec import ModelSpec, SpecError, fields_of, read_yaml
 
-PREPROCESSING = ("python", "dali")
+PREPROCESS_BACKENDS = ("python", "dali")
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class ServingConfig:
     # Where images are decoded and resized: "python" (the Python backend, every host)
     # or "dali" (Triton's DALI backend, in the NGC image: nvJPEG and the GPU on the GPU
     # target, DALI's CPU operators on the CPU target; serving/dali.py says what differs).
-    preprocessing: str = "python"
-    # DALI's worker threads per preprocess instance (preprocessing: dali).
+    preprocess_backend: str = "python"
+    # DALI's worker threads per preprocess instance (preprocess_backend: dali).
     dali_threads: int = 4
     # Warm every model up at load (a real photo, zero tensors), so that the first
     # requests do not pay for lazy initialization and a broken model fails at start.
@@ -73,15 +73,15 @@ class ServingConfig:
             ):  # fmt: skip
                 wanted = f">= {least}" if most is None else f"in {least}..{most}"
                 raise SpecError(f"serving.{name} must be an integer {wanted}, got {value!r}")
-        if self.preprocessing not in PREPROCESSING:
+        if self.preprocess_backend not in PREPROCESS_BACKENDS:
             raise SpecError(
-                f"serving.preprocessing must be one of {', '.join(PREPROCESSING)}, "
-                f"got {self.preprocessing!r}"
+                f"serving.preprocess_backend must be one of {', '.join(PREPROCESS_BACKENDS)}, "
+                f"got {self.preprocess_backend!r}"
             )
         interpolation = spec.preprocessing.interpolation
-        if self.preprocessing == "dali" and interpolation != "bilinear":
+        if self.preprocess_backend == "dali" and interpolation != "bilinear":
             raise SpecError(
-                f"serving.preprocessing: dali resizes as Pillow does for bilinear only; this "
+                f"serving.preprocess_backend: dali resizes as Pillow does for bilinear only; this "
                 f"model's preprocessing.interpolation is {interpolation!r} (serving/dali.py)"
             )
         for name in ("allow_spinning", "warmup"):

@@ -1,4 +1,4 @@
-"""The DALI preprocessing option (`serving.preprocessing: dali`): decoding and resizing in
+"""The DALI preprocessing option (`serving.preprocess_backend: dali`): decoding and resizing in
 NVIDIA DALI, served by Triton's DALI backend (in the NGC image; not in the
 nvidia-pytriton wheel that `make serve` runs).
 
@@ -47,7 +47,9 @@ def _dali():
     try:
         import nvidia.dali as dali
     except ImportError:
-        raise UserError(f"serving.preprocessing: dali needs NVIDIA DALI here: {INSTALL}") from None
+        raise UserError(
+            f"serving.preprocess_backend: dali needs NVIDIA DALI here: {INSTALL}"
+        ) from None
     return dali
 
 

@@ -4,7 +4,7 @@ Layout (names from `spec.names`):
 
     <repo>/preprocess/config.pbtxt       Python backend: bytes -> pixels
     <repo>/preprocess/1/model.py         glue: imports resnet_triton.serving.triton_models
-                                         (serving.preprocessing dali: DALI backend,
+                                         (serving.preprocess_backend dali: DALI backend,
                                          1/model.dali; serving/dali.py)
     <repo>/classifier/config.pbtxt       CPU target: Python backend running ONNX Runtime;
                                          GPU target: tensorrt_plan, cc_model_filenames
@@ -240,7 +240,7 @@ def ensemble_config(spec: ModelSpec, serving: ServingConfig = DEFAULTS) -> mc.Mo
     names = spec.names
     encoded = (
         mc.ModelInput(name=names.image, data_type=mc.TYPE_UINT8, dims=[-1])
-        if serving.preprocessing == "dali"
+        if serving.preprocess_backend == "dali"
         else mc.ModelInput(name=names.image, data_type=mc.TYPE_STRING, dims=[1])
     )
     steps = [
@@ -288,7 +288,7 @@ def rendered_files(
     def pbtxt(config: mc.ModelConfig) -> str:
         return HEADER + text_format.MessageToString(config)
 
-    if serving.preprocessing == "dali":
+    if serving.preprocess_backend == "dali":
         preprocess = {
             "config.pbtxt": pbtxt(dali_preprocess_config(spec, target, serving)),
             f"{VERSION}/{dali.MODEL_FILE}": dali.serialized(spec, target, serving.dali_threads),

@@ -225,7 +225,7 @@ class TritonServer:
                 f"{dali_models[0]} needs Triton's DALI backend, which the nvidia-pytriton "
                 "wheel's tritonserver does not have: serve it from the NGC image "
                 "(docker-compose.gpu.yml, or --tritonserver with its binary), or render the "
-                "repository with serving.preprocessing: python"
+                "repository with serving.preprocess_backend: python"
             )
         taken = self.ports.taken(self.address)
         if taken:
