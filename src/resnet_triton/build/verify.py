@@ -144,6 +144,11 @@ def outputs(runner: BaseRunner, feeds: list) -> RunResults:
         return Comparator.run([runner], data_loader=feeds)
 
 
+def save(results: RunResults, path: Path) -> None:
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):  # quiet: the files are named in build/README.md
+        results.save(str(path))
+
+
 class Reference:
     """The reference runner's outputs on one build's images, computed once.
 
@@ -162,10 +167,11 @@ class Reference:
         """kind: "outputs" (the elementwise images) or "agreement"."""
         path = Path(f"{self.prefix}.{kind}.json")
         if path.is_file():
-            return RunResults.load(str(path))
+            with G_LOGGER.verbosity(G_LOGGER.ERROR):
+                return RunResults.load(str(path))
         feeds = self.images.feeds if kind == "outputs" else self.images.agreement_feeds
         results = outputs(self.runner, feeds)
-        results.save(str(path))
+        save(results, path)
         return results
 
 
@@ -248,9 +254,9 @@ def run_gate(
     outputs are saved in `work` (`<gate>.outputs.json`, `<gate>.agreement.json`)."""
     policy, images, output = POLICIES[gate], reference.images, spec.names.scores
     elementwise = _joined(outputs(candidate, images.feeds), reference.results("outputs"))
-    elementwise.save(str(work / f"{gate}.outputs.json"))
+    save(elementwise, work / f"{gate}.outputs.json")
     top1 = _joined(outputs(candidate, images.agreement_feeds), reference.results("agreement"))
-    top1.save(str(work / f"{gate}.agreement.json"))
+    save(top1, work / f"{gate}.agreement.json")
     with G_LOGGER.verbosity(G_LOGGER.ERROR):  # the report below says what matters
         accuracy = Comparator.compare_accuracy(elementwise, compare_func=policy.compare_funcs())
     per_iteration = next(iter(accuracy[0].values()))  # the elementwise check, one runner pair
@@ -292,7 +298,8 @@ def _worst(abs_error, got, want, names, spec: ModelSpec, count: int = 5) -> list
 def _agreement(results: RunResults, output: str, labels: np.ndarray) -> dict:
     """Top-1 agreement image by image (Polygraphy's top-k and index comparison) and each
     runner's accuracy against `labels`."""
-    top1 = Comparator.postprocess(results, TopKPostprocessFunc(k={output: 1}))
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        top1 = Comparator.postprocess(results, TopKPostprocessFunc(k={output: 1}))
     per_image = RunResults()
     for name, iterations in top1.items():
         rows = np.concatenate([it[output] for it in iterations])  # (N, 1)
