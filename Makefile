@@ -33,7 +33,7 @@ OS_PACKAGES := libb64-0d wrk prometheus
 export DOCKER_CONFIG := $(CURDIR)/.docker
 COMPOSE_BINARY = $(shell $(BIN)/python -c "import compose, pathlib; print(pathlib.Path(compose.__file__).parent / 'docker-compose')")
 
-.PHONY: setup demo ui browser build pipeline test lint serve docker docker-tools docker-stop base-image bench bench-sweep bench-train bench-precision bench-batching bench-dali bench-distill soak clean
+.PHONY: setup demo ui browser build pipeline test lint serve docker docker-tools docker-stop base-image bench bench-peers bench-sweep bench-train bench-precision bench-batching bench-dali bench-distill soak clean
 
 setup: $(STAMP)
 
@@ -125,6 +125,17 @@ serve: setup
 # INT8, each built and gated first): 10 minutes here, 13 the first time. Needs `make demo`.
 bench: setup
 	$(BIN)/python perf/report.py
+
+# The Triton ensemble against Mosec, BentoML, Ray Serve, LitServe and TorchServe on the same
+# model, photos and load generator (perf/race.py; needs make demo). Each peer gets its own
+# venv under artifacts/peers/ from perf/peers/requirements/ (here, not in make setup: they
+# stay out of the project's runtime); TorchServe needs Debian's JRE. First the check that
+# every peer answers as the ensemble does, then the race: about an hour here.
+bench-peers: setup
+	@command -v java >/dev/null || { echo "installing OS package: openjdk-17-jre-headless"; \
+		$(SUDO) apt-get install -y -q openjdk-17-jre-headless || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q openjdk-17-jre-headless; }; }
+	$(BIN)/python -m pytest -q -p no:cacheprovider perf/peers/test_answers.py
+	$(BIN)/python perf/race.py
 
 bench-sweep: setup
 	$(BIN)/python perf/sweep.py
