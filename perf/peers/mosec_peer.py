@@ -14,16 +14,19 @@ PEER = Peer(
     version="0.9.8",
     path="/inference",
     docs=(
-        "Mosec's examples split CPU-bound preprocessing into its own stage with several "
-        "processes (append_worker(num=...)) in front of one batched inference stage "
-        "(max_batch_size, max_wait_time); the ingress and the queues are Rust. Searched: "
-        "decode processes, max batch, max wait, ONNX Runtime threads."
+        "Mosec's documentation (mosecorg/mosec README, 'Concept' and its examples) splits "
+        "CPU-bound preprocessing into its own stage with several processes "
+        "(append_worker(num=...), as many as cores) in front of one batched inference stage "
+        "(max_batch_size, max_wait_time, 10 ms by default); the HTTP front and the queues "
+        "are Rust, the stages Python processes. Decoding runs in the decode stage, in "
+        "parallel with batched inference. Searched: decode processes, max batch, max wait, "
+        "ONNX Runtime threads."
     ),
     grid=(
-        {"decoders": 1, "max_batch_size": 16, "max_wait_ms": 10, "ort_threads": 2},
         {"decoders": 2, "max_batch_size": 16, "max_wait_ms": 10, "ort_threads": 2},
-        {"decoders": 2, "max_batch_size": 8, "max_wait_ms": 5, "ort_threads": 2},
-        {"decoders": 2, "max_batch_size": 32, "max_wait_ms": 20, "ort_threads": 2},
+        {"decoders": 1, "max_batch_size": 16, "max_wait_ms": 10, "ort_threads": 2},
+        {"decoders": 2, "max_batch_size": 8, "max_wait_ms": 2, "ort_threads": 2},
+        {"decoders": 2, "max_batch_size": 32, "max_wait_ms": 5, "ort_threads": 2},
         {"decoders": 2, "max_batch_size": 16, "max_wait_ms": 10, "ort_threads": 1},
     ),
     command=command,
