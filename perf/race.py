@@ -192,6 +192,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10, help="wrk run per level")
     parser.add_argument("--search-seconds", type=float, default=6)
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench/peers"))
+    parser.add_argument("--settings", type=Path, help="a settings.json from an earlier "
+                        "search: its best settings race, without searching again")  # fmt: skip
     args = parser.parse_args()
     if not (DEMO / "train" / "checkpoint.pt").is_file():
         print("error: no demo model (artifacts/demo/train/checkpoint.pt): run `make demo` first")
@@ -200,9 +202,10 @@ def main() -> int:
     models = [tuple(m.split(":")) for m in args.models]
     repos = {m: prepare(*m, PERF.parent / "artifacts" / "bench") for m in {*models, SEARCH_MODEL}}
     venvs = install(args.peers, PERF.parent / "artifacts" / "peers")
-    settings = {}
+    saved = json.loads(args.settings.read_text()) if args.settings else {}
+    settings = {name: saved[name] for name in args.peers if name in saved}
     for name, venv in venvs.items():
-        if isinstance(venv, Path):
+        if isinstance(venv, Path) and name not in settings:
             onnx = version_dir(repos[SEARCH_MODEL], NAMES.classifier) / ONNX_FILE
             try:
                 settings[name] = search(PEERS[name], venv, onnx, photos, args.search_seconds,

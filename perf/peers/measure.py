@@ -126,7 +126,7 @@ def run_level(server: Server, target: Target, concurrency: int, seconds: float) 
     answered = max(stats["requests"] - stats["errors"], 1)
     return {
         "concurrency": concurrency,
-        "throughput_img_s": round(stats["requests"] / stats["seconds"], 1),
+        "throughput_img_s": round((stats["requests"] - stats["errors"]) / stats["seconds"], 1),
         "p50_ms": stats["p50_us"] / 1000,
         "p99_ms": stats["p99_us"] / 1000,
         "requests": stats["requests"],
