@@ -52,17 +52,24 @@ def ensure_venv(peer: Peer, root: Path) -> Path:
     return venv
 
 
-def session_pids(sid: int) -> list[int]:
-    pids = []
+def server_pids(root: int) -> list[int]:
+    """Every process of a server: its session (processes that double-fork stay in it, as
+    Ray's do) and every descendant of those (BentoML's workers start sessions of their
+    own)."""
+    parents, sessions = {}, {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue  # gone while we looked
-            if int(fields[3]) == sid:
-                pids.append(int(entry.name))
-    return pids
+            parents[int(entry.name)], sessions[int(entry.name)] = int(fields[1]), int(fields[3])
+    found = {pid for pid, sid in sessions.items() if sid == root}
+    while True:
+        children = {pid for pid, ppid in parents.items() if ppid in found} - found
+        if not children:
+            return sorted(found)
+        found |= children
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -115,7 +122,7 @@ class Server:
 
     @property
     def pids(self) -> list[int]:
-        return session_pids(self.process.pid)
+        return server_pids(self.process.pid)
 
     def wait_answering(self, url: str, body: bytes, timeout: float, headers=None) -> float:
         """Seconds from start until `url` answers `body` with 200; PeerError otherwise."""
