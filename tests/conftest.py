@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import skimage
 import sklearn
 import tritonclient.grpc as grpcclient
 from onnx import numpy_helper
@@ -32,6 +34,7 @@ from resnet_triton.serving.server import Ports, TritonServer
 from resnet_triton.spec import Names
 from resnet_triton.training import TrainConfig
 from resnet_triton.training import run as train
+from resnet_triton.training.calibrate import calibrate
 
 ROOT = Path(__file__).parent.parent
 NAMES = Names()
@@ -91,6 +94,54 @@ def triton(repository, tmp_path_factory):
     try:
         server.wait_ready([NAMES.ensemble], timeout=180)
         yield server
+    finally:
+        server.stop()
+
+
+# Open-set rejection (tests/integration/test_open_set.py says what is seen): the test
+# model calibrated on half its validation digits, and images of none of its classes.
+OUTSIDE = sorted(
+    [*(Path(skimage.__file__).parent / "data").glob("*.png"),
+     *(Path(skimage.__file__).parent / "data").glob("*.jpg"),
+     *(Path(sklearn.__file__).parent / "datasets" / "images").glob("*.jpg")]
+)  # fmt: skip
+
+
+FRR = 0.05  # the false-rejection rate the open-set model is calibrated for
+
+
+@pytest.fixture(scope="session")
+def halves(digits, tmp_path_factory) -> tuple[Path, Path]:
+    """(calibration, held-out): every other validation image of each class to one, the
+    rest to the other; neither was trained on, and the calibration sees only the first."""
+    root = tmp_path_factory.mktemp("val-halves")
+    for folder in sorted((digits / "val").iterdir()):
+        for i, image in enumerate(sorted(folder.iterdir())):
+            target = root / ("calibration", "held-out")[i % 2] / folder.name
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, target / image.name)
+    return root / "calibration", root / "held-out"
+
+
+@pytest.fixture(scope="session")
+def calibrated(checkpoint, halves, tmp_path_factory):
+    root = tmp_path_factory.mktemp("open-set")
+    shutil.copy(checkpoint, root / "checkpoint.pt")
+    report = calibrate(root / "checkpoint.pt", halves[0], FRR, OUTSIDE)
+    return root / "checkpoint.pt", report
+
+
+@pytest.fixture(scope="session")
+def calibrated_server(calibrated, digits, tmp_path_factory):
+    checkpoint, _ = calibrated
+    root = tmp_path_factory.mktemp("open-set-repo")
+    build.run(build.BuildOptions(checkpoint, root / "repo", root / "work", target="cpu",
+                                 images=digits / "val"))  # fmt: skip
+    server = TritonServer(root / "repo", Ports.free(), log_path=root / "triton.log",
+                          exit_timeout_s=3, admin_key=ADMIN_KEY).start()  # fmt: skip
+    try:
+        server.wait_ready([NAMES.ensemble], timeout=180)
+        yield server, root / "repo"
     finally:
         server.stop()
 

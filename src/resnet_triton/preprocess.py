@@ -61,7 +61,15 @@ PNG_FAST_COLOR_TYPES = (0, 2, 6)  # 8-bit gray, RGB, RGBA: what libspng decodes 
 
 
 class ImageDecodeError(UserError, ValueError):
-    """The bytes are not an image this pipeline accepts."""
+    """The bytes are not an image this pipeline accepts; `reason` says why in one of
+    REJECT_REASONS (the serving metrics count rejections by it)."""
+
+    def __init__(self, message: str, reason: str = "corrupt"):
+        super().__init__(message)
+        self.reason = reason
+
+
+REJECT_REASONS = ("empty", "too_many_bytes", "not_an_image", "corrupt", "format", "too_many_pixels")
 
 
 def _resized_size(width: int, height: int, resize_size: int) -> tuple[int, int]:
@@ -76,28 +84,31 @@ def decode_image(data: bytes, cfg: Preprocessing | None = None) -> Image.Image:
     """Encoded bytes -> upright 8-bit RGB PIL image; errors name the problem."""
     cfg = cfg or Preprocessing()
     if not data:
-        raise ImageDecodeError("empty image payload (0 bytes)")
+        raise ImageDecodeError("empty image payload (0 bytes)", "empty")
     if len(data) > cfg.max_bytes:
         raise ImageDecodeError(
-            f"image payload of {len(data):,} bytes exceeds the limit of {cfg.max_bytes:,}"
+            f"image payload of {len(data):,} bytes exceeds the limit of {cfg.max_bytes:,}",
+            "too_many_bytes",
         )
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageDecodeError(
-            f"not a decodable image ({len(data)} bytes, starting {data[:8]!r})"
+            f"not a decodable image ({len(data)} bytes, starting {data[:8]!r})", "not_an_image"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:  # a header cut short, for one
         raise ImageDecodeError(f"corrupt image ({len(data)} bytes): {exc}") from None
     if image.format not in cfg.formats:
         raise ImageDecodeError(
-            f"image format {image.format} is not accepted; accepted: {', '.join(cfg.formats)}"
+            f"image format {image.format} is not accepted; accepted: {', '.join(cfg.formats)}",
+            "format",
         )
     width, height = image.size
     if width * height > cfg.max_pixels:
         raise ImageDecodeError(
             f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of "
-            f"{cfg.max_pixels:,}"
+            f"{cfg.max_pixels:,}",
+            "too_many_pixels",
         )
     try:
         if cfg.jpeg_draft and image.format == "JPEG":
@@ -159,7 +170,7 @@ def load_image(path: str | Path, cfg: Preprocessing | None = None) -> Image.Imag
     try:
         return decode_image(Path(path).read_bytes(), cfg)
     except ImageDecodeError as exc:
-        raise ImageDecodeError(f"{path}: {exc}") from None
+        raise ImageDecodeError(f"{path}: {exc}", exc.reason) from None
 
 
 def crop(image: Image.Image, cfg: Preprocessing) -> np.ndarray:
@@ -215,7 +226,7 @@ def pixels_from_bytes(payloads, cfg: Preprocessing) -> np.ndarray:
         try:
             crops[index] = crop(decode_image(data, cfg), cfg)
         except ImageDecodeError as exc:
-            raise ImageDecodeError(f"image {index}: {exc}") from None
+            raise ImageDecodeError(f"image {index}: {exc}", exc.reason) from None
     return to_pixels(crops)
 
 

@@ -147,6 +147,8 @@ class Names:
 
 # The ensemble's config parameter that carries `ModelSpec.reject_below` to clients.
 REJECT_BELOW = "reject_below"
+# The classifier's parameter with `ModelSpec.reject_rate` (its metrics export it).
+REJECT_RATE = "reject_rate"
 # The Python-backend models' config parameters that name, from `Names`, the tensor
 # each reads and the one it writes (serving/triton_models.py finds them by these).
 INPUT_NAME = "input_name"
@@ -167,6 +169,10 @@ class ModelSpec:
     # below this is "unknown"; calibrated on the validation split for a false-rejection
     # rate. None: every image gets one of the labels.
     reject_below: float | None = None
+    # The share of held-out images below reject_below at calibration: the rate of
+    # "unknown" answers to expect while the inputs look like the training data (the
+    # drift alert fires at twice it).
+    reject_rate: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -191,6 +197,13 @@ class ModelSpec:
         self.preprocessing.validate()
         if self.reject_below is not None and not 0.0 < self.reject_below < 1.0:
             raise SpecError(f"reject_below must lie in (0, 1), got {self.reject_below}")
+        if self.reject_rate is not None and (
+            self.reject_below is None or not 0.0 <= self.reject_rate < 1.0
+        ):
+            raise SpecError(
+                f"reject_rate must lie in [0, 1) and comes with reject_below, got "
+                f"{self.reject_rate} (reject_below {self.reject_below})"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -16,6 +16,7 @@ CHART = DEPLOY / "helm" / "resnet-triton"
 KUBERNETES = "1.30.0"
 CRDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.monitoring.coreos.com.v1",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.monitoring.coreos.com.v1",
     ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice.serving.kserve.io.v1beta1",
     ("serving.kserve.io/v1alpha1", "ServingRuntime"): "servingruntime.serving.kserve.io.v1alpha1",
 }

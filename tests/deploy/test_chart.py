@@ -33,7 +33,7 @@ def test_cpu_and_gpu_values_render_and_validate(target):
     kinds = by_kind(objects)
     assert set(kinds) == {
         "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-        "ServiceMonitor", "NetworkPolicy",
+        "ServiceMonitor", "NetworkPolicy", "PrometheusRule",
     }  # fmt: skip
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
     (server,) = pod["containers"]

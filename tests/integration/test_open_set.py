@@ -13,73 +13,23 @@ softmax separates them better than the energy score (AUROC seen 0.76 against 0.7
 """
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage
-import sklearn
 import torch
-from conftest import ADMIN_KEY, NAMES, post_image, start_ui
+from conftest import FRR, NAMES, OUTSIDE, post_image, start_ui
 
-from resnet_triton.build import command as build
 from resnet_triton.client import Classifier
 from resnet_triton.resnet import load_checkpoint
 from resnet_triton.serving.repository import read_config
-from resnet_triton.serving.server import Ports, TritonServer
 from resnet_triton.spec import REJECT_BELOW
-from resnet_triton.training.calibrate import calibrate, scores
+from resnet_triton.training.calibrate import scores
 from resnet_triton.training.loaders import predict_folder
 
 pytestmark = pytest.mark.integration
-
-OUTSIDE = sorted(
-    [*(Path(skimage.__file__).parent / "data").glob("*.png"),
-     *(Path(skimage.__file__).parent / "data").glob("*.jpg"),
-     *(Path(sklearn.__file__).parent / "datasets" / "images").glob("*.jpg")]
-)  # fmt: skip
-
-
-FRR = 0.05  # the false-rejection rate calibrated for
-
-
-@pytest.fixture(scope="module")
-def halves(digits, tmp_path_factory) -> tuple[Path, Path]:
-    """(calibration, held-out): every other validation image of each class to one, the
-    rest to the other; neither was trained on, and the calibration sees only the first."""
-    root = tmp_path_factory.mktemp("val-halves")
-    for folder in sorted((digits / "val").iterdir()):
-        for i, image in enumerate(sorted(folder.iterdir())):
-            target = root / ("calibration", "held-out")[i % 2] / folder.name
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copy(image, target / image.name)
-    return root / "calibration", root / "held-out"
-
-
-@pytest.fixture(scope="module")
-def calibrated(checkpoint, halves, tmp_path_factory):
-    root = tmp_path_factory.mktemp("open-set")
-    shutil.copy(checkpoint, root / "checkpoint.pt")
-    report = calibrate(root / "checkpoint.pt", halves[0], FRR, OUTSIDE)
-    return root / "checkpoint.pt", report
-
-
-@pytest.fixture(scope="module")
-def served(calibrated, digits, tmp_path_factory):
-    checkpoint, _ = calibrated
-    root = tmp_path_factory.mktemp("open-set-repo")
-    build.run(build.BuildOptions(checkpoint, root / "repo", root / "work", target="cpu",
-                                 images=digits / "val"))  # fmt: skip
-    server = TritonServer(root / "repo", Ports.free(), log_path=root / "triton.log",
-                          exit_timeout_s=3, admin_key=ADMIN_KEY).start()  # fmt: skip
-    try:
-        server.wait_ready([NAMES.ensemble], timeout=180)
-        yield server, root / "repo"
-    finally:
-        server.stop()
 
 
 def test_calibration_holds_its_rates_on_images_it_never_saw(calibrated, halves):
@@ -112,9 +62,11 @@ def test_calibration_holds_its_rates_on_images_it_never_saw(calibrated, halves):
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_served_answers_say_unknown_below_the_threshold(calibrated, served, digits, protocol):
+def test_served_answers_say_unknown_below_the_threshold(
+    calibrated, calibrated_server, digits, protocol
+):
     checkpoint, report = calibrated
-    server, repo = served
+    server, repo = calibrated_server
     config = read_config(repo / NAMES.ensemble / "config.pbtxt")
     assert float(config.parameters[REJECT_BELOW].string_value) == report["threshold"]
     spec, model, _ = load_checkpoint(checkpoint)
@@ -129,9 +81,9 @@ def test_served_answers_say_unknown_below_the_threshold(calibrated, served, digi
     assert np.mean([r.unknown for r in results[: len(OUTSIDE)]]) == report["outside_rejected"]
 
 
-def test_the_cli_and_the_page_show_unknown(calibrated, served, tmp_path):
+def test_the_cli_and_the_page_show_unknown(calibrated, calibrated_server, tmp_path):
     _, report = calibrated
-    server, _ = served
+    server, _ = calibrated_server
     url = f"localhost:{server.ports.grpc}"
     out = subprocess.run([sys.executable, "-m", "resnet_triton", "classify", "--url", url,
                           "--top-k", "1", *map(str, OUTSIDE)],

@@ -32,7 +32,8 @@ class ServingConfig:
     # Model instances per server (instance_group count).
     preprocess_instances: int = 1
     classifier_instances: int = 1
-    # The CPU classifier's ONNX Runtime: intra-op threads (0: one per physical core),
+    # The CPU classifier's ONNX Runtime: intra-op threads (0: one per physical core, at
+    # most the container's CPU limit: serving/resources.py),
     # and whether idle threads spin (off: they sleep, leaving the cores to preprocessing).
     intra_op_threads: int = 0
     allow_spinning: bool = False

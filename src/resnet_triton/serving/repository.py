@@ -56,7 +56,7 @@ from resnet_triton.serving import dali
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.plans import Plans, published_plans
 from resnet_triton.serving.probe import serialized_bytes, warmup_image
-from resnet_triton.spec import INPUT_NAME, OUTPUT_NAME, REJECT_BELOW, ModelSpec
+from resnet_triton.spec import INPUT_NAME, OUTPUT_NAME, REJECT_BELOW, REJECT_RATE, ModelSpec
 
 # The stub's interpreter ignores PYTHONPATH; EXECUTION_ENV_PATH points it at the
 # project's virtual environment, here relative to the committed repository.
@@ -206,6 +206,9 @@ def classifier_config(
         INPUT_NAME: spec.names.pixels,
         OUTPUT_NAME: spec.names.scores,
     }
+    for key, value in ((REJECT_BELOW, spec.reject_below), (REJECT_RATE, spec.reject_rate)):
+        if value is not None:  # the "unknown" answers' metrics (serving/model_metrics.py)
+            params[key] = repr(value)
     name, instances = spec.names.classifier, serving.classifier_instances
     delay = serving.classifier_queue_delay_us
     config = _python_model(spec, serving, name, env_path, params, instances, delay)

@@ -30,6 +30,7 @@ import tritonclient.http as httpclient
 
 from resnet_triton.endpoints import ADMIN_HEADER, LOOPBACK, RESTRICTED_APIS
 from resnet_triton.serving.probe import probe
+from resnet_triton.serving.resources import check_shm
 from resnet_triton.serving.server import (
     Ports,
     ServerError,
@@ -152,6 +153,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     ensembles = preflight(args.repository)
+    check_shm(args.repository)
     ports = Ports(args.http_port, args.grpc_port, args.metrics_port)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

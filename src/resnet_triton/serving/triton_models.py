@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from resnet_triton.preprocess import ImageDecodeError, pixels_from_bytes
-from resnet_triton.spec import INPUT_NAME, OUTPUT_NAME, Preprocessing
+from resnet_triton.serving.model_metrics import AnswerMetrics, PreprocessMetrics
+from resnet_triton.serving.resources import cpu_limit, onnx_threads
+from resnet_triton.spec import INPUT_NAME, OUTPUT_NAME, REJECT_BELOW, REJECT_RATE, Preprocessing
 
 
 def _config(args: dict) -> tuple[dict, dict[str, str]]:
@@ -31,6 +34,27 @@ def _config(args: dict) -> tuple[dict, dict[str, str]]:
 def _shape(tensor: dict) -> str:
     """'TYPE_UINT8 [3, 224, 224]': how a tensor's config reads in the log."""
     return f"{tensor['data_type']} [{', '.join(str(d) for d in tensor['dims'])}]"
+
+
+class Warmup:
+    """Tells the model's warm-up requests from traffic, so that metrics count traffic only.
+
+    Triton sends an instance its warm-up samples (model_warmup: batch_size requests of
+    one item, `count` times, at least once) after initialize and before any other
+    request, so they are exactly its first requests.
+    """
+
+    def __init__(self, config: dict):
+        samples = config.get("model_warmup", [])
+        self.left = sum(
+            int(s.get("batch_size", 1)) * max(int(s.get("count", 0)), 1) for s in samples
+        )
+
+    def skip(self, requests: int) -> int:
+        """How many of the next `requests` are warm-up."""
+        skipped = min(self.left, requests)
+        self.left -= skipped
+        return skipped
 
 
 def _tensor_configs(config: dict, params: dict[str, str]) -> tuple[dict, dict]:
@@ -61,6 +85,8 @@ class PreprocessModel:
         image, pixels = _tensor_configs(config, params)
         self.input_name, self.output_name = image["name"], pixels["name"]
         self.output_dtype = pb_utils.triton_string_to_numpy(pixels["data_type"])
+        self.metrics = PreprocessMetrics(self.name, args["model_version"])
+        self.warmup = Warmup(config)
         pb_utils.Logger.log_info(
             f"{self.name}: {self.input_name} -> {self.output_name} "
             f"{_shape(pixels)}, accepting {', '.join(self.cfg.formats)}"
@@ -68,19 +94,25 @@ class PreprocessModel:
 
     def execute(self, requests):
         responses = []
-        for request in requests:
+        warmup = self.warmup.skip(len(requests))
+        for n, request in enumerate(requests):
             payloads = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            started = time.perf_counter()
             try:
                 pixels = pixels_from_bytes(payloads.reshape(-1), self.cfg)  # (n, 3, crop, crop)
             except ImageDecodeError as exc:  # the client's image: its own request fails
+                self.metrics.rejected(exc.reason)
                 error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
+            if n >= warmup:
+                self.metrics.decoded(len(pixels), time.perf_counter() - started)
             tensor = pb_utils.Tensor(self.output_name, pixels.astype(self.output_dtype, copy=False))
             responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
         return responses
 
     def finalize(self):
+        self.metrics.close()
         pb_utils.Logger.log_info(f"{self.name}: unloaded")
 
 
@@ -99,6 +131,12 @@ class OnnxClassifierModel:
         pixels, scores = _tensor_configs(config, params)
         self.input_name, self.output_name = pixels["name"], scores["name"]
         self.output_dtype = pb_utils.triton_string_to_numpy(scores["data_type"])
+        labels = (Path(args["model_repository"]) / scores["label_filename"]).read_text()
+        self.metrics = AnswerMetrics(
+            self.name, args["model_version"], labels.splitlines(),
+            *(float(params[k]) if k in params else None for k in (REJECT_BELOW, REJECT_RATE)),
+        )  # fmt: skip
+        self.warmup = Warmup(config)
         expected = "tensor(uint8)"
         (model_input,) = self.session.get_inputs()
         if model_input.type != expected:  # an ONNX file exported before pixels were 8-bit
@@ -121,7 +159,13 @@ class OnnxClassifierModel:
         batches = [
             pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests
         ]
-        return [self._response(result) for result in self._scores(batches)]
+        results = self._scores(batches)
+        answered = [
+            r for r in results[self.warmup.skip(len(requests)) :] if isinstance(r, np.ndarray)
+        ]
+        if answered:
+            self.metrics.answered(np.concatenate(answered))
+        return [self._response(result) for result in results]
 
     def _scores(self, batches: list[np.ndarray]) -> list[np.ndarray | Exception]:
         """Each request's scores, or the error running it raised."""
@@ -148,6 +192,7 @@ class OnnxClassifierModel:
         return pb_utils.InferenceResponse(output_tensors=[tensor])
 
     def finalize(self):
+        self.metrics.close()
         self.session = None  # the last reference: ONNX Runtime frees the model and its threads
         pb_utils.Logger.log_info(f"{self.name}: ONNX Runtime session released")
 
@@ -159,7 +204,15 @@ def _session(path: Path, params: dict[str, str]) -> ort.InferenceSession:
     for task in Path("/proc/self/task").iterdir():
         os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+    threads = int(params.get("intra_op_threads", "0"))
+    if threads == 0:  # one per core, but the container's CPU limit, not the host's cores
+        limit = cpu_limit()
+        threads = onnx_threads(limit)
+        pb_utils.Logger.log_info(
+            f"ONNX Runtime intra-op threads: {threads or 'one per physical core'} "
+            f"(cgroup CPU limit: {'none' if limit is None else f'{limit:g} CPUs'})"
+        )
+    options.intra_op_num_threads = threads
     # Idle ONNX Runtime threads spin by default, taking the cores that the
     # preprocess model (another process) needs between batches.
     spinning = params.get("allow_spinning", "0")

@@ -85,7 +85,7 @@ def calibrate(checkpoint: Path, data: Path, frr: float, outside: list[Path]) -> 
             name: float(roc_auc_score(is_inside, np.r_[inside[name], far[name]]))
             for name in ("max_softmax", "energy")
         }
-    calibrated = dataclasses.replace(spec, reject_below=threshold)
+    calibrated = dataclasses.replace(spec, reject_below=threshold, reject_rate=report["val_frr"])
     extra = {k: v for k, v in payload.items() if k not in ("format", "spec", "state_dict")}
     save_checkpoint(checkpoint, model, calibrated, **extra)
     (checkpoint.parent / "calibration.json").write_text(json.dumps(report, indent=2))

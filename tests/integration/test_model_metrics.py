@@ -1,0 +1,95 @@
+"""The metrics the Python models export (serving/model_metrics.py), read from the live
+server's metrics port before and after known traffic: answers per class, the top-1
+score, "unknown" answers and the calibrated rate they are judged by, decode time per
+image, and refused inputs by reason. The warm-up requests Triton sends at load count
+in none of them."""
+
+import io
+import re
+import time
+import urllib.request
+from collections import Counter
+
+import pytest
+from conftest import NAMES, OUTSIDE, PHOTOS
+from PIL import Image
+
+from resnet_triton.client import Classifier, ClientError
+from resnet_triton.preprocess import REJECT_REASONS
+
+pytestmark = pytest.mark.integration
+
+FLUSH_S = 2.5  # serving/model_metrics.py sends every second: that, and a margin
+SERIES = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
+
+
+def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
+    """Every resnet_triton_* and nv_inference_count sample: (name, labels, value)."""
+    text = urllib.request.urlopen(f"http://localhost:{port}/metrics").read().decode()
+    samples = []
+    for line in text.splitlines():
+        match = SERIES.match(line)
+        if match and match[1].startswith(("resnet_triton_", "nv_inference_count")):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match[2] or ""))
+            samples.append((match[1], labels, float(match[3])))
+    return samples
+
+
+def total(samples, name: str, **labels) -> float:
+    return sum(v for n, ls, v in samples if n == name and labels.items() <= ls.items())
+
+
+def tiff() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(out, "TIFF")
+    return out.getvalue()
+
+
+def test_the_models_count_what_they_answered_and_refused(calibrated, calibrated_server, digits):
+    _, report = calibrated
+    server, _ = calibrated_server
+    port = server.ports.metrics
+    before = scrape(port)
+    images = OUTSIDE + sorted((digits / "val").rglob("*.png"))[::5]
+    refused = {  # reason -> (an input refused for it, sent alone; what the error says)
+        "empty": (b"", "empty image payload"),
+        "not_an_image": (b"plain text, not an image", "not a decodable image"),
+        "corrupt": (PHOTOS[0].read_bytes()[:2000], "corrupt"),
+        "format": (tiff(), "image format TIFF is not accepted"),
+    }
+    with Classifier(f"localhost:{server.ports.grpc}") as client:
+        results = client.classify(images, top_k=1)
+        for data, message in refused.values():
+            with pytest.raises(ClientError, match=message):
+                client.classify_bytes([data])
+    time.sleep(FLUSH_S)  # the models send their sums once a second
+    after = scrape(port)
+
+    def delta(name, **labels):
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert all(r.ok for r in results)
+    answers = Counter(r.top1.label for r in results)
+    for label in {ls["class"] for n, ls, _ in after if n == "resnet_triton_answers_total"}:
+        assert delta("resnet_triton_answers_total", **{"class": label}) == answers[label], label
+    assert delta("resnet_triton_answers_total") == len(images)
+    assert delta("resnet_triton_unknown_answers_total") == sum(r.unknown for r in results) > 0
+    assert delta("resnet_triton_top1_score_count") == len(images)
+    assert delta("resnet_triton_top1_score_sum") == pytest.approx(
+        sum(r.top1.score for r in results), rel=1e-5
+    )
+    assert total(after, "resnet_triton_calibrated_unknown_ratio") == pytest.approx(
+        report["val_frr"]
+    )
+    assert delta("resnet_triton_preprocess_seconds_count") == len(images)
+    assert 0 < delta("resnet_triton_preprocess_seconds_sum") < len(images)  # under 1 s each
+    for reason in REJECT_REASONS:
+        assert delta("resnet_triton_rejected_inputs_total", reason=reason) == (reason in refused), (
+            reason
+        )
+    # Warm-up is not traffic: every answer counted since the start is an image a client
+    # sent through the ensemble (which has no warm-up); Triton's count for the classifier
+    # holds its warm-up samples too (a batch of 1 and one of 32 zero images).
+    answered = total(after, "resnet_triton_answers_total")
+    assert answered == total(after, "nv_inference_count", model=NAMES.ensemble)
+    assert total(after, "nv_inference_count", model=NAMES.classifier) - answered == 1 + 32
