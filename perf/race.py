@@ -189,7 +189,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["resnet18:fp32", "resnet18:int8",
                         "resnet50:fp32", "resnet50:int8"])  # fmt: skip
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--seconds", type=float, default=10, help="wrk run per level")
+    parser.add_argument("--seconds", type=float, default=15, help="wrk run per level")
     parser.add_argument("--search-seconds", type=float, default=6)
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench/peers"))
     parser.add_argument("--settings", type=Path, help="a settings.json from an earlier "
