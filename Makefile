@@ -130,7 +130,7 @@ bench: setup
 # model, photos and load generator (perf/race.py; needs make demo). Each peer gets its own
 # venv under artifacts/peers/ from perf/peers/requirements/ (here, not in make setup: they
 # stay out of the project's runtime); TorchServe needs Debian's JRE. First the check that
-# every peer answers as the ensemble does, then the race: about an hour here.
+# every peer answers as the ensemble does, then the race: 55 min here (10 more to install).
 bench-peers: setup
 	@command -v java >/dev/null || { echo "installing OS package: openjdk-17-jre-headless"; \
 		$(SUDO) apt-get install -y -q openjdk-17-jre-headless || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q openjdk-17-jre-headless; }; }
