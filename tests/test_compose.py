@@ -90,7 +90,8 @@ def test_repository_is_mounted_read_only(files, tmp_path):
     (volume,) = server["volumes"]
     assert (volume["source"], volume["target"]) == (str(tmp_path), "/workspace/model_repository")
     assert volume["read_only"] is True
-    assert server["shm_size"] == "1073741824"
+    # serving/resources.py's size for the committed repository (tests/serving/test_resources.py)
+    assert server["shm_size"] == str(768 * 1024 * 1024)
 
 
 @pytest.mark.parametrize("files", [("docker-compose.yml",), GPU])
