@@ -20,6 +20,8 @@ import math
 import os
 from pathlib import Path
 
+from tritonclient.grpc import model_config_pb2 as mc
+
 from resnet_triton.errors import UserError
 from resnet_triton.serving.repository import read_config
 
@@ -34,8 +36,6 @@ ROUND_TO = 256 * MIB
 
 def _tensor_bytes(tensor, params) -> int:
     """The bytes one batch item of `tensor` (a ModelInput or ModelOutput) takes."""
-    from tritonclient.grpc import model_config_pb2 as mc
-
     dtype = mc.DataType.Name(tensor.data_type)
     if dtype == "TYPE_STRING":
         return STRING_PREFIX + int(params["max_bytes"].string_value)
