@@ -322,12 +322,20 @@ def start_ui(grpc_url: str, log: Path, *flags: str):
     port = Ports.free().http
     command = [sys.executable, "-m", "resnet_triton", "ui", "--url", grpc_url,
                "--port", str(port), *flags]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    with running(command, log, f"{url}/api/model", "the page", timeout=60):
+        yield url
+
+
+@contextlib.contextmanager
+def running(command: list[str], log: Path, ready_url: str, what: str, timeout: float):
+    """`command` in the background, its output in `log`, until `ready_url` answers; it is
+    stopped when the block ends."""
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{url}/api/model", process, log, "the page", timeout=60)
-        yield url
+        wait_for_http(ready_url, process, log, what, timeout)
+        yield
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from peer import REQUIREMENTS, Launch, Peer
 
+from resnet_triton.serving.serve import proc_stat
+
 ROOT = Path(__file__).resolve().parents[2]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -60,7 +62,7 @@ def server_pids(root: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                fields = proc_stat(int(entry.name))
             except OSError:
                 continue  # gone while we looked
             parents[int(entry.name)], sessions[int(entry.name)] = int(fields[1]), int(fields[3])
@@ -77,7 +79,7 @@ def cpu_seconds(pids: list[int]) -> float:
     ticks = 0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = proc_stat(pid)
         except OSError:
             continue
         ticks += int(fields[11]) + int(fields[12])

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import yaml
-from conftest import wait_for_http
+from conftest import running
 
 from resnet_triton.serving.server import Ports
 
@@ -30,21 +29,13 @@ def prometheus(metrics_port: int, folder: Path, labels: dict | None = None, rule
         "rule_files": [str(r) for r in rules],
     }
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port, log = Ports.free().http, folder / "prometheus.log"
-    with open(log, "wb") as stderr:
-        process = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={folder / 'prometheus.yml'}",
-             f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-             "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=stderr,
-        )  # fmt: skip
+    port = Ports.free().http
+    command = [PROMETHEUS, f"--config.file={folder / 'prometheus.yml'}",
+               f"--storage.tsdb.path={folder / 'data'}",
+               f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/-/ready", process, log, "Prometheus", timeout=30)
+    with running(command, folder / "prometheus.log", f"{url}/-/ready", "Prometheus", 30):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def api(url: str, path: str, **params) -> dict:
