@@ -9,14 +9,16 @@ count) at concurrency 1, 4, 8 and 16. The peers (perf/peers/, each in its own vi
 environment under artifacts/peers/) are configured as their documentation recommends for
 CPU throughput; each peer's grid of settings is searched on resnet18 INT8 at concurrency 8
 and its best setting runs the race. Triton runs the project's defaults (serving/config.py,
-searched by `make bench-batching`), asked over HTTP with the binary-data extension; a
-second Triton line comes from perf_analyzer over gRPC. Before any peer is measured, its
-top-1 answers for the photos must equal the ensemble's.
+searched by `make bench-batching`) twice: as the ensemble ("triton", the default layout)
+and as one model decoding and scoring in one process ("triton-fused", serving.layout
+fused), both asked over HTTP with the binary-data extension; a second line for each comes
+from perf_analyzer over gRPC. Every server's top-1 answers for the photos must equal the
+ensemble's.
 
 Per server: images/s, p50 and p99, errors, CPU time per image of all its processes and of
 the load generator, memory (PSS of all its processes) idle and under load, and the time
 from start to the first answer. Writes artifacts/bench/peers/ (report.json with the
-ratios ensemble / each peer, report.md, throughput_vs_p99.png, settings.json).
+ratios of each Triton layout / each peer, report.md, throughput_vs_p99.png, settings.json).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,20 +39,38 @@ from peer import Launch, Peer  # noqa: E402
 from peers import PEERS  # noqa: E402
 from perf_tools import ensemble_input, run_perf_analyzer  # noqa: E402
 from race_report import markdown, plot, ratios  # noqa: E402
-from report import DEMO, prepare  # noqa: E402
+from report import DEMO, checkpoint_for, prepare  # noqa: E402
 from runner import PeerError, Server, ensure_venv, post, start_peer  # noqa: E402
 
 from resnet_triton.data import package_photos  # noqa: E402
-from resnet_triton.serving.repository import ONNX_FILE, version_dir  # noqa: E402
+from resnet_triton.resnet import load_checkpoint  # noqa: E402
+from resnet_triton.serving.config import ServingConfig  # noqa: E402
+from resnet_triton.serving.repository import (  # noqa: E402
+    ONNX_FILE,
+    env_path_for,
+    render,
+    version_dir,
+)
 from resnet_triton.serving.server import Ports, TritonServer  # noqa: E402
 from resnet_triton.spec import Names  # noqa: E402
 
 NAMES = Names()
 SEARCH_MODEL, SEARCH_LEVEL = ("resnet18", "int8"), 8
+LAYOUTS = {"triton": "ensemble", "triton-fused": "fused"}  # the race's Triton rows
+
+
+def fused_repository(repo: Path, arch: str) -> Path:
+    """A copy of the published repository `repo`, rendered in the fused layout."""
+    copy = repo.with_name("repo-fused")
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(repo, copy, symlinks=True)
+    spec = load_checkpoint(checkpoint_for(arch, repo.parents[1]))[0]
+    render(spec, copy, env_path_for(copy), serving=ServingConfig(layout="fused"))
+    return copy
 
 
 class Triton:
-    """The ensemble in the wheel's tritonserver, accounted for like a peer."""
+    """The wheel's tritonserver serving a repository, accounted for like a peer."""
 
     def __init__(self, repo: Path, work: Path):
         self.server = TritonServer(repo, Ports.free(), log_path=work / "triton.log")
@@ -163,8 +184,15 @@ def search(peer: Peer, venv: Path, onnx: Path, photos, seconds, work: Path) -> d
 def race_model(model, repo, venvs, settings, photos, args, work: Path) -> dict:
     arch, precision = model
     onnx = version_dir(repo, NAMES.classifier) / ONNX_FILE
-    print(f"== {arch} {precision}: triton", flush=True)
-    servers = {"triton": measure_triton(repo, photos, args.levels, args.seconds, work / "triton")}
+    servers = {}
+    for name, layout in LAYOUTS.items():
+        print(f"== {arch} {precision}: {name}", flush=True)
+        served = fused_repository(repo, arch) if layout == "fused" else repo
+        servers[name] = measure_triton(served, photos, args.levels, args.seconds, work / name)
+        servers[name]["layout"] = layout
+        if name != "triton":
+            same = servers[name]["answers"] == servers["triton"]["answers"]
+            servers[name]["answers_match"] = same
     for name, venv in venvs.items():
         print(f"== {arch} {precision}: {name}", flush=True)
         if isinstance(venv, str) or "error" in settings[name]:
@@ -223,7 +251,10 @@ def main() -> int:
         "docs": {n: PEERS[n].docs for n in args.peers}, "settings": settings, "runs": runs,
         "seconds": round(time.perf_counter() - started, 1),
     }  # fmt: skip
-    report["ratios"] = {"-".join((r["arch"], r["precision"])): ratios(r) for r in runs}
+    report["ratios"] = {
+        "-".join((r["arch"], r["precision"])): {name: ratios(r, name) for name in LAYOUTS}
+        for r in runs
+    }
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     (args.out / "report.md").write_text(markdown(report))
     plot(report, args.out / "throughput_vs_p99.png")

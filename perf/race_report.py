@@ -1,19 +1,20 @@
-"""The race's report (perf/race.py): a table per model, the ratios ensemble / each peer,
-and throughput against p99 for every server."""
+"""The race's report (perf/race.py): a table per model, the ratios of each Triton layout
+("triton": the ensemble; "triton-fused": one model) / each peer, and throughput against
+p99 for every server."""
 
 from __future__ import annotations
 
 from matplotlib.figure import Figure
 
 
-def ratios(run: dict) -> dict:
-    """Per peer and concurrency: the ensemble's throughput over the peer's, and its p99
+def ratios(run: dict, triton_row: str = "triton") -> dict:
+    """Per peer and concurrency: the Triton row's throughput over the peer's, and its p99
     over the peer's (below 1: lower latency)."""
     servers = run["servers"]
-    triton = {r["concurrency"]: r for r in servers["triton"].get("rows", [])}
+    triton = {r["concurrency"]: r for r in servers[triton_row].get("rows", [])}
     out = {}
     for name, server in servers.items():
-        if name == "triton" or "rows" not in server:
+        if name.startswith("triton") or "rows" not in server:
             continue
         out[name] = {
             f"c{r['concurrency']}": {
@@ -59,11 +60,12 @@ def model_table(run: dict, levels: list[int]) -> list[str]:
             f"| {name} | {cells} | {_cost(server, 8)} | {server['pss_mib_idle']:.0f} / "
             f"{peak:.0f} | {server['ready_s']} | {same} |"
         )
-    pa = run["servers"]["triton"].get("perf_analyzer_grpc")
-    if pa:
-        line = ", ".join(f"c{r['concurrency']} {r['throughput_img_s']:.1f} ({r['p99_ms']:.0f})"
-                         for r in pa)  # fmt: skip
-        lines += ["", f"Triton under perf_analyzer over gRPC, img/s (p99 ms): {line}."]
+    for name, server in run["servers"].items():
+        pa = server.get("perf_analyzer_grpc") if name.startswith("triton") else None
+        if pa:
+            line = ", ".join(f"c{r['concurrency']} {r['throughput_img_s']:.1f} "
+                             f"({r['p99_ms']:.0f})" for r in pa)  # fmt: skip
+            lines += ["", f"{name} under perf_analyzer over gRPC, img/s (p99 ms): {line}."]
     return lines
 
 
@@ -80,12 +82,15 @@ def markdown(report: dict) -> str:
         lines.append(f"- {name} {report['peers'][name]}: {found.get('best', found.get('error'))}")
     for run in report["runs"]:
         lines += ["", *model_table(run, report["levels"])]
-        table = ratios(run)
-        if table:
-            lines += ["", "Ensemble / peer, throughput (p99):", ""]
-            for name, cells in table.items():
-                shown = ", ".join(f"{c} {v['throughput']} ({v['p99']})" for c, v in cells.items())
-                lines.append(f"- {name}: {shown}")
+        for triton in (name for name in run["servers"] if name.startswith("triton")):
+            table = ratios(run, triton)
+            if table:
+                lines += ["", f"{triton} / peer, throughput (p99):", ""]
+                for name, cells in table.items():
+                    shown = ", ".join(
+                        f"{c} {v['throughput']} ({v['p99']})" for c, v in cells.items()
+                    )
+                    lines.append(f"- {name}: {shown}")
     return "\n".join(lines) + "\n"
 
 
@@ -96,7 +101,7 @@ def plot(report: dict, path) -> None:
         for name, server in run["servers"].items():
             rows = server.get("rows", [])
             if rows:
-                width = 2.5 if name == "triton" else 1
+                width = 2.5 if name.startswith("triton") else 1
                 ax.plot([r["p99_ms"] for r in rows], [r["throughput_img_s"] for r in rows],
                         marker="o", label=name, linewidth=width)  # fmt: skip
         title = f"{run['arch']} {run['precision'].upper()} (c {report['levels']})"

@@ -14,6 +14,7 @@ from resnet_triton.serving.repository import (
     classifier_config,
     ensemble_config,
     env_path_for,
+    model_home,
     preprocess_config,
     publish,
     read_config,
@@ -21,7 +22,7 @@ from resnet_triton.serving.repository import (
     rendered_files,
 )
 from resnet_triton.serving.server import TritonServer
-from resnet_triton.spec import ModelSpec, Preprocessing
+from resnet_triton.spec import ModelSpec, Preprocessing, SpecError
 
 COMMITTED = Path(__file__).parents[2] / "model_repository"
 
@@ -166,3 +167,86 @@ def test_served_code_imports_only_what_the_serving_images_install(tmp_path):
     triton_stage = (root / "Dockerfile").read_text().split(" AS triton")[1].split("FROM ")[0]
     assert "-r /tmp/requirements-serving.txt" in triton_stage
     assert "--no-deps" in triton_stage
+
+
+FUSED = ServingConfig(layout="fused")
+
+
+def test_fused_layout_serves_the_ensembles_contract_from_one_python_model(tmp_path):
+    spec = demo_spec()
+    files = rendered_files(spec, serving=FUSED)
+    assert sorted(files) == [
+        "resnet_ensemble/1/model.py", "resnet_ensemble/config.pbtxt",
+        "resnet_ensemble/labels.txt", "resnet_ensemble/warmup/image",
+    ]  # fmt: skip
+    assert "import FusedModel as TritonPythonModel" in files["resnet_ensemble/1/model.py"]
+    render(spec, tmp_path, serving=FUSED)
+    fused = read_config(tmp_path / "resnet_ensemble" / "config.pbtxt")
+    ensemble = ensemble_config(spec)
+    assert (fused.name, fused.backend, fused.max_batch_size) == (
+        ensemble.name,
+        "python",
+        spec.max_batch_size,
+    )
+    assert list(fused.input) == list(ensemble.input)  # IMAGE, TYPE_STRING [1]
+    assert list(fused.output) == list(ensemble.output)  # SCORES with the labels
+    assert [g.count for g in fused.instance_group] == [2]
+    assert list(fused.dynamic_batching.preferred_batch_size) == [2]
+    params = {k: v.string_value for k, v in fused.parameters.items()}
+    assert params["onnx_file"] == "model.onnx"
+    assert params["max_bytes"] == str(spec.preprocessing.max_bytes)
+    assert params["input_name"] == "IMAGE" and params["output_name"] == "SCORES"
+    assert [(w.name, w.batch_size) for w in fused.model_warmup] == [
+        ("real photo, batch 1", 1), ("real photo, batch 32", 32)
+    ]  # fmt: skip
+    assert model_home(spec, FUSED) == "resnet_ensemble"
+    assert model_home(spec) == "classifier"
+
+
+def test_fused_layout_refuses_the_gpu_target():
+    with pytest.raises(SpecError, match="serving.layout: fused runs ONNX Runtime on the CPU"):
+        rendered_files(demo_spec(), target="gpu", serving=FUSED)
+
+
+def test_switching_layouts_moves_the_published_model_and_drops_the_other_models(tmp_path):
+    spec = demo_spec()
+    render(spec, tmp_path)
+    published = tmp_path / "classifier" / "1" / "model.onnx"
+    published.write_bytes(b"onnx")
+    Path(f"{published}.manifest.json").write_text("{}")
+    cache = tmp_path / "classifier" / "1" / "__pycache__" / "model.cpython-311.pyc"
+    cache.parent.mkdir()
+    cache.write_bytes(b"")  # what the stub's import leaves
+
+    render(spec, tmp_path, serving=FUSED)
+    assert files_in(tmp_path) == [
+        "resnet_ensemble/1/.gitkeep", "resnet_ensemble/1/model.onnx",
+        "resnet_ensemble/1/model.onnx.manifest.json", "resnet_ensemble/1/model.py",
+        "resnet_ensemble/config.pbtxt", "resnet_ensemble/labels.txt",
+        "resnet_ensemble/warmup/image",
+    ]  # fmt: skip
+    assert (tmp_path / "resnet_ensemble" / "1" / "model.onnx").read_bytes() == b"onnx"
+
+    render(spec, tmp_path)
+    published_files = ["classifier/1/model.onnx", "classifier/1/model.onnx.manifest.json"]
+    assert files_in(tmp_path) == sorted([*rendered_files(spec), *published_files])
+    assert published.read_bytes() == b"onnx"
+
+
+def test_a_file_the_fused_layout_would_not_serve_stops_the_switch(tmp_path):
+    spec = demo_spec()
+    render(spec, tmp_path)
+    plan = tmp_path / "classifier" / "1" / "model.sm90.plan"
+    plan.write_bytes(b"plan")
+    with pytest.raises(SpecError) as info:
+        render(spec, tmp_path, serving=FUSED)
+    assert str(info.value) == (
+        f"serving.layout: fused serves no classifier model, but {tmp_path} holds "
+        "['classifier/1/model.sm90.plan']; move them out, or render into another folder"
+    )
+    assert plan.read_bytes() == b"plan"
+    assert (tmp_path / "preprocess" / "config.pbtxt").is_file()  # nothing was changed
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())

@@ -42,6 +42,14 @@ def test_yaml_round_trip(tmp_path):
          "serving.classifier_nice must be an integer in 0..19, got 20"),
         ({"preferred_batch_sizes": (4,), "warmup": "yes"},
          "serving.warmup must be true or false, got 'yes'"),
+        ({"layout": "single"}, "serving.layout must be one of ensemble, fused, got 'single'"),
+        ({"layout": "fused", "preprocess_backend": "dali"},
+         "serving.layout: fused decodes in the Python backend; it cannot run with "
+         "serving.preprocess_backend 'dali'"),
+        ({"layout": "fused", "fused_instances": 0},
+         "serving.fused_instances must be an integer >= 1, got 0"),
+        ({"fused_preferred_batch_sizes": (0, 2)},
+         "serving.fused_preferred_batch_sizes [0] lie outside 1..max_batch_size (16)"),
     ],
 )  # fmt: skip
 def test_bad_values_are_named(fields, message):

@@ -17,6 +17,7 @@ from pathlib import Path
 from resnet_triton.spec import ModelSpec, SpecError, fields_of, read_yaml
 
 PREPROCESS_BACKENDS = ("python", "dali")
+LAYOUTS = ("ensemble", "fused")
 
 
 @dataclass(frozen=True)
@@ -51,20 +52,33 @@ class ServingConfig:
     # Warm every model up at load (a real photo, zero tensors), so that the first
     # requests do not pay for lazy initialization and a broken model fails at start.
     warmup: bool = True
+    # How the models are laid out. "ensemble": the preprocess and classifier models joined
+    # by an ensemble (every target; the classifier also takes pixels alone, as NVIDIA's
+    # image_client.py sends them). "fused": one Python-backend model decodes and runs ONNX
+    # Runtime in the same process, under the ensemble's name and with its inputs and
+    # outputs, so clients do not change (CPU target, python preprocessing): no hand-off
+    # between processes, each instance 1 ONNX Runtime thread, and an instance alone at work
+    # on one image uses every core. It beat the ensemble at every concurrency on 2 CPUs
+    # (perf/README.md, "One process instead of two").
+    layout: str = "ensemble"
+    # layout fused: instances (processes; each decodes and scores its own batches) and the
+    # dynamic batcher's preferred sizes (2 kept p99 lowest at the same throughput on 2 CPUs);
+    # its queue delay is classifier_queue_delay_us, its lone-image threads intra_op_threads.
+    fused_instances: int = 2
+    fused_preferred_batch_sizes: tuple[int, ...] = (2,)
 
     def validate(self, spec: ModelSpec) -> None:
         """Errors name the field; batch sizes are checked against the model's limit."""
         limit = spec.max_batch_size
-        outside = [b for b in self.preferred_batch_sizes if not 1 <= b <= limit]
-        if outside:
-            raise SpecError(
-                f"serving.preferred_batch_sizes {outside} lie outside 1..max_batch_size ({limit})"
-            )
+        for name in ("preferred_batch_sizes", "fused_preferred_batch_sizes"):
+            outside = [b for b in getattr(self, name) if not 1 <= b <= limit]
+            if outside:
+                raise SpecError(f"serving.{name} {outside} lie outside 1..max_batch_size ({limit})")
         ranges = {
             "preprocess_queue_delay_us": (0, None), "classifier_queue_delay_us": (0, None),
             "preprocess_instances": (1, None), "classifier_instances": (1, None),
             "intra_op_threads": (0, None), "classifier_nice": (0, 19),
-            "dali_threads": (1, None),
+            "dali_threads": (1, None), "fused_instances": (1, None),
         }  # fmt: skip
         for name, (least, most) in ranges.items():
             value = getattr(self, name)
@@ -78,6 +92,15 @@ class ServingConfig:
             raise SpecError(
                 f"serving.preprocess_backend must be one of {', '.join(PREPROCESS_BACKENDS)}, "
                 f"got {self.preprocess_backend!r}"
+            )
+        if self.layout not in LAYOUTS:
+            raise SpecError(
+                f"serving.layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}"
+            )
+        if self.layout == "fused" and self.preprocess_backend != "python":
+            raise SpecError(
+                "serving.layout: fused decodes in the Python backend; it cannot run with "
+                f"serving.preprocess_backend {self.preprocess_backend!r}"
             )
         interpolation = spec.preprocessing.interpolation
         if self.preprocess_backend == "dali" and interpolation != "bilinear":

@@ -19,6 +19,15 @@ Layout (names from `spec.names`):
     <repo>/resnet_ensemble/1/            ensembles need a (empty) version folder
     <repo>/preprocess/warmup/image       a small real photo, serialized, for model warmup
 
+serving.layout fused (CPU target): one Python-backend model under the ensemble's name
+decodes and runs ONNX Runtime (serving/triton_models.py FusedModel), and holds the
+model file itself:
+
+    <repo>/resnet_ensemble/config.pbtxt  IMAGE -> SCORES, backend python
+    <repo>/resnet_ensemble/1/model.py    glue, as above
+    <repo>/resnet_ensemble/1/model.onnx  placed by `publish`, with its manifest
+    <repo>/resnet_ensemble/labels.txt, warmup/image
+
 Both SCORES outputs carry `label_filename`, so Triton's classification
 extension answers "score:index:label" from the classifier too (NVIDIA's stock
 image_client.py asks the model that takes pixels). The Python-backend models
@@ -56,7 +65,14 @@ from resnet_triton.serving import dali
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.plans import Plans, published_plans
 from resnet_triton.serving.probe import serialized_bytes, warmup_image
-from resnet_triton.spec import INPUT_NAME, OUTPUT_NAME, REJECT_BELOW, REJECT_RATE, ModelSpec
+from resnet_triton.spec import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    REJECT_BELOW,
+    REJECT_RATE,
+    ModelSpec,
+    SpecError,
+)
 
 # The stub's interpreter ignores PYTHONPATH; EXECUTION_ENV_PATH points it at the
 # project's virtual environment, here relative to the committed repository.
@@ -83,6 +99,11 @@ def env_path_for(repo: Path) -> str:
 def version_dir(repo: Path, model: str) -> Path:
     """Where `model`'s files live: one version is served, a new model replaces the old."""
     return Path(repo) / model / VERSION
+
+
+def model_home(spec: ModelSpec, serving: ServingConfig = DEFAULTS) -> str:
+    """The model whose version folder holds the published model file."""
+    return spec.names.ensemble if serving.layout == "fused" else spec.names.classifier
 
 
 LABELS_FILE = "labels.txt"
@@ -219,6 +240,37 @@ def classifier_config(
     return config
 
 
+def fused_config(
+    spec: ModelSpec, env_path: str, serving: ServingConfig = DEFAULTS
+) -> mc.ModelConfig:
+    """serving.layout fused: the ensemble's inputs and outputs, decoded and scored in one model."""
+    names = spec.names
+    params = {
+        **spec.preprocessing.to_params(),
+        "onnx_file": ONNX_FILE,
+        "intra_op_threads": str(serving.intra_op_threads),  # an instance alone on one image
+        "allow_spinning": str(int(serving.allow_spinning)),
+        INPUT_NAME: names.image,
+        OUTPUT_NAME: names.scores,
+    }
+    for key, value in ((REJECT_BELOW, spec.reject_below), (REJECT_RATE, spec.reject_rate)):
+        if value is not None:  # clients answer "unknown" below it; the metrics count them
+            params[key] = repr(value)
+    instances, delay = serving.fused_instances, serving.classifier_queue_delay_us
+    config = _python_model(spec, serving, names.ensemble, env_path, params, instances, delay)
+    config.dynamic_batching.preferred_batch_size[:] = serving.fused_preferred_batch_sizes
+    config.input.append(mc.ModelInput(name=names.image, data_type=mc.TYPE_STRING, dims=[1]))
+    config.output.append(_scores(spec))
+    image = mc.ModelWarmup.Input(data_type=mc.TYPE_STRING, dims=[1], input_data_file=WARMUP_FILE)
+    if serving.warmup:  # one photo (the instance's all-cores session), then a full batch
+        config.model_warmup.extend(
+            mc.ModelWarmup(name=f"real photo, batch {size}", batch_size=size,
+                           inputs={names.image: image})
+            for size in sorted({1, spec.max_batch_size})
+        )  # fmt: skip
+    return config
+
+
 def tensorrt_classifier_config(
     spec: ModelSpec, plans: Plans, serving: ServingConfig = DEFAULTS
 ) -> mc.ModelConfig:
@@ -291,6 +343,20 @@ def rendered_files(
     def pbtxt(config: mc.ModelConfig) -> str:
         return HEADER + text_format.MessageToString(config)
 
+    labels = "".join(f"{label}\n" for label in spec.labels)
+    if serving.layout == "fused":
+        if target != "cpu":
+            raise SpecError(
+                "serving.layout: fused runs ONNX Runtime on the CPU; the gpu target serves "
+                "TensorRT plans in the ensemble layout"
+            )
+        return {
+            f"{names.ensemble}/config.pbtxt": pbtxt(fused_config(spec, env_path, serving)),
+            f"{names.ensemble}/{LABELS_FILE}": labels,
+            f"{names.ensemble}/{VERSION}/model.py": MODEL_PY.format(cls="FusedModel"),
+            f"{names.ensemble}/warmup/{WARMUP_FILE}": serialized_bytes(warmup_image()),
+        }
+
     if serving.preprocess_backend == "dali":
         preprocess = {
             "config.pbtxt": pbtxt(dali_preprocess_config(spec, target, serving)),
@@ -303,7 +369,6 @@ def rendered_files(
             f"{VERSION}/model.py": MODEL_PY.format(cls="PreprocessModel"),
             f"warmup/{WARMUP_FILE}": serialized_bytes(warmup_image()),
         }
-    labels = "".join(f"{label}\n" for label in spec.labels)
     files = {
         **{f"{names.preprocess}/{path}": content for path, content in preprocess.items()},
         f"{names.classifier}/{LABELS_FILE}": labels,
@@ -333,10 +398,12 @@ def render(
 ) -> list[Path]:
     """Write the generated files into `repo`; returns their paths.
 
-    The other preprocessing option's model file is removed, so that a repository
-    switched between python and dali holds only what its config loads.
+    The other preprocessing option's model file is removed, and so are the other
+    layout's models (the published model file moves to this layout's home), so that a
+    repository switched between options holds only what its configs load.
     """
     files = rendered_files(spec, env_path, target, plans, serving)
+    _switch_layout(spec, Path(repo), serving)
     for option in ("model.py", dali.MODEL_FILE):
         relative = f"{spec.names.preprocess}/{VERSION}/{option}"
         if relative not in files:
@@ -351,6 +418,47 @@ def render(
             path.write_text(content)
         written.append(path)
     return written
+
+
+# What render writes, besides the published model files: removed with a layout.
+GENERATED = ("config.pbtxt", LABELS_FILE, f"{VERSION}/model.py", f"{VERSION}/.gitkeep",
+             f"{VERSION}/{dali.MODEL_FILE}", f"warmup/{WARMUP_FILE}")  # fmt: skip
+
+
+def _switch_layout(spec: ModelSpec, repo: Path, serving: ServingConfig) -> None:
+    """Move a published ONNX file to `serving`'s model home; remove the other layout's models."""
+    names = spec.names
+    home = model_home(spec, serving)
+    other = names.classifier if home == names.ensemble else names.ensemble
+    gone = [names.preprocess, names.classifier] if serving.layout == "fused" else []
+    for model in gone:
+        kept = {repo / model / path for path in GENERATED}
+        left = [
+            str(path.relative_to(repo)) for path in sorted((repo / model).rglob("*"))
+            if path.is_file() and path not in kept and not path.name.startswith(ONNX_FILE)
+            and "__pycache__" not in path.parts  # Python's, from the stub importing model.py
+        ]  # fmt: skip
+        if left:
+            raise SpecError(
+                f"serving.layout: fused serves no {model} model, but {repo} holds {left}; "
+                "move them out, or render into another folder"
+            )
+    for path in sorted(version_dir(repo, other).glob(f"{ONNX_FILE}*")):
+        version_dir(repo, home).mkdir(parents=True, exist_ok=True)
+        path.replace(version_dir(repo, home) / path.name)
+    # The other layout's generated files go; the ensemble's folder serves in both.
+    stale = [(model, path) for model in gone for path in GENERATED]
+    if serving.layout == "ensemble":
+        fused_only = (f"{VERSION}/model.py", f"warmup/{WARMUP_FILE}")
+        stale += [(names.ensemble, path) for path in fused_only]
+    for model, path in stale:
+        (repo / model / path).unlink(missing_ok=True)
+        if path == f"{VERSION}/model.py":
+            shutil.rmtree(repo / model / VERSION / "__pycache__", ignore_errors=True)
+    for model in dict.fromkeys(model for model, _ in stale):
+        for folder in [*sorted((repo / model).rglob("*"), reverse=True), repo / model]:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def publish(
@@ -368,7 +476,7 @@ def publish(
     Call only after the accuracy gates passed. The file is copied next to its
     destination and renamed into place, so a reader never sees half a file.
     """
-    folder = version_dir(repo, spec.names.classifier)
+    folder = version_dir(repo, model_home(spec, serving))
     folder.mkdir(parents=True, exist_ok=True)
     destination = folder / filename
     fd, partial = tempfile.mkstemp(dir=folder, suffix=".partial")

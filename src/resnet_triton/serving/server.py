@@ -140,12 +140,18 @@ def server_environment() -> dict[str, str]:
 
 
 def ensemble_names(repository: Path) -> list[str]:
-    """The ensembles in `repository`: what `serve` waits for and its supervisor probes."""
+    """The models clients send images to (ensembles, or the model of serving.layout fused
+    under the ensemble's name): what `serve` waits for and its supervisor probes."""
     return sorted(
         path.parent.name
         for path in repository.glob("*/config.pbtxt")
-        if read_config(path).platform == "ensemble"
+        if _takes_images(read_config(path))
     )
+
+
+def _takes_images(config) -> bool:
+    params = config.parameters
+    return config.platform == "ensemble" or ("onnx_file" in params and "max_bytes" in params)
 
 
 def _die_with_parent() -> None:

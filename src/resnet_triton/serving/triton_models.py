@@ -10,6 +10,7 @@ dtype from the tensor's config, as python_backend's own examples do.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -75,44 +76,58 @@ def _tensor_configs(config: dict, params: dict[str, str]) -> tuple[dict, dict]:
     return found[0], found[1]
 
 
+class Decoder:
+    """Encoded images -> 8-bit pixels with the shared code, counting what it decodes and refuses."""
+
+    def __init__(self, name: str, version: str, params: dict[str, str], input_name: str):
+        self.cfg = Preprocessing.from_params(params)
+        self.input_name = input_name
+        self.metrics = PreprocessMetrics(name, version)
+
+    def __call__(self, request, counted: bool = True) -> np.ndarray | pb_utils.TritonError:
+        """The request's pixels (n, 3, crop, crop), or the error its own response carries."""
+        payloads = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+        started = time.perf_counter()
+        try:
+            pixels = pixels_from_bytes(payloads.reshape(-1), self.cfg)
+        except ImageDecodeError as exc:  # the client's image: its own request fails
+            self.metrics.rejected(exc.reason)
+            return pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+        if counted:
+            self.metrics.decoded(len(pixels), time.perf_counter() - started)
+        return pixels
+
+
 class PreprocessModel:
     """Encoded images -> 8-bit pixels. A bad image fails its own request only."""
 
     def initialize(self, args):
         config, params = _config(args)
-        self.cfg = Preprocessing.from_params(params)
         self.name = config["name"]
         image, pixels = _tensor_configs(config, params)
-        self.input_name, self.output_name = image["name"], pixels["name"]
+        self.output_name = pixels["name"]
         self.output_dtype = pb_utils.triton_string_to_numpy(pixels["data_type"])
-        self.metrics = PreprocessMetrics(self.name, args["model_version"])
+        self.decode = Decoder(self.name, args["model_version"], params, image["name"])
         self.warmup = Warmup(config)
         pb_utils.Logger.log_info(
-            f"{self.name}: {self.input_name} -> {self.output_name} "
-            f"{_shape(pixels)}, accepting {', '.join(self.cfg.formats)}"
+            f"{self.name}: {image['name']} -> {self.output_name} "
+            f"{_shape(pixels)}, accepting {', '.join(self.decode.cfg.formats)}"
         )
 
     def execute(self, requests):
-        responses = []
         warmup = self.warmup.skip(len(requests))
+        responses = []
         for n, request in enumerate(requests):
-            payloads = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
-            started = time.perf_counter()
-            try:
-                pixels = pixels_from_bytes(payloads.reshape(-1), self.cfg)  # (n, 3, crop, crop)
-            except ImageDecodeError as exc:  # the client's image: its own request fails
-                self.metrics.rejected(exc.reason)
-                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-                responses.append(pb_utils.InferenceResponse(error=error))
+            pixels = self.decode(request, counted=n >= warmup)
+            if isinstance(pixels, pb_utils.TritonError):
+                responses.append(pb_utils.InferenceResponse(error=pixels))
                 continue
-            if n >= warmup:
-                self.metrics.decoded(len(pixels), time.perf_counter() - started)
             tensor = pb_utils.Tensor(self.output_name, pixels.astype(self.output_dtype, copy=False))
             responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
         return responses
 
     def finalize(self):
-        self.metrics.close()
+        self.decode.metrics.close()
         pb_utils.Logger.log_info(f"{self.name}: unloaded")
 
 
@@ -125,11 +140,17 @@ class OnnxClassifierModel:
 
     def initialize(self, args):
         config, params = _config(args)
+        pixels, scores = _tensor_configs(config, params)
+        self._load(args, config, params, pixels, scores)
+        self.input_name = pixels["name"]
+
+    def _load(self, args, config, params, inputs: dict, scores: dict, threads=None) -> None:
+        """The session, the scores' names and metrics; `threads` overrides intra_op_threads."""
         self.name = config["name"]
         path = Path(args["model_repository"]) / args["model_version"] / params["onnx_file"]
-        self.session = _session(path, params)
-        pixels, scores = _tensor_configs(config, params)
-        self.input_name, self.output_name = pixels["name"], scores["name"]
+        self.path = path
+        self.session = _session(path, params, threads)
+        self.output_name = scores["name"]
         self.output_dtype = pb_utils.triton_string_to_numpy(scores["data_type"])
         labels = (Path(args["model_repository"]) / scores["label_filename"]).read_text()
         self.metrics = AnswerMetrics(
@@ -139,20 +160,23 @@ class OnnxClassifierModel:
         self.warmup = Warmup(config)
         expected = "tensor(uint8)"
         (model_input,) = self.session.get_inputs()
+        self.onnx_input = model_input.name
         if model_input.type != expected:  # an ONNX file exported before pixels were 8-bit
             raise RuntimeError(
                 f"{path} takes {model_input.type} pixels; the preprocess model sends "
                 f"{expected}: rebuild it from its checkpoint (resnet-triton build)"
             )
         outputs = [o.name for o in self.session.get_outputs()]
-        if model_input.name != self.input_name or self.output_name not in outputs:
+        if self.output_name not in outputs or (
+            inputs["data_type"] != "TYPE_STRING" and model_input.name != inputs["name"]
+        ):
             raise RuntimeError(
                 f"{path} maps {model_input.name} to {outputs}; the config serves "
-                f"{self.input_name} -> {self.output_name}: rebuild it from its checkpoint"
+                f"{inputs['name']} -> {self.output_name}: rebuild it from its checkpoint"
             )
         pb_utils.Logger.log_info(
             f"{self.name}: {path.name} in ONNX Runtime {ort.__version__}, "
-            f"{self.input_name} {_shape(pixels)} -> {self.output_name} {_shape(scores)}"
+            f"{inputs['name']} {_shape(inputs)} -> {self.output_name} {_shape(scores)}"
         )
 
     def execute(self, requests):
@@ -160,29 +184,33 @@ class OnnxClassifierModel:
             pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests
         ]
         results = self._scores(batches)
-        answered = [
-            r for r in results[self.warmup.skip(len(requests)) :] if isinstance(r, np.ndarray)
-        ]
-        if answered:
-            self.metrics.answered(np.concatenate(answered))
+        self._count(results[self.warmup.skip(len(requests)) :])
         return [self._response(result) for result in results]
 
-    def _scores(self, batches: list[np.ndarray]) -> list[np.ndarray | Exception]:
+    def _count(self, results: list) -> None:
+        answered = [r for r in results if isinstance(r, np.ndarray)]
+        if answered:
+            self.metrics.answered(np.concatenate(answered))
+
+    def _scores(self, batches: list[np.ndarray], session=None) -> list[np.ndarray | Exception]:
         """Each request's scores, or the error running it raised."""
+        session = session or self.session
         try:
-            scores = self.session.run(
-                [self.output_name], {self.input_name: np.concatenate(batches)}
-            )[0]  # (sum of request batch sizes, num_classes)
+            scores = session.run([self.output_name], {self.onnx_input: np.concatenate(batches)})[
+                0
+            ]  # (sum of request batch sizes, num_classes)
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several types
             if len(batches) == 1:
                 return [exc]
             pb_utils.Logger.log_warn(
                 f"{self.name}: a batch of {len(batches)} requests failed, running each alone: {exc}"
             )
-            return [self._scores([batch])[0] for batch in batches]
+            return [self._scores([batch], session)[0] for batch in batches]
         return np.split(scores, np.cumsum([len(b) for b in batches])[:-1])
 
-    def _response(self, result: np.ndarray | Exception):
+    def _response(self, result):
+        if isinstance(result, pb_utils.TritonError):  # the fused model's refused images
+            return pb_utils.InferenceResponse(error=result)
         if isinstance(result, Exception):
             # Any uint8 pixels should score: a failure is the model's, so it is logged.
             message = f"{self.name} failed on this request's pixels: {result}"
@@ -197,14 +225,68 @@ class OnnxClassifierModel:
         pb_utils.Logger.log_info(f"{self.name}: ONNX Runtime session released")
 
 
-def _session(path: Path, params: dict[str, str]) -> ort.InferenceSession:
+class FusedModel(OnnxClassifierModel):
+    """serving.layout fused: encoded images -> scores, decoded and scored in one process.
+
+    What the ensemble does without its hand-off (the preprocess stub writing pixels to
+    shared memory for Triton to pass to the classifier's stub). Each instance scores its
+    batches with 1 ONNX Runtime thread, so instances run side by side, one per core. An
+    instance at work on one image while no other instance is busy scores it with a second
+    session of one thread per core instead, which keeps a lone client's latency down:
+    instances hold a shared flock on the model's folder while at work, and "alone" is an
+    exclusive one that does not block. A bad image fails its own request only.
+    """
+
+    def initialize(self, args):
+        config, params = _config(args)
+        image, scores = _tensor_configs(config, params)
+        self._load(args, config, params, image, scores, threads=1)
+        self.alone = _session(self.path, params)
+        self.decode = Decoder(self.name, args["model_version"], params, image["name"])
+        self.busy = os.open(args["model_repository"], os.O_RDONLY)
+
+    def execute(self, requests):
+        fcntl.flock(self.busy, fcntl.LOCK_SH)
+        try:
+            warmup = self.warmup.skip(len(requests))
+            results = [self.decode(r, counted=n >= warmup) for n, r in enumerate(requests)]
+            good = [n for n, pixels in enumerate(results) if isinstance(pixels, np.ndarray)]
+            batches = [results[n] for n in good]
+            if batches:
+                one = sum(map(len, batches)) == 1
+                scored = self._scores(batches, self.alone if one and self._alone() else None)
+                for n, scores in zip(good, scored, strict=True):
+                    results[n] = scores
+        finally:
+            fcntl.flock(self.busy, fcntl.LOCK_UN)
+        self._count(results[warmup:])
+        return [self._response(result) for result in results]
+
+    def _alone(self) -> bool:
+        """Whether no other instance is at work; this one keeps its shared lock either way."""
+        try:
+            fcntl.flock(self.busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            fcntl.flock(self.busy, fcntl.LOCK_SH)
+
+    def finalize(self):
+        self.decode.metrics.close()
+        self.alone = None
+        os.close(self.busy)
+        super().finalize()
+
+
+def _session(path: Path, params: dict[str, str], threads: int | None = None):
     # Before the session: its pool's threads inherit the priority of the thread that
     # starts them. Linux keeps a nice value per thread: set it on every thread.
     nice = int(params.get("nice", "0"))
     for task in Path("/proc/self/task").iterdir():
         os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
     options = ort.SessionOptions()
-    threads = int(params.get("intra_op_threads", "0"))
+    threads = int(params.get("intra_op_threads", "0")) if threads is None else threads
     if threads == 0:  # one per core, but the container's CPU limit, not the host's cores
         limit = cpu_limit()
         threads = onnx_threads(limit)
