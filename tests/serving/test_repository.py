@@ -250,3 +250,19 @@ def test_a_file_the_fused_layout_would_not_serve_stops_the_switch(tmp_path):
 
 def files_in(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_model_published_in_the_fused_layout_replaces_the_ensembles(tmp_path):
+    spec = demo_spec()
+    render(spec, tmp_path)
+    old = tmp_path / "classifier" / "1" / "model.onnx"
+    old.write_bytes(b"old model")
+    artifact = tmp_path / "new.onnx"
+    artifact.write_bytes(b"new model")
+    manifest = Manifest("hash", {}, "fp32", "cpu", "sha")
+    destination = publish(
+        artifact, spec, tmp_path, "model.onnx", manifest, DEFAULT_ENV_PATH, serving=FUSED
+    )
+    assert destination == tmp_path / "resnet_ensemble" / "1" / "model.onnx"
+    assert destination.read_bytes() == b"new model"
+    assert not (tmp_path / "classifier").exists()

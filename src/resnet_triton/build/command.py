@@ -52,7 +52,14 @@ from resnet_triton.errors import UserError
 from resnet_triton.resnet import load_checkpoint
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.plans import published_plans
-from resnet_triton.serving.repository import ONNX_FILE, env_path_for, publish, render, version_dir
+from resnet_triton.serving.repository import (
+    ONNX_FILE,
+    env_path_for,
+    model_home,
+    publish,
+    render,
+    version_dir,
+)
 from resnet_triton.spec import ModelSpec, check_choice
 
 TARGETS = ("auto", "cpu", "gpu")
@@ -272,7 +279,7 @@ def run(opts: BuildOptions) -> BuildResult:
     """Resolve, skip if up to date, else export, gate and publish."""
     plan = plan_build(opts)
     spec, key = plan.spec, plan.key
-    published = version_dir(opts.repository, spec.names.classifier) / plan.filename
+    published = version_dir(opts.repository, model_home(spec, opts.serving)) / plan.filename
     env_path = opts.env_path or env_path_for(opts.repository)
     if not opts.force and is_up_to_date(published, key):
         print(f"up to date: {published} was built from the same inputs (content hash {key[:12]})")

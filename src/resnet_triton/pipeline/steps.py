@@ -67,7 +67,7 @@ def build_step(config: PipelineConfig, name: str, force: bool = False) -> Stage:
         "target": name,
         "changed": not result.skipped or configs_changed,
         "content_hash": result.content_hash,
-        "file": result.published.name,
+        "file": str(result.published.relative_to(stage.repository)),  # its layout's folder
         "spec": result.spec.to_dict(),
         "smoke": None,
     }

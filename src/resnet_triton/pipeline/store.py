@@ -17,7 +17,6 @@ from resnet_triton.pipeline.config import (
     is_remote,
     scheme,
 )
-from resnet_triton.serving.repository import version_dir
 from resnet_triton.spec import ModelSpec
 
 
@@ -55,7 +54,7 @@ class Stage:
 
     @property
     def model_file(self) -> Path:
-        return version_dir(self.repository, self.spec.names.classifier) / self.status["file"]
+        return self.repository / self.status["file"]
 
 
 def copy_command(uri: str, folder: bool) -> list[str]:

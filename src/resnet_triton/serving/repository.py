@@ -444,8 +444,12 @@ def _switch_layout(spec: ModelSpec, repo: Path, serving: ServingConfig) -> None:
                 "move them out, or render into another folder"
             )
     for path in sorted(version_dir(repo, other).glob(f"{ONNX_FILE}*")):
-        version_dir(repo, home).mkdir(parents=True, exist_ok=True)
-        path.replace(version_dir(repo, home) / path.name)
+        moved = version_dir(repo, home) / path.name
+        if moved.exists():  # just published there (publish renders after copying): it stays
+            path.unlink()
+        else:
+            moved.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(moved)
     # The other layout's generated files go; the ensemble's folder serves in both.
     stale = [(model, path) for model in gone for path in GENERATED]
     if serving.layout == "ensemble":
