@@ -8,14 +8,16 @@ import pytest
 from resnet_triton.build.manifest import Manifest
 from resnet_triton.digits import demo_spec
 from resnet_triton.serving.config import ServingConfig
+from resnet_triton.serving.model_configs import (
+    classifier_config,
+    ensemble_config,
+    preprocess_config,
+)
 from resnet_triton.serving.plans import TENSORRT_BACKEND_CONFIG, Plans, backend_flags
 from resnet_triton.serving.repository import (
     DEFAULT_ENV_PATH,
-    classifier_config,
-    ensemble_config,
     env_path_for,
     model_home,
-    preprocess_config,
     publish,
     read_config,
     render,
