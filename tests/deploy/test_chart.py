@@ -81,10 +81,33 @@ def test_the_gcs_store_and_fixed_replicas():
     assert deployment["template"]["spec"]["serviceAccountName"] == "store-reader"  # its identity
 
 
+def test_a_model_version_is_the_rollout():
+    """model.version: the pods copy that store version; changing it changes the pod template
+    (the rollout), and the latest stays the default."""
+
+    def pod(values: dict) -> dict:
+        return by_kind(render(values))["Deployment"]["spec"]["template"]
+
+    latest, third = pod(REQUIRED), pod({**REQUIRED, "model": {"version": "3"}})
+    (sync,) = third["spec"]["initContainers"]
+    assert sync["command"][-2] == "s3://models/store/versions/cpu/3"
+    assert third["metadata"]["annotations"] == {"resnet-triton/model-version": "3"}
+    assert latest["metadata"]["annotations"] == {"resnet-triton/model-version": "latest"}
+    assert latest["spec"]["initContainers"][0]["command"][-2] == "s3://models/store/cpu"
+    with pytest.raises(helm_python.HelmError) as error:
+        render({**REQUIRED, "model": {"version": "3"},
+                "modelRepository": {"source": "pvc", "pvc": {"claimName": "models"}}})  # fmt: skip
+    assert "model.version names a version of the model store; modelRepository.source pvc" in str(
+        error.value
+    )
+
+
 @pytest.mark.parametrize(
     "values, message",
     [
         ({"modelRepository": REQUIRED["modelRepository"]}, "at '/adminKey/secretName': minLength"),
+        ({**REQUIRED, "model": {"version": "latest"}},
+         "at '/model/version': 'latest' does not match pattern"),
         ({**REQUIRED, "replicas": 0}, "at '/replicas': minimum: got 0, want 1"),
         ({**REQUIRED, "target": "tpu"}, "at '/target': value must be one of 'cpu', 'gpu'"),
         ({**REQUIRED, "modelRepository": {"storeUri": "http://models/store"}},

@@ -317,6 +317,17 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     manifest = Manifest.read(published)
     assert manifest.content_hash == stage.status["content_hash"]
     assert manifest.precision == "fp32"
+    versions = pipeline.versions_dir(store.parent, "cpu")
+    assert pipeline.published_versions(store.parent, "cpu") == [1]
+    assert snapshot(versions / "1") == {versions / "1" / p.relative_to(store): data
+                                        for p, data in snapshot(store).items()}  # fmt: skip
+    record = json.loads((versions / "1.json").read_text())
+    assert (record["version"], record["content_hash"], record["precision"]) == (
+        1,
+        stage.status["content_hash"],
+        "fp32",
+    )
+    assert record["model_file"] == "classifier/1/model.onnx"
     preprocess = read_config(store / "preprocess" / "config.pbtxt")
     assert preprocess.parameters["EXECUTION_ENV_PATH"].string_value == DEFAULT_ENV_PATH
 
@@ -345,6 +356,7 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     assert "cpu: unchanged" in out and "no smoke test needed" in out
     assert "the store already holds this build; nothing to publish" in out
     assert snapshot(store) == first
+    assert pipeline.published_versions(store.parent, "cpu") == [1]
 
     # A serving setting of the target changed: the same model, new configs, smoke-tested
     # and published; nothing is retrained or rebuilt.
@@ -377,6 +389,10 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     pipeline.smoke_step(config, "cpu")
     pipeline.publish_step(config, "cpu")
     assert Manifest.read(published).precision == "int8"
+    # The tuned configs were version 2, this model is 3; version 1 is still the first.
+    assert pipeline.published_versions(store.parent, "cpu") == [1, 2, 3]
+    assert json.loads((versions / "3.json").read_text())["precision"] == "int8"
+    assert Manifest.read(versions / "1" / "classifier" / "1" / "model.onnx").precision == "fp32"
     for model in ("preprocess", "classifier"):
         params = read_config(store / model / "config.pbtxt").parameters
         assert params["EXECUTION_ENV_PATH"].string_value == "/workspace/.venv"
@@ -402,6 +418,7 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     with pytest.raises(pipeline.PipelineError, match="has not passed `pipeline smoke`"):
         pipeline.publish_step(config, "cpu")
     assert snapshot(store) == int8
+    assert pipeline.published_versions(store.parent, "cpu") == [1, 2, 3]
 
 
 def test_a_pinned_checkpoint_must_match(tmp_path, checkpoint, digits):

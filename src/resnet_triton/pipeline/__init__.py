@@ -17,7 +17,9 @@ and what `make pipeline` runs here. Every step reads the pipeline config
            accuracy must reach min_accuracy
   publish  copy the model file and its manifest into the store's repository for
            the target and render its configs; refused unless the smoke test
-           passed for this very build
+           passed for this very build. The repository is also kept as the next
+           store version, <store>/versions/<repository>/<n> with <n>.json (content
+           hash, precision, time): what the chart's model.version names
   push     copy `store` back to `store_uri`, if set
   all      pull, build, smoke, publish, push
 
@@ -32,10 +34,16 @@ one plan per compute capability, picked by Triton through cc_model_filenames.
 
 from resnet_triton.pipeline.config import PipelineConfig, PipelineError, PipelineTarget
 from resnet_triton.pipeline.steps import build_step, matrix, publish_step, smoke_step
-from resnet_triton.pipeline.store import Stage, pull_step, sync_store
+from resnet_triton.pipeline.store import (
+    Stage,
+    published_versions,
+    pull_step,
+    sync_store,
+    versions_dir,
+)
 
 __all__ = [
     "PipelineConfig", "PipelineError", "PipelineTarget", "Stage", "build_step", "matrix",
-    "publish_step",
-    "pull_step", "smoke_step", "sync_store",
+    "publish_step", "published_versions", "pull_step", "smoke_step", "sync_store",
+    "versions_dir",
 ]  # fmt: skip

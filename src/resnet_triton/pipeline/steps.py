@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 from resnet_triton.build import command as build
@@ -12,7 +13,7 @@ from resnet_triton.build.manifest import Manifest, file_sha256
 from resnet_triton.client import Classifier
 from resnet_triton.data import image_folder
 from resnet_triton.pipeline.config import PipelineConfig, PipelineError
-from resnet_triton.pipeline.store import Stage, report, require
+from resnet_triton.pipeline.store import Stage, keep_version, report, require
 from resnet_triton.serving.container import ContainerTritonServer
 from resnet_triton.serving.plans import published_plans
 from resnet_triton.serving.repository import env_path_for, publish, render
@@ -162,9 +163,15 @@ def publish_step(config: PipelineConfig, name: str) -> Path | None:
         staged, stage.spec, repo, staged.name, manifest, config.env_path, entry.target,
         entry.serving,
     )  # fmt: skip
+    version = keep_version(config.store, entry.repository, {
+        "content_hash": stage.status["content_hash"], "target": name,
+        "precision": entry.precision, "model_file": stage.status["file"],
+        "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    })  # fmt: skip
     stage.status["published"] = str(destination)
+    stage.status["version"] = version
     stage.save()
-    report(f"{name}: published {destination} ({entry.precision})")
+    report(f"{name}: published {destination} ({entry.precision}), store version {version}")
     return destination
 
 

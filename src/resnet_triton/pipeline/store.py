@@ -57,6 +57,38 @@ class Stage:
         return self.repository / self.status["file"]
 
 
+# Every published repository is also kept, unchanged, as <store>/versions/<repository>/<n>
+# (1, 2, ...) with <n>.json beside it saying what it is: the chart's model.version and
+# rollbacks take a model from there; <store>/<repository> is the latest.
+VERSIONS = "versions"
+
+
+def versions_dir(store: Path, repository: str) -> Path:
+    return store / VERSIONS / repository
+
+
+def published_versions(store: Path, repository: str) -> list[int]:
+    """The kept versions of `repository`, oldest first."""
+    folder = versions_dir(store, repository)
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def keep_version(store: Path, repository: str, record: dict) -> int:
+    """Copy the latest `repository` to the next version number, `record` beside it."""
+    number = max(published_versions(store, repository), default=0) + 1
+    folder = versions_dir(store, repository) / str(number)
+    partial = folder.with_name(f".{number}.partial")  # a reader never sees half a version
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(store / repository, partial, ignore=shutil.ignore_patterns("__pycache__"))
+    folder.with_name(f"{number}.json").write_text(
+        json.dumps({"version": number, **record}, indent=2, sort_keys=True)
+    )
+    partial.rename(folder)
+    return number
+
+
 def copy_command(uri: str, folder: bool) -> list[str]:
     """The command that copies to or from `uri` (an object, or a prefix when `folder`)."""
     if scheme(uri) not in REMOTE:

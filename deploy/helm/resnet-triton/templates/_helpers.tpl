@@ -16,7 +16,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{/* The copier's command for the store's scheme: <storeUri>/<target> into the emptyDir. */}}
 {{- define "resnet-triton.syncCommand" -}}
-{{- $source := printf "%s/%s" (trimSuffix "/" .Values.modelRepository.storeUri) .Values.target -}}
+{{- $store := trimSuffix "/" .Values.modelRepository.storeUri -}}
+{{- $source := printf "%s/%s" $store .Values.target -}}
+{{- with .Values.model.version }}{{ $source = printf "%s/versions/%s/%s" $store $.Values.target . }}{{ end -}}
 {{- if hasPrefix "s3://" .Values.modelRepository.storeUri -}}
 [aws, s3, sync, --only-show-errors, {{ $source | quote }}, /workspace/model_repository]
 {{- else -}}
