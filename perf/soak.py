@@ -33,7 +33,14 @@ import numpy as np
 from resnet_triton.client import Classifier, ClientError
 from resnet_triton.data import package_photos
 from resnet_triton.serving.serve import python_stubs
-from resnet_triton.serving.server import Ports, ServerError, TritonServer, preflight
+from resnet_triton.serving.server import (
+    ALLOCATORS,
+    Ports,
+    ServerError,
+    TritonServer,
+    allocator_environment,
+    preflight,
+)
 
 
 def huge_png() -> bytes:
@@ -78,9 +85,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--sample-s", type=float, default=30.0, help="RSS sampled this often")
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench/soak.json"))
+    parser.add_argument("--allocator", choices=sorted(ALLOCATORS), default="glibc",
+                        help="the server's and its stubs' malloc")  # fmt: skip
     args = parser.parse_args()
     try:
         ensembles = preflight(args.repository)  # a missing model is named before any traffic
+        allocator_environment(args.allocator)  # and a missing allocator
     except ServerError as exc:
         print(f"soak: {exc}")
         return 2
@@ -113,7 +123,8 @@ def main() -> int:
 
     log = args.out.with_suffix(".triton.log")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with TritonServer(args.repository, Ports.free(), log_path=log) as server:
+    server = TritonServer(args.repository, Ports.free(), log_path=log, allocator=args.allocator)
+    with server:
         server.wait_ready(ensembles, timeout=300)
         url = f"{server.host}:{server.ports.grpc}"
         threads = [
@@ -155,7 +166,8 @@ def main() -> int:
         name: round(100 * (medians[1][name] - kib) / kib, 2) for name, kib in medians[0].items()
     }
     report = {
-        "repository": str(args.repository), "minutes": round(elapsed / 60, 2),
+        "repository": str(args.repository), "allocator": args.allocator,
+        "minutes": round(elapsed / 60, 2),
         "clients": args.clients, "requests": total,
         "requests_per_s": round(total / elapsed, 1), "after_warmup": total - sent_at_warmup,
         "outcomes": dict(outcomes.most_common()), "unexpected_errors": unexpected,

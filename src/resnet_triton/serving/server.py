@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import glob
 import importlib.util
 import os
@@ -42,6 +43,7 @@ from resnet_triton.endpoints import (
 from resnet_triton.errors import UserError
 from resnet_triton.serving.plans import backend_flags
 from resnet_triton.serving.repository import read_config, version_dir
+from resnet_triton.spec import check_choice
 
 
 class ServerError(UserError, RuntimeError):
@@ -139,6 +141,23 @@ def server_environment() -> dict[str, str]:
     return {**os.environ, "LD_LIBRARY_PATH": ":".join(paths + ([old] if old else []))}
 
 
+# The memory allocator tritonserver and every stub it starts (they inherit its
+# environment) run with: glibc's malloc, or jemalloc (Debian's libjemalloc2) preloaded.
+# `perf/soak.py --allocator` compares them (deploy/README.md, "Soak").
+ALLOCATORS = {"glibc": None, "jemalloc": "libjemalloc.so.2"}
+
+
+def allocator_environment(allocator: str) -> dict[str, str]:
+    """What the server's environment needs to run with `allocator`."""
+    check_choice("allocator", allocator, tuple(ALLOCATORS))
+    library = ALLOCATORS[allocator]
+    if library is None:
+        return {}
+    if ctypes.util.find_library(allocator) is None:
+        raise ServerError(f"{allocator} is not installed: apt-get install libjemalloc2")
+    return {"LD_PRELOAD": library}
+
+
 def ensemble_names(repository: Path) -> list[str]:
     """The models clients send images to (ensembles, or the model of serving.layout fused
     under the ensemble's name): what `serve` waits for and its supervisor probes."""
@@ -172,8 +191,10 @@ class TritonServer:
         admin_key: str | None = None,
         address: str = LOOPBACK,
         binary: Path | None = None,
+        allocator: str = "glibc",
     ):
         self.repository = Path(repository).resolve()
+        self.allocator = allocator
         self.binary = binary  # None: the nvidia-pytriton wheel's tritonserver
         self.ports = ports
         self.address = address
@@ -218,7 +239,8 @@ class TritonServer:
         ]
 
     def environment(self) -> dict[str, str]:
-        return server_environment() if self.binary is None else dict(os.environ)
+        environment = server_environment() if self.binary is None else dict(os.environ)
+        return {**environment, **allocator_environment(self.allocator)}
 
     def start(self) -> TritonServer:
         if not self.repository.is_dir():
