@@ -58,8 +58,8 @@ class ServingConfig:
     # Runtime in the same process, under the ensemble's name and with its inputs and
     # outputs, so clients do not change (CPU target, python preprocessing): no hand-off
     # between processes, each instance 1 ONNX Runtime thread, and an instance alone at work
-    # on one image uses every core. It beat the ensemble at every concurrency on 2 CPUs
-    # (perf/README.md, "One process instead of two").
+    # on one image uses every core. On 2 CPUs it beat the ensemble and every framework of
+    # the race at every concurrency, at 1.5-2x the ensemble's memory (perf/README.md).
     layout: str = "ensemble"
     # layout fused: instances (processes; each decodes and scores its own batches) and the
     # dynamic batcher's preferred sizes (2 kept p99 lowest at the same throughput on 2 CPUs);
