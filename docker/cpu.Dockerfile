@@ -30,6 +30,11 @@ COPY src /opt/resnet-triton/src
 RUN /workspace/.venv/bin/pip install -q --no-cache-dir --no-deps --no-build-isolation /opt/resnet-triton \
     && rm -rf /opt/resnet-triton \
     && /workspace/.venv/bin/python -c "from resnet_triton.serving.server import backend_directory as b; b()"
+# jemalloc for tritonserver and its stubs (serve-cpu passes --allocator jemalloc): it
+# held their memory flatter than glibc's malloc in the soak (deploy/README.md).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libjemalloc2 \
+    && rm -rf /var/lib/apt/lists/*
 COPY docker/nginx.conf /etc/resnet-triton/nginx.conf
 COPY docker/serve-cpu.sh /usr/local/bin/serve-cpu
 # KServe mounts the model repository at /mnt/models: the models' EXECUTION_ENV_PATH

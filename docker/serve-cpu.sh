@@ -11,7 +11,8 @@ mkdir -p /tmp/nginx
 nginx -c /etc/resnet-triton/nginx.conf &
 nginx_pid=$!
 resnet-triton serve --repository "${MODEL_REPOSITORY:-/workspace/model_repository}" \
-    --address 127.0.0.1 --http-port 18000 --grpc-port 18001 --metrics-port 18002 "$@" &
+    --address 127.0.0.1 --http-port 18000 --grpc-port 18001 --metrics-port 18002 \
+    --allocator jemalloc "$@" &
 serve_pid=$!
 
 stopping=0

@@ -102,6 +102,17 @@ def test_the_server_runs_unprivileged_and_cannot_write_the_repository(service):
     assert "Read-only file system" in write.stderr
 
 
+def test_the_server_and_its_stubs_run_with_jemalloc(service):
+    """serve-cpu passes --allocator jemalloc (deploy/README.md, Soak); nginx keeps glibc's."""
+    processes = processes_under(int(inspect(service, "{{.State.Pid}}")))
+    served = [p for p, name in processes.items() if name in ("tritonserver", "triton_python_b")]
+    assert len(served) == 3, processes  # tritonserver and the two stubs (comm: 15 characters)
+    maps = {pid: Path(f"/proc/{pid}/maps").read_text() for pid in processes}
+    assert all("libjemalloc.so.2" in maps[pid] for pid in served)
+    nginx = [pid for pid, name in processes.items() if name == "nginx"]
+    assert nginx and not any("libjemalloc" in maps[pid] for pid in nginx)
+
+
 def test_metrics_count_the_requests_sent(service, demo_run):
     """One good request of 3 images and one bad one, beside the healthcheck's probes: each
     probe is one good request of one image, so it adds as much to a model's request

@@ -32,6 +32,7 @@ from resnet_triton.endpoints import ADMIN_HEADER, LOOPBACK, RESTRICTED_APIS
 from resnet_triton.serving.probe import probe
 from resnet_triton.serving.resources import check_shm
 from resnet_triton.serving.server import (
+    ALLOCATORS,
     Ports,
     ServerError,
     TritonServer,
@@ -140,6 +141,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-port", type=int, default=Ports.metrics)
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for ready")
     parser.add_argument(
+        "--allocator", choices=sorted(ALLOCATORS), default="glibc",
+        help="malloc of tritonserver and its stubs (jemalloc holds memory flatter: "
+        "deploy/README.md, Soak; the CPU image runs it)",
+    )  # fmt: skip
+    parser.add_argument(
         "--probe-interval", type=float, default=10.0, help="seconds between inference probes"
     )
     parser.add_argument(
@@ -160,7 +166,7 @@ def main(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     server = TritonServer(
         args.repository, ports, admin_key=args.admin_key, address=args.address,
-        binary=args.tritonserver,
+        binary=args.tritonserver, allocator=args.allocator,
     )  # fmt: skip
     server.start()
     failure = None
