@@ -87,7 +87,7 @@ def preprocess_config(
     name, instances = spec.names.preprocess, serving.preprocess_instances
     delay = serving.preprocess_queue_delay_us
     config = _python_model(spec, serving, name, env_path, params, instances, delay)
-    config.input.append(mc.ModelInput(name=spec.names.image, data_type=mc.TYPE_STRING, dims=[1]))
+    config.input.append(_encoded(spec))
     config.output.append(_pixels(spec, mc.ModelOutput))
     image = mc.ModelWarmup.Input(data_type=mc.TYPE_STRING, dims=[1], input_data_file=WARMUP_FILE)
     if serving.warmup:
@@ -116,20 +116,33 @@ def dali_preprocess_config(
     return config
 
 
-def classifier_config(
-    spec: ModelSpec, env_path: str, serving: ServingConfig = DEFAULTS
-) -> mc.ModelConfig:
+def _onnx_params(spec: ModelSpec, serving: ServingConfig) -> dict[str, str]:
+    """What a Python model running ONNX Runtime reads (serving/triton_models.py)."""
     params = {
         "onnx_file": ONNX_FILE,
         "intra_op_threads": str(serving.intra_op_threads),
         "allow_spinning": str(int(serving.allow_spinning)),
-        "nice": str(serving.classifier_nice),
-        INPUT_NAME: spec.names.pixels,
-        OUTPUT_NAME: spec.names.scores,
     }
     for key, value in ((REJECT_BELOW, spec.reject_below), (REJECT_RATE, spec.reject_rate)):
         if value is not None:  # the "unknown" answers' metrics (serving/model_metrics.py)
             params[key] = repr(value)
+    return params
+
+
+def _encoded(spec: ModelSpec) -> mc.ModelInput:
+    """Encoded image bytes, one TYPE_STRING element per batch item (the Python path)."""
+    return mc.ModelInput(name=spec.names.image, data_type=mc.TYPE_STRING, dims=[1])
+
+
+def classifier_config(
+    spec: ModelSpec, env_path: str, serving: ServingConfig = DEFAULTS
+) -> mc.ModelConfig:
+    params = {
+        **_onnx_params(spec, serving),
+        "nice": str(serving.classifier_nice),
+        INPUT_NAME: spec.names.pixels,
+        OUTPUT_NAME: spec.names.scores,
+    }
     name, instances = spec.names.classifier, serving.classifier_instances
     delay = serving.classifier_queue_delay_us
     config = _python_model(spec, serving, name, env_path, params, instances, delay)
@@ -145,21 +158,16 @@ def fused_config(
 ) -> mc.ModelConfig:
     """serving.layout fused: the ensemble's inputs and outputs, decoded and scored in one model."""
     names = spec.names
-    params = {
+    params = {  # intra_op_threads: an instance alone on one image
         **spec.preprocessing.to_params(),
-        "onnx_file": ONNX_FILE,
-        "intra_op_threads": str(serving.intra_op_threads),  # an instance alone on one image
-        "allow_spinning": str(int(serving.allow_spinning)),
+        **_onnx_params(spec, serving),
         INPUT_NAME: names.image,
         OUTPUT_NAME: names.scores,
     }
-    for key, value in ((REJECT_BELOW, spec.reject_below), (REJECT_RATE, spec.reject_rate)):
-        if value is not None:  # clients answer "unknown" below it; the metrics count them
-            params[key] = repr(value)
     instances, delay = serving.fused_instances, serving.classifier_queue_delay_us
     config = _python_model(spec, serving, names.ensemble, env_path, params, instances, delay)
     config.dynamic_batching.preferred_batch_size[:] = serving.fused_preferred_batch_sizes
-    config.input.append(mc.ModelInput(name=names.image, data_type=mc.TYPE_STRING, dims=[1]))
+    config.input.append(_encoded(spec))
     config.output.append(_scores(spec))
     image = mc.ModelWarmup.Input(data_type=mc.TYPE_STRING, dims=[1], input_data_file=WARMUP_FILE)
     if serving.warmup:  # one photo (the instance's all-cores session), then a full batch
@@ -196,7 +204,7 @@ def ensemble_config(spec: ModelSpec, serving: ServingConfig = DEFAULTS) -> mc.Mo
     encoded = (
         mc.ModelInput(name=names.image, data_type=mc.TYPE_UINT8, dims=[-1])
         if serving.preprocess_backend == "dali"
-        else mc.ModelInput(name=names.image, data_type=mc.TYPE_STRING, dims=[1])
+        else _encoded(spec)
     )
     steps = [
         mc.ModelEnsembling.Step(
