@@ -28,8 +28,10 @@ from onnx import numpy_helper
 
 from resnet_triton import demo
 from resnet_triton.build import command as build
+from resnet_triton.build.export import spec_from_onnx
 from resnet_triton.data import package_photos
 from resnet_triton.digits import write_digits
+from resnet_triton.serving.repository import env_path_for, render
 from resnet_triton.serving.server import Ports, TritonServer
 from resnet_triton.spec import Names
 from resnet_triton.training import TrainConfig
@@ -82,6 +84,27 @@ def repository(checkpoint, digits, tmp_path_factory) -> Path:
     )
     build.run(options)
     return root / "model_repository"
+
+
+def rerendered(repository: Path, root: Path, serving) -> Path:
+    """A copy of a published repository under `root`, rendered again with `serving`."""
+    repo = root / "model_repository"
+    shutil.copytree(repository, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    (model,) = repo.glob(f"{NAMES.classifier}/*/model.onnx")
+    render(spec_from_onnx(model), repo, env_path_for(repo), serving=serving)
+    return repo
+
+
+@contextlib.contextmanager
+def served(repo: Path, root: Path):
+    """The real Triton server on `repo`, ready to classify, stopped on leaving."""
+    server = TritonServer(repo, Ports.free(), log_path=root / "triton.log", exit_timeout_s=3)
+    server.start()
+    try:
+        server.wait_ready([NAMES.ensemble], timeout=180)
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

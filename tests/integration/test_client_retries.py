@@ -3,7 +3,6 @@ stops and one that is slow, for the sync and asyncio clients over gRPC and HTTP.
 are counted where every one of them goes: tritonclient's infer."""
 
 import asyncio
-import shutil
 import threading
 from collections import Counter
 
@@ -12,13 +11,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
-from conftest import NAMES
+from conftest import NAMES, rerendered, served
 
-from resnet_triton.build.export import spec_from_onnx
 from resnet_triton.client import AsyncClassifier, Classifier
 from resnet_triton.data import image_folder
 from resnet_triton.serving.config import ServingConfig
-from resnet_triton.serving.repository import env_path_for, render
 from resnet_triton.serving.server import Ports, TritonServer
 
 pytestmark = pytest.mark.integration
@@ -109,18 +106,9 @@ def slow_triton(repository, tmp_path_factory):
     """The session's model behind a preprocess batcher that waits DELAY_S for a full batch:
     a request of a few images is answered only after DELAY_S."""
     root = tmp_path_factory.mktemp("slow")
-    repo = root / "model_repository"
-    shutil.copytree(repository, repo, ignore=shutil.ignore_patterns("__pycache__"))
-    (model,) = repo.glob(f"{NAMES.classifier}/*/model.onnx")
     serving = ServingConfig(preprocess_queue_delay_us=DELAY_S * 1_000_000)
-    render(spec_from_onnx(model), repo, env_path_for(repo), serving=serving)
-    server = TritonServer(repo, Ports.free(), log_path=root / "triton.log", exit_timeout_s=3)
-    server.start()
-    try:
-        server.wait_ready([NAMES.ensemble], timeout=180)
+    with served(rerendered(repository, root, serving), root) as server:
         yield server
-    finally:
-        server.stop()
 
 
 # What each client reports when the time is up.

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import NAMES
+from conftest import NAMES, rerendered, served
 from tritonclient.utils import InferenceServerException
 
 from resnet_triton.build import command as build
@@ -19,6 +19,7 @@ from resnet_triton.client import Classifier, ClientError
 from resnet_triton.data import image_folder
 from resnet_triton.preprocess import pixels_from_files
 from resnet_triton.resnet import load_checkpoint
+from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.server import Ports, TritonServer
 
 pytestmark = pytest.mark.integration
@@ -81,7 +82,19 @@ def test_batch_beyond_max_batch_size_is_refused(triton, digits):
     assert_ready(triton)
 
 
-def test_corrupt_image_fails_alone_in_a_dynamic_batch(triton, digits):
+@pytest.fixture(scope="module")
+def batching_triton(repository, tmp_path_factory):
+    """The session's model behind a preprocess batcher that waits up to a second for more
+    requests, so that requests sent together share executions (the default waits 0 s, and
+    whether they batch is then up to the scheduler's timing)."""
+    root = tmp_path_factory.mktemp("batching")
+    serving = ServingConfig(preprocess_queue_delay_us=1_000_000)
+    with served(rerendered(repository, root, serving), root) as server:
+        yield server
+
+
+def test_corrupt_image_fails_alone_in_a_dynamic_batch(batching_triton, digits):
+    triton = batching_triton
     samples = val_images(digits, 24)
     payloads = [Path(path).read_bytes() for path, _ in samples]
     bad_index = 11
