@@ -17,6 +17,7 @@ from resnet_triton.client.protocol import (
     Job,
     ModelInfo,
     Prediction,
+    Reply,
     _Protocol,
     encode_image,
     encoded_batch,
@@ -112,10 +113,11 @@ def test_only_an_invalid_input_splits_a_batch():
     invalid = ClientError("image 0: not a decodable image", Failure.INVALID_INPUT)
     assert job.refused(first, invalid) == [[first[0]], [first[1]]]
     assert job.refused(first[:1], invalid) == []  # one image: its own error
-    job.answered(first[1:], [(Prediction("cat", 0, 0.9),)])
+    job.answered(first[1:], Reply([(Prediction("cat", 0, 0.9),)], "3"))
     assert job.refused(second, ClientError("timed out", Failure.TIMEOUT)) == []
     results = job.results()
     assert [r.error for r in results] == ["image 0: not a decodable image", None, "timed out"]
+    assert [r.model_version for r in results] == [None, "3", None]
     for failure in (Failure.UNAVAILABLE, Failure.TIMEOUT, Failure.OTHER):
         job = Job([b"a", b"b"], max_batch_size=2)
         assert job.refused(job.batches[0], ClientError("down", failure)) == []
@@ -165,7 +167,7 @@ def test_a_job_marks_answers_below_the_threshold_unknown():
     job = Job([b"a", b"b"], max_batch_size=2, reject_below=0.6)
     rows = [(Prediction("cat", 0, 0.59), Prediction("dog", 1, 0.41)),
             (Prediction("dog", 1, 0.60), Prediction("cat", 0, 0.40))]  # fmt: skip
-    job.answered(job.batches[0], rows)
+    job.answered(job.batches[0], Reply(rows, "1"))
     first, second = job.results()
     assert (first.unknown, first.answer, first.top1.label) == (True, "unknown", "cat")
     assert (second.unknown, second.answer) == (False, "dog")

@@ -69,12 +69,46 @@ def test_every_client_and_input_kind_gives_the_same_answers(triton, digits):
 
         asynchronous = asyncio.run(run(protocol))
         assert all(r.ok for r in sync + asynchronous)
+        # Every answer names the version that gave it: the repository's one, "1".
+        assert {r.model_version for r in sync + asynchronous} == {"1"}
         assert predictions(sync) == predictions(asynchronous)
         expected = expected or predictions(sync)
         assert predictions(sync) == expected
     size = len(Path(paths[1]).read_bytes())
     assert [r.source for r in sync][:2] == [paths[0], f"<{size} bytes>"]
     assert np.mean([p[0].index == t for p, t in zip(expected, targets, strict=True)]) >= 0.9
+
+
+def connections_to(port: int) -> int:
+    """Established TCP connections on this machine whose far end is `port`."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            count += int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01"
+    return count
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_long_lived_client_keeps_connections_for_live_threads_only(triton, digits, protocol):
+    """Calls from one thread, from threads that end, and calls of several requests (the
+    client's own threads) reuse or release their connections: a client shared for hours
+    (a load generator, a web server's) does not pile them up."""
+    paths, _ = val_paths(digits, 40)
+    port = triton.ports.grpc if protocol == "grpc" else triton.ports.http
+    before = connections_to(port)
+    with Classifier(url(triton, protocol), protocol, concurrency=2) as classifier:
+        for path in paths[:20]:
+            assert classifier.classify([path])[0].ok
+        for path in paths[20:30]:
+            thread = threading.Thread(target=classifier.classify, args=([path],))
+            thread.start()
+            thread.join()
+        for _ in range(3):
+            assert all(r.ok for r in classifier.classify(paths))  # 40 images: 2 requests
+        held = connections_to(port) - before
+    # This thread's, and the 2 of the client's threads (the ended threads' are closed).
+    assert 1 <= held <= 3, held
 
 
 def ensemble_stats(triton):

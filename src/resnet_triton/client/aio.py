@@ -15,7 +15,7 @@ from resnet_triton.client.protocol import (
     ImageLike,
     Job,
     ModelInfo,
-    Prediction,
+    Reply,
     Result,
     _Item,
     _Protocol,
@@ -70,7 +70,7 @@ class AsyncClassifier(_Protocol):
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def _infer(self, payloads: list[bytes], top_k: int) -> list[tuple[Prediction, ...]]:
+    async def _infer(self, payloads: list[bytes], top_k: int) -> Reply:
         """One request, sent again while the server is unavailable (protocol.Failure);
         raises ClientError."""
         for attempt in range(self.retries + 1):
@@ -93,8 +93,8 @@ class AsyncClassifier(_Protocol):
         async def run(batch: list[_Item]) -> None:
             try:
                 async with limit:
-                    rows = await self._infer([i.data for i in batch], top_k)
-                job.answered(batch, rows)
+                    reply = await self._infer([i.data for i in batch], top_k)
+                job.answered(batch, reply)
             except ClientError as exc:
                 await asyncio.gather(*(run(alone) for alone in job.refused(batch, exc)))
 

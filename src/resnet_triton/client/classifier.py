@@ -17,6 +17,7 @@ from resnet_triton.client.protocol import (
     ImageLike,
     Job,
     Prediction,
+    Reply,
     Result,
     _Item,
     _Protocol,
@@ -50,7 +51,8 @@ class Classifier(_Protocol):
         if shared_memory and not admin_key:
             raise ClientError("shared memory needs the server's admin key (restricted API)")
         self._local = threading.local()
-        self._clients = []  # every thread's client, to close them all
+        self._clients = []  # (thread, its client), to close them all
+        self._pool = None  # classify()'s threads, started on first use
         self._lock = threading.Lock()
         self._shm = ShmPool(self._client, self.headers) if shared_memory else None
         client = self._client()
@@ -63,7 +65,9 @@ class Classifier(_Protocol):
         self.info = self.model_info(metadata, config, ready)
 
     def _client(self):
-        # tritonclient's HTTP client is not thread-safe: one client per thread.
+        # tritonclient's HTTP client is not thread-safe: one client per thread. A thread
+        # that has ended leaves its client behind: closed here, so that a Classifier used
+        # from short-lived threads holds connections for the live ones only.
         if not hasattr(self._local, "client"):
             if self.grpc:
                 client = grpcclient.InferenceServerClient(self.url)
@@ -73,7 +77,11 @@ class Classifier(_Protocol):
                 )
             self._local.client = client
             with self._lock:
-                self._clients.append(client)
+                ended = [(t, c) for t, c in self._clients if not t.is_alive()]
+                for thread_and_client in ended:
+                    thread_and_client[1].close()
+                    self._clients.remove(thread_and_client)
+                self._clients.append((threading.current_thread(), client))
         return self._local.client
 
     @property
@@ -85,8 +93,11 @@ class Classifier(_Protocol):
         open HTTP connections on shutdown)."""
         if self._shm is not None:
             self._shm.close()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         with self._lock:
-            for client in self._clients:
+            for _, client in self._clients:
                 client.close()
             self._clients.clear()
         self._local = threading.local()
@@ -97,7 +108,7 @@ class Classifier(_Protocol):
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _infer(self, payloads: list[bytes], top_k: int) -> list[tuple[Prediction, ...]]:
+    def _infer(self, payloads: list[bytes], top_k: int) -> Reply:
         """One request, sent again while the server is unavailable (protocol.Failure);
         raises ClientError."""
         for attempt in range(self.retries + 1):
@@ -128,7 +139,7 @@ class Classifier(_Protocol):
                 f"{len(images)} images in one request; {self.model} takes at most "
                 f"{self.info.max_batch_size} (classify() splits longer lists)"
             )
-        return self._infer(images, top_k)
+        return self._infer(images, top_k).rows
 
     def classify(self, images: Sequence[ImageLike], top_k: int = 1, progress=None) -> list[Result]:
         """Every image classified, in order; failures are per image, in Result.error.
@@ -149,6 +160,11 @@ class Classifier(_Protocol):
             if progress:
                 progress(len(batch))
 
-        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
-            list(pool.map(run, job.batches))
+        if len(job.batches) <= 1:  # one request: sent from this thread
+            list(map(run, job.batches))
+            return job.results()
+        with self._lock:  # the same threads (and their connections) for every call
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max(1, self.concurrency), "classify")
+        list(self._pool.map(run, job.batches))
         return job.results()

@@ -99,6 +99,9 @@ class Result:
     # The top score is below the served model's reject_below: the image is none of the
     # classes. The predictions are still there, for a look.
     unknown: bool = False
+    # The version of the model that answered, from Triton's response (a kept store version
+    # serves as its number: pipeline/store.py).
+    model_version: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -114,6 +117,14 @@ class Result:
     @property
     def top1(self) -> Prediction | None:
         return self.predictions[0] if self.predictions else None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answered request: each image's predictions, and the model version that answered."""
+
+    rows: list[tuple[Prediction, ...]]
+    model_version: str
 
 
 @dataclass(frozen=True)
@@ -200,12 +211,17 @@ class Job:
         self.batches = [ready[i : i + max_batch_size] for i in range(0, len(ready), max_batch_size)]
         self.answers: dict[int, Result] = {}
 
-    def answered(self, batch: list[_Item], rows: list[tuple[Prediction, ...]]) -> None:
+    def answered(self, batch: list[_Item], reply: Reply) -> None:
         limit = self.reject_below
         self.answers.update(
             {
-                i.index: Result(i.source, row, unknown=limit is not None and row[0].score < limit)
-                for i, row in zip(batch, rows, strict=True)
+                i.index: Result(
+                    i.source,
+                    row,
+                    unknown=limit is not None and row[0].score < limit,
+                    model_version=reply.model_version,
+                )
+                for i, row in zip(batch, reply.rows, strict=True)
             }
         )
 
@@ -314,9 +330,12 @@ class _Protocol:
         return module.InferRequestedOutput(info.output_name, binary_data=True, class_count=top_k)
 
     @staticmethod
-    def parse(result, info: ModelInfo, count: int, top_k: int) -> list[tuple[Prediction, ...]]:
+    def parse(result, info: ModelInfo, count: int, top_k: int) -> Reply:
         rows = result.as_numpy(info.output_name).reshape(count, top_k)
-        return [tuple(parse_classification(entry) for entry in row) for row in rows]
+        response = result.get_response()  # gRPC: a ModelInferResponse; HTTP: its JSON
+        version = response["model_version"] if isinstance(response, dict) else None
+        version = version or response.model_version
+        return Reply([tuple(parse_classification(e) for e in row) for row in rows], version)
 
     def retry_delay(self, exc: BaseException, attempt: int) -> float:
         """Seconds to wait before sending a failed request again (attempt 0 was the first);
