@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from resnet_triton.cli import main
+from resnet_triton.serving.repository import renumber
 
 
 def run_cli(capsys, *argv):
@@ -70,6 +71,9 @@ def test_serve_refuses_a_repository_without_a_model(capsys, tmp_path):
     code, _, err = run_cli(capsys, "serve", "--repository", str(tmp_path))
     assert code == 1
     assert f"{tmp_path}/classifier/1/model.onnx does not exist; publish a model first" in err
+    renumber(tmp_path, 4)  # a kept store version: Triton serves the highest number
+    code, _, err = run_cli(capsys, "serve", "--repository", str(tmp_path))
+    assert f"{tmp_path}/classifier/4/model.onnx does not exist; publish a model first" in err
 
 
 def test_serve_names_a_bad_execution_env_path(capsys, tmp_path):

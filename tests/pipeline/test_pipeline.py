@@ -391,7 +391,13 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     assert Manifest.read(published).precision == "int8"
     # The tuned configs were version 2, this model is 3; version 1 is still the first.
     assert pipeline.published_versions(store.parent, "cpu") == [1, 2, 3]
-    assert json.loads((versions / "3.json").read_text())["precision"] == "int8"
+    record = json.loads((versions / "3.json").read_text())
+    assert (record["precision"], record["model_file"]) == ("int8", "classifier/3/model.onnx")
+    # Triton serves version 3 as version 3 of every model: answers say which they came from.
+    assert sorted(p.relative_to(versions / "3").as_posix() for p in versions.glob("3/*/3")) == [
+        "classifier/3", "preprocess/3", "resnet_ensemble/3"
+    ]  # fmt: skip
+    assert Manifest.read(versions / "3" / "classifier" / "3" / "model.onnx").precision == "int8"
     assert Manifest.read(versions / "1" / "classifier" / "1" / "model.onnx").precision == "fp32"
     for model in ("preprocess", "classifier"):
         params = read_config(store / model / "config.pbtxt").parameters

@@ -22,6 +22,8 @@ from resnet_triton.serving.repository import (
     read_config,
     render,
     rendered_files,
+    renumber,
+    served_version,
 )
 from resnet_triton.serving.server import TritonServer
 from resnet_triton.spec import ModelSpec, Preprocessing, SpecError
@@ -268,3 +270,19 @@ def test_a_model_published_in_the_fused_layout_replaces_the_ensembles(tmp_path):
     assert destination == tmp_path / "resnet_ensemble" / "1" / "model.onnx"
     assert destination.read_bytes() == b"new model"
     assert not (tmp_path / "classifier").exists()
+
+
+def test_a_renumbered_repository_serves_every_model_as_that_version(tmp_path):
+    spec = demo_spec()
+    render(spec, tmp_path)
+    (tmp_path / "classifier" / "1" / "model.onnx").write_bytes(b"onnx")
+    assert served_version(tmp_path) == "1"
+    assert renumber(tmp_path, 7) == ["classifier", "preprocess", "resnet_ensemble"]
+    assert served_version(tmp_path) == "7"
+    assert (tmp_path / "classifier" / "7" / "model.onnx").read_bytes() == b"onnx"
+    assert sorted(p.name for p in tmp_path.glob("*/1")) == []
+    (tmp_path / "preprocess" / "2").mkdir()
+    with pytest.raises(
+        SpecError, match=r"expected one version folder in every model, found \['2', '7'\]"
+    ):
+        served_version(tmp_path)

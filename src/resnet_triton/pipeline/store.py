@@ -17,6 +17,7 @@ from resnet_triton.pipeline.config import (
     is_remote,
     scheme,
 )
+from resnet_triton.serving.repository import renumber
 from resnet_triton.spec import ModelSpec
 
 
@@ -57,9 +58,10 @@ class Stage:
         return self.repository / self.status["file"]
 
 
-# Every published repository is also kept, unchanged, as <store>/versions/<repository>/<n>
-# (1, 2, ...) with <n>.json beside it saying what it is: the chart's model.version and
-# rollbacks take a model from there; <store>/<repository> is the latest.
+# Every published repository is also kept as <store>/versions/<repository>/<n> (1, 2, ...)
+# with <n>.json beside it saying what it is: the chart's model.version and `rollout` take
+# a model from there; <store>/<repository> is the latest. A kept copy's models are version
+# n (renumber), so that every answer names the store version it came from.
 VERSIONS = "versions"
 
 
@@ -76,12 +78,18 @@ def published_versions(store: Path, repository: str) -> list[int]:
 
 
 def keep_version(store: Path, repository: str, record: dict) -> int:
-    """Copy the latest `repository` to the next version number, `record` beside it."""
+    """Copy the latest `repository` to the next version number n, `record` beside it.
+
+    Its models are renumbered to n, so that Triton answers with the store version."""
     number = max(published_versions(store, repository), default=0) + 1
     folder = versions_dir(store, repository) / str(number)
     partial = folder.with_name(f".{number}.partial")  # a reader never sees half a version
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(store / repository, partial, ignore=shutil.ignore_patterns("__pycache__"))
+    renumber(partial, number)
+    if "model_file" in record:  # <model>/<VERSION>/<file>, now <model>/<n>/<file>
+        model, _, name = Path(record["model_file"]).parts
+        record = {**record, "model_file": f"{model}/{number}/{name}"}
     folder.with_name(f"{number}.json").write_text(
         json.dumps({"version": number, **record}, indent=2, sort_keys=True)
     )

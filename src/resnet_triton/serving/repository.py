@@ -103,6 +103,33 @@ def version_dir(repo: Path, model: str) -> Path:
     return Path(repo) / model / VERSION
 
 
+def renumber(repo: Path, version: int) -> list[str]:
+    """Serve every model of `repo` as `version` instead of VERSION, so that Triton's
+    answers, statistics and metrics name it (a kept store version); returns the models."""
+    models = sorted(p.parent.name for p in Path(repo).glob(f"*/{VERSION}") if p.is_dir())
+    if str(version) != VERSION:
+        for model in models:
+            version_dir(repo, model).rename(Path(repo) / model / str(version))
+    return models
+
+
+def served_dir(repo: Path, model: str) -> Path:
+    """The version folder Triton serves of `model`: the highest number (its default policy,
+    latest 1), VERSION unless the repository was renumbered."""
+    numbers = [int(p.name) for p in (Path(repo) / model).glob("*") if p.name.isdigit()]
+    return Path(repo) / model / str(max(numbers, default=int(VERSION)))
+
+
+def served_version(repo: Path) -> str:
+    """The one version folder every model of `repo` has (VERSION unless renumbered)."""
+    found = {p.name for p in Path(repo).glob("*/*") if p.is_dir() and p.name.isdigit()}
+    if len(found) != 1:
+        raise SpecError(
+            f"{repo}: expected one version folder in every model, found {sorted(found) or 'none'}"
+        )
+    return found.pop()
+
+
 def model_home(spec: ModelSpec, serving: ServingConfig = DEFAULTS) -> str:
     """The model whose version folder holds the published model file."""
     return spec.names.ensemble if serving.layout == "fused" else spec.names.classifier

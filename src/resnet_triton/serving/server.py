@@ -42,7 +42,7 @@ from resnet_triton.endpoints import (
 )
 from resnet_triton.errors import UserError
 from resnet_triton.serving.plans import backend_flags
-from resnet_triton.serving.repository import read_config, version_dir
+from resnet_triton.serving.repository import read_config, served_dir
 from resnet_triton.spec import check_choice
 
 
@@ -354,7 +354,7 @@ def preflight(repository: Path) -> list[str]:
                 )
         onnx_file = config.parameters.get("onnx_file")
         if onnx_file is not None:
-            model = version_dir(repository, path.parent.name) / onnx_file.string_value
+            model = served_dir(repository, path.parent.name) / onnx_file.string_value
             if not model.is_file():
                 raise ServerError(
                     f"{model} does not exist; publish a model first "
