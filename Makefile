@@ -23,6 +23,13 @@ PIPELINE_CONFIG ?= build/pipeline.yaml
 PIPELINE_TARGET ?= cpu-fp32
 DEMO_STORE := $(CURDIR)/artifacts/demo/model-store
 MODEL_STORE_URI ?= $(DEMO_STORE)
+# make rollout: a version of the pipeline's store (MODEL_VERSION=n; the latest by default)
+# onto the running replicas of deploy/docker/replicas.yml, smoke-tested on HOLDOUT first;
+# make rollback: the replicas back to the model they served before.
+LOCAL_STORE ?= artifacts/model_store
+STORE_REPOSITORY ?= cpu
+MODEL_VERSION ?= latest
+HOLDOUT ?= artifacts/demo/digits/val
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # perf_analyzer (from tritonclient) links against libb64; wrk drives the baseline in make bench;
 # Prometheus evaluates the dashboard's and the autoscaler's queries in tests/deploy;
@@ -34,7 +41,7 @@ OS_PACKAGES := libb64-0d wrk prometheus libjemalloc2
 export DOCKER_CONFIG := $(CURDIR)/.docker
 COMPOSE_BINARY = $(shell $(BIN)/python -c "import compose, pathlib; print(pathlib.Path(compose.__file__).parent / 'docker-compose')")
 
-.PHONY: setup demo ui browser build pipeline test lint serve docker docker-tools docker-stop base-image bench bench-peers bench-sweep bench-train bench-precision bench-batching bench-dali bench-distill soak clean
+.PHONY: setup demo ui browser build pipeline rollout rollback test lint serve docker docker-tools docker-stop base-image bench bench-peers bench-sweep bench-train bench-precision bench-batching bench-dali bench-distill soak clean
 
 setup: $(STAMP)
 
@@ -77,6 +84,12 @@ ifeq ($(MODEL_STORE_URI),$(DEMO_STORE))
 endif
 	MODEL_STORE_URI=$(MODEL_STORE_URI) $(BIN)/resnet-triton pipeline all --config $(PIPELINE_CONFIG) --target $(PIPELINE_TARGET)
 
+rollout: setup
+	$(BIN)/resnet-triton rollout --store $(LOCAL_STORE) --repository $(STORE_REPOSITORY) --version $(MODEL_VERSION) --images $(HOLDOUT)
+
+rollback: setup
+	$(BIN)/resnet-triton rollback --images $(HOLDOUT)
+
 test: setup docker-tools browser lint
 	$(BIN)/python -m pytest
 
@@ -87,7 +100,7 @@ browser:
 
 # What the docker tests and `make docker` need, installed but not started.
 docker-tools: setup
-	@missing=$$(command -v dockerd >/dev/null || echo docker.io; dpkg -s debootstrap >/dev/null 2>&1 || echo debootstrap); \
+	@missing=$$(command -v dockerd >/dev/null || echo docker.io; for p in debootstrap; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing OS packages: $$missing"; \
 		$(SUDO) apt-get install -y -q $$missing || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; }; \

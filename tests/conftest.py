@@ -31,7 +31,9 @@ from resnet_triton.build import command as build
 from resnet_triton.build.export import spec_from_onnx
 from resnet_triton.data import package_photos
 from resnet_triton.digits import write_digits
-from resnet_triton.serving.repository import env_path_for, render
+from resnet_triton.pipeline.store import keep_version
+from resnet_triton.serving.config import ServingConfig
+from resnet_triton.serving.repository import DEFAULT_ENV_PATH, env_path_for, render
 from resnet_triton.serving.server import Ports, TritonServer
 from resnet_triton.spec import Names
 from resnet_triton.training import TrainConfig
@@ -119,6 +121,32 @@ def triton(repository, tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory, repository):
+    """A model store (pipeline/store.py) whose repository "cpu" keeps three versions of
+    the session's model: 1 as published, 2 with a longer batching delay (a serving change
+    rolls out like a model), 3 with its labels in the wrong order: it loads and answers,
+    but wrongly. Their configs name the serving image's environment, as a store's do."""
+    store = tmp_path_factory.mktemp("model-store")
+    latest = store / "cpu"
+
+    def keep(delay_us=0, mislabel=False) -> None:
+        serving = ServingConfig(classifier_queue_delay_us=delay_us)
+        shutil.rmtree(latest, ignore_errors=True)
+        shutil.copytree(repository, latest, ignore=shutil.ignore_patterns("__pycache__"))
+        (model,) = latest.glob("classifier/1/model.onnx")
+        render(spec_from_onnx(model), latest, DEFAULT_ENV_PATH, serving=serving)
+        for labels in latest.glob("*/labels.txt") if mislabel else ():
+            names = labels.read_text().splitlines()
+            labels.write_text("\n".join(names[1:] + names[:1]) + "\n")
+        keep_version(store, "cpu", {"delay_us": delay_us, "mislabelled": mislabel})
+
+    keep()
+    keep(delay_us=2000)
+    keep(mislabel=True)
+    return store
 
 
 # Open-set rejection (tests/integration/test_open_set.py says what is seen): the test

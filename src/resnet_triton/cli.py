@@ -22,6 +22,11 @@ COMMANDS = {
         "resnet_triton.pipeline.command",
         "build, gate, smoke-test and publish one target to the model store (CI's engine job)",
     ),
+    "rollout": (
+        "resnet_triton.pipeline.rollout",
+        "a store version onto the running replicas, one at a time, smoke-tested",
+    ),
+    "rollback": ("resnet_triton.pipeline.rollback", "the replicas back to the previous model"),
     "demo": ("resnet_triton.demo", "the whole pipeline on scikit-learn's digits"),
 }
 

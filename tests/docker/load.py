@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from resnet_triton.client import Classifier, ClientError
@@ -39,3 +40,42 @@ def send_under_load(classifier: Classifier, images: list[bytes], after: int, act
     for thread in threads:
         thread.join()
     return outcomes, result
+
+
+def send_during(classifier: Classifier, images: list[bytes], action: Callable,
+                clients: int = 8):  # fmt: skip
+    """Send `images` one per request, round and round, from `clients` threads while
+    `action()` runs, and a few more after it returned.
+
+    Returns (sent, what action returned): per request, (its Result, whether it was sent
+    after action returned).
+    """
+    sent: list[tuple] = []
+    lock = threading.Lock()
+    done, stop = threading.Event(), threading.Event()
+
+    def send(offset: int) -> None:
+        index = offset
+        while not stop.is_set():
+            after = done.is_set()
+            (result,) = classifier.classify([images[index % len(images)]])
+            with lock:
+                sent.append((result, after))
+            index += clients
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        result = action()
+    finally:
+        done.set()
+        while all(t.is_alive() for t in threads):
+            with lock:
+                if sum(after for _, after in sent) >= 4 * clients:
+                    break
+            time.sleep(0.05)
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return sent, result

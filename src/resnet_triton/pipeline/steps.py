@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from resnet_triton.build import command as build
 from resnet_triton.build import engine
 from resnet_triton.build.images import ImageSet
 from resnet_triton.build.manifest import Manifest, file_sha256
-from resnet_triton.client import Classifier
+from resnet_triton.client import Classifier, Result
 from resnet_triton.data import image_folder
 from resnet_triton.pipeline.config import PipelineConfig, PipelineError
 from resnet_triton.pipeline.store import Stage, keep_version, report, require
@@ -18,7 +19,7 @@ from resnet_triton.serving.container import ContainerTritonServer
 from resnet_triton.serving.plans import published_plans
 from resnet_triton.serving.repository import env_path_for, publish, render
 from resnet_triton.serving.server import Ports, TritonServer
-from resnet_triton.spec import check_choice
+from resnet_triton.spec import Preprocessing, check_choice
 
 SERVERS = ("local", "docker")
 
@@ -85,6 +86,32 @@ def configs(repository: Path) -> dict[str, str]:
     return {p.parent.name: p.read_text() for p in sorted(repository.glob("*/config.pbtxt"))}
 
 
+@dataclass(frozen=True)
+class HoldoutCheck:
+    """Held-out images classified through a served model (smoke tests, rollouts)."""
+
+    images: int
+    failed: list[Result]
+    top1: float
+    versions: set[str]  # the model versions that answered
+
+
+def classify_holdout(
+    url: str, model: str, holdout: Path, count: int, preprocessing: Preprocessing | None = None
+) -> HoldoutCheck:
+    """Classify `count` images spread over the class folders of `holdout` at `url` (gRPC)."""
+    folder = image_folder(holdout, preprocessing)
+    images = ImageSet.of(folder).spread(count)
+    with Classifier(url, "grpc", model, concurrency=4) as client:
+        results = client.classify(list(images.paths), top_k=1)
+    truth = [folder.classes[label] for label in images.labels]
+    correct = sum(r.ok and r.top1.label == t for r, t in zip(results, truth, strict=True))
+    return HoldoutCheck(
+        len(results), [r for r in results if not r.ok], round(correct / len(results), 4),
+        {r.model_version for r in results if r.ok},
+    )  # fmt: skip
+
+
 def smoke_step(config: PipelineConfig, name: str, server: str = "local") -> Stage:
     check_choice("server", server, SERVERS)
     entry = config.pipeline_target(name)
@@ -97,9 +124,7 @@ def smoke_step(config: PipelineConfig, name: str, server: str = "local") -> Stag
     plans = published_plans(stage.model_file.parent) if entry.target == "gpu" else None
     render(spec, stage.repository, env_path, entry.target, plans, entry.serving)
 
-    holdout = image_folder(require(config, stage, "holdout"), spec.preprocessing)
-    images = ImageSet.of(holdout).spread(config.holdout_images)
-    paths, labels, classes = images.paths, images.labels, holdout.classes
+    holdout = require(config, stage, "holdout")
     log = stage.root / "triton.log"
     if server == "local":
         triton = TritonServer(stage.repository, Ports.free(), log_path=log, exit_timeout_s=5)
@@ -109,18 +134,15 @@ def smoke_step(config: PipelineConfig, name: str, server: str = "local") -> Stag
         )
     with triton:
         triton.wait_ready([spec.names.ensemble], timeout=300)
-        url = f"localhost:{triton.ports.grpc}"
-        with Classifier(url, "grpc", spec.names.ensemble, concurrency=4) as client:
-            results = client.classify(paths, top_k=1)
-    failed = [r for r in results if not r.ok]
-    correct = sum(
-        r.ok and r.top1.label == classes[label] for r, label in zip(results, labels, strict=True)
-    )
-    accuracy = round(correct / len(paths), 4)
+        check = classify_holdout(
+            f"localhost:{triton.ports.grpc}", spec.names.ensemble, holdout,
+            config.holdout_images, spec.preprocessing,
+        )  # fmt: skip
+    failed, accuracy = check.failed, check.top1
     smoke = {
         "passed": not failed and accuracy >= config.min_accuracy,
         "content_hash": stage.status["content_hash"],
-        "images": len(paths),
+        "images": check.images,
         "failed_requests": len(failed),
         "top1_accuracy": accuracy,
         "min_accuracy": config.min_accuracy,
@@ -129,7 +151,7 @@ def smoke_step(config: PipelineConfig, name: str, server: str = "local") -> Stag
     stage.status["smoke"] = smoke
     stage.save()
     line = (
-        f"{name}: smoke test on {len(paths)} held-out images through {spec.names.ensemble}: "
+        f"{name}: smoke test on {check.images} held-out images through {spec.names.ensemble}: "
         f"top-1 {accuracy:.4f} (min {config.min_accuracy}), "
         f"{len(failed)} failed requests"
     )

@@ -1,0 +1,332 @@
+"""`resnet-triton rollout`: a model from the store onto the running replicas of
+deploy/docker/replicas.yml, one replica at a time, without losing a request.
+
+For each replica that serves another model:
+  1. start a candidate: the replica's image and settings, the new repository mounted
+     read-only, on the project's network under its own name only, so that nothing
+     (not even a restarted balancer, which resolves `replica`) sends it traffic;
+  2. wait for its health check, then smoke-test it at its address from this host:
+     every held-out image answered, by the version the repository serves, with top-1
+     at least --min-top1. A candidate that fails is removed; nothing else changed;
+  3. give it the `replica` alias, write the balancer's upstream lists (the replicas by
+     container name) and reload nginx: new connections go to the new set, and the old
+     nginx workers finish the requests they hold and exit (the drain);
+  4. once every old worker has exited, stop the old replica and remove it.
+
+Every replica rollout starts carries labels naming its repository and the one it
+replaced; `resnet-triton rollback` rolls out that previous repository again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from resnet_triton.build.manifest import Manifest
+from resnet_triton.pipeline.config import PipelineError
+from resnet_triton.pipeline.steps import classify_holdout
+from resnet_triton.pipeline.store import published_versions, versions_dir
+from resnet_triton.serving.repository import served_version
+from resnet_triton.spec import Names
+
+PROJECT = "resnet-triton-replicas"  # deploy/docker/replicas.yml's name
+MOUNT = "/workspace/model_repository"  # where the serving image reads its repository
+SOURCE, PREVIOUS = "resnet-triton.repository", "resnet-triton.previous-repository"
+COMPOSE = "com.docker.compose"
+# The balancer's upstream lists (deploy/docker/balancer.sh writes the first ones).
+UPSTREAMS = {"http.conf": 8000, "grpc.conf": 8001}
+LB_CONF = "/etc/resnet-triton/lb.conf"
+
+
+class RolloutError(PipelineError):
+    pass
+
+
+def docker(*args: str, stdin: str | None = None) -> str:
+    result = subprocess.run(["docker", *args], input=stdin, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RolloutError(f"docker {args[0]} failed: {result.stderr.strip()[-600:]}")
+    return result.stdout
+
+
+def describe(repository: Path) -> str:
+    """ "version N, content <hash>": what a repository serves, as answers name it."""
+    manifests = sorted(repository.glob("*/*/*.manifest.json"))
+    if not manifests:
+        raise RolloutError(f"{repository} holds no published model (no manifest)")
+    model = Manifest.read(manifests[0].with_name(manifests[0].name[: -len(".manifest.json")]))
+    content = model.content_hash[:12] if model else "unknown"
+    return f"version {served_version(repository)}, content {content}"
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A running replica container and the repository it serves."""
+
+    name: str
+    inspect: dict  # `docker inspect`
+
+    @property
+    def repository(self) -> Path:
+        (mount,) = [m for m in self.inspect["Mounts"] if m["Destination"] == MOUNT]
+        return Path(mount["Source"])
+
+    @property
+    def previous(self) -> str | None:
+        return self.inspect["Config"]["Labels"].get(PREVIOUS)
+
+    @property
+    def network(self) -> str:
+        (network,) = self.inspect["NetworkSettings"]["Networks"]
+        return network
+
+    @property
+    def address(self) -> str:
+        return self.inspect["NetworkSettings"]["Networks"][self.network]["IPAddress"]
+
+
+def containers(project: str, service: str) -> list[Replica]:
+    ids = docker(
+        "ps", "--quiet", f"--filter=label={COMPOSE}.project={project}",
+        f"--filter=label={COMPOSE}.service={service}",
+    ).split()  # fmt: skip
+    if not ids:
+        return []
+    found = json.loads(docker("inspect", *ids))
+    return sorted((Replica(c["Name"].lstrip("/"), c) for c in found), key=lambda r: r.name)
+
+
+def run_options(old: Replica) -> list[str]:
+    """`docker run` options that give a candidate the settings compose gave `old`."""
+    config, host = old.inspect["Config"], old.inspect["HostConfig"]
+    options = [
+        f"--shm-size={host['ShmSize']}", f"--restart={host['RestartPolicy']['Name'] or 'no'}",
+        *(f"--cap-drop={c}" for c in host.get("CapDrop") or []),
+        *(f"--security-opt={o}" for o in host.get("SecurityOpt") or []),
+        *(f"--tmpfs={path}:{o}" if o else f"--tmpfs={path}"
+          for path, o in (host.get("Tmpfs") or {}).items()),
+    ]  # fmt: skip
+    if host.get("ReadonlyRootfs"):
+        options.append("--read-only")
+    if config.get("StopTimeout") is not None:
+        options.append(f"--stop-timeout={config['StopTimeout']}")
+    for key in ("NanoCpus", "Memory"):
+        if host.get(key):
+            options.append(
+                f"--cpus={host[key] / 1e9}" if key == "NanoCpus" else f"--memory={host[key]}"
+            )
+    health = config.get("Healthcheck") or {}
+    if health.get("Test", ["NONE"])[0] in ("CMD", "CMD-SHELL"):
+        test = health["Test"]
+        command = shlex.join(test[1:]) if test[0] == "CMD" else test[1]
+        options += [f"--health-cmd={command}", f"--health-retries={health.get('Retries', 3)}"]
+        for flag, key in (("interval", "Interval"), ("timeout", "Timeout"),
+                          ("start-period", "StartPeriod")):  # fmt: skip
+            if health.get(key):
+                options.append(f"--health-{flag}={health[key] // 1_000_000}ms")
+    for mount in old.inspect["Mounts"]:
+        if mount["Type"] == "bind" and mount["Destination"] != MOUNT:
+            mode = "" if mount["RW"] else ":ro"
+            options.append(f"--volume={mount['Source']}:{mount['Destination']}{mode}")
+    return options
+
+
+@dataclass
+class Rollout:
+    project: str
+    images: Path  # held-out images, one folder per class
+    smoke_images: int = 100
+    min_top1: float = 0.9
+    model: str = Names().ensemble
+    ready_timeout_s: float = 300
+    drain_timeout_s: float = 120
+
+    def to(self, repository: Path) -> list[str]:
+        """Every replica serving `repository`; returns the replicas' names."""
+        repository = repository.resolve()
+        if not repository.is_dir():
+            raise RolloutError(f"model repository {repository} does not exist")
+        target = describe(repository)  # a repository that is not one fails here
+        replicas = containers(self.project, "replica")
+        (balancer,) = containers(self.project, "balancer") or [None]
+        if not replicas or balancer is None:
+            raise RolloutError(
+                f"no running replicas and balancer in compose project {self.project!r}: "
+                f"start them with `docker compose -f deploy/docker/replicas.yml up -d --wait`"
+            )
+        live = [r.name for r in replicas]
+        for number, old in enumerate(replicas, 1):
+            where = f"replica {number}/{len(replicas)} ({old.name}, {describe(old.repository)})"
+            if old.repository == repository:
+                print(f"{where}: already serves {repository}")
+                continue
+            name = self.start(old, repository, number)
+            try:
+                new = self.wait_healthy(name)
+                self.smoke(new, repository, where)
+            except BaseException:  # the candidate never got traffic: remove it
+                subprocess.run(["docker", "rm", "--force", name], capture_output=True)
+                raise
+            docker("network", "disconnect", new.network, new.name)
+            docker("network", "connect", "--alias=replica", new.network, new.name)
+            live[live.index(old.name)] = new.name
+            workers = self.nginx_workers(balancer)
+            self.point(balancer, live)
+            self.drain(balancer, workers, where)
+            docker("stop", old.name)
+            docker("rm", old.name)
+            print(f"{where}: replaced by {new.name}; the old replica drained and stopped")
+        print(f"{self.project}: {len(live)} replicas serve {repository} ({target})")
+        return live
+
+    def start(self, old: Replica, repository: Path, number: int) -> str:
+        name = f"{self.project}-replica-{uuid.uuid4().hex[:8]}"
+        # Compose's labels, so that `docker compose ps` and `down` see it as a replica.
+        labels = {k: v for k, v in old.inspect["Config"]["Labels"].items() if k.startswith(COMPOSE)}
+        labels |= {f"{COMPOSE}.container-number": str(100 + number),
+                   SOURCE: str(repository), PREVIOUS: str(old.repository)}  # fmt: skip
+        # The environment (the admin key among it) through a private file, not the
+        # command line that every user of this host can read.
+        with tempfile.NamedTemporaryFile("w", suffix=".env") as env:
+            os.fchmod(env.fileno(), 0o600)
+            env.write("".join(f"{item}\n" for item in old.inspect["Config"]["Env"]))
+            env.flush()
+            docker(
+                "run", "--detach", f"--name={name}", f"--network={old.network}",
+                f"--env-file={env.name}", *(f"--label={k}={v}" for k, v in labels.items()),
+                *run_options(old), f"--volume={repository}:{MOUNT}:ro", old.inspect["Image"],
+            )  # fmt: skip
+        return name
+
+    def wait_healthy(self, name: str) -> Replica:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            (state,) = json.loads(docker("inspect", name))
+            health = state["State"].get("Health", {}).get("Status")
+            if health == "healthy":
+                return Replica(name, state)
+            if state["RestartCount"] or not state["State"]["Running"] or health == "unhealthy":
+                break  # it exited (serve refused to start, say) or failed its health check
+            time.sleep(2)
+        logs = subprocess.run(["docker", "logs", "--tail=20", name], capture_output=True, text=True)
+        raise RolloutError(
+            f"candidate {name} did not turn healthy within {self.ready_timeout_s:g} s "
+            f"(state {state['State']['Status']}, health {health}); its last lines:\n"
+            f"{(logs.stdout + logs.stderr)[-2000:]}"
+        )
+
+    def smoke(self, new: Replica, repository: Path, where: str) -> None:
+        version = served_version(repository)
+        url = f"{new.address}:8001"
+        check = classify_holdout(url, self.model, self.images, self.smoke_images)
+        line = (
+            f"{where}: candidate {new.name} at {url}: {check.images} held-out images, "
+            f"top-1 {check.top1:.4f} (min {self.min_top1}), {len(check.failed)} failed, "
+            f"answered by version {', '.join(sorted(check.versions)) or 'none'}"
+        )
+        print(line)
+        if check.failed:
+            raise RolloutError(f"{line}; first: {check.failed[0].error}; not rolled out")
+        if check.top1 < self.min_top1:
+            raise RolloutError(f"{line}: below --min-top1; not rolled out")
+        if check.versions != {version}:
+            raise RolloutError(f"{line}, not {version} as {repository} says; not rolled out")
+
+    def nginx_workers(self, balancer: Replica) -> set[str]:
+        """The balancer's nginx worker processes (their pids)."""
+        listing = docker("exec", balancer.name, "sh", "-c",
+                         'for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr "\\0" " " '
+                         '< $p/cmdline 2>/dev/null)"; done')  # fmt: skip
+        return {line.split()[0] for line in listing.splitlines() if "nginx: worker" in line}
+
+    def point(self, balancer: Replica, names: list[str]) -> None:
+        """The balancer's upstreams: `names`, checked by nginx, then a graceful reload."""
+        for file, port in UPSTREAMS.items():
+            lines = "".join(f"server {n}:{port} max_fails=1 fail_timeout=10s;\n" for n in names)
+            docker("exec", "--interactive", balancer.name, "sh", "-c",
+                   f"cat > /tmp/nginx/upstreams/{file}", stdin=lines)  # fmt: skip
+        docker("exec", balancer.name, "nginx", "-c", LB_CONF, "-t")
+        docker("exec", balancer.name, "nginx", "-c", LB_CONF, "-s", "reload")
+
+    def drain(self, balancer: Replica, workers: set[str], where: str) -> None:
+        """Wait until the nginx workers from before the reload have finished and exited."""
+        deadline = time.monotonic() + self.drain_timeout_s
+        while workers & self.nginx_workers(balancer):
+            if time.monotonic() > deadline:
+                raise RolloutError(
+                    f"{where}: the balancer's old workers did not finish within "
+                    f"{self.drain_timeout_s:g} s; the old replica is still running"
+                )
+            time.sleep(0.5)
+
+
+def store_version(store: Path, repository: str, version: str) -> Path:
+    """The kept copy of `repository` (pipeline publish) numbered `version`, or the latest."""
+    kept = published_versions(store, repository)
+    if not kept:
+        raise RolloutError(f"{versions_dir(store, repository)} holds no published version")
+    number = kept[-1] if version == "latest" else version
+    if str(number) not in map(str, kept):
+        raise RolloutError(
+            f"version {version} of {repository} is not in the store {store}; "
+            f"published: {', '.join(map(str, kept))}"
+        )
+    return versions_dir(store, repository) / str(number)
+
+
+def rollback(rollout: Rollout) -> list[str]:
+    """Roll the replicas back to the repository they served before the last rollout."""
+    previous = {r.previous for r in containers(rollout.project, "replica")}
+    if previous == {None} or None in previous:
+        raise RolloutError(
+            f"nothing to roll back to: the replicas of {rollout.project!r} were not "
+            f"started by `resnet-triton rollout`"
+        )
+    if len(previous) > 1:
+        raise RolloutError(
+            f"the replicas of {rollout.project!r} came from different repositories "
+            f"({', '.join(sorted(previous))}): finish with `resnet-triton rollout`"
+        )
+    return rollout.to(Path(previous.pop()))
+
+
+def get_args_parser(back: bool = False) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"resnet-triton {'rollback' if back else 'rollout'}",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(back=back)
+    parser.add_argument("--project", default=PROJECT, help="the replicas' compose project")
+    if not back:
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--store", type=Path, help="the model store (pipeline's `store`)")
+        source.add_argument("--path", type=Path, help="a model repository folder instead")
+        parser.add_argument("--repository", default="cpu", help="the store's repository")
+        parser.add_argument("--version", default="latest", help="a store version, or latest")
+    parser.add_argument(
+        "--images", type=Path, required=True, help="held-out images, one folder per class"
+    )
+    parser.add_argument("--smoke-images", type=int, default=100, help="how many to classify")
+    parser.add_argument("--min-top1", type=float, default=0.9, help="a candidate's least top-1")
+    parser.add_argument("--model", default=Names().ensemble, help="the model clients call")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    rollout = Rollout(args.project, args.images, args.smoke_images, args.min_top1, args.model)
+    if args.back:
+        rollback(rollout)
+    elif args.store is not None:
+        rollout.to(store_version(args.store, args.repository, args.version))
+    else:
+        rollout.to(args.path)
+    return 0

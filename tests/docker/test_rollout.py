@@ -1,0 +1,100 @@
+"""`resnet-triton rollout` and `rollback` on the replicas of deploy/docker/replicas.yml,
+under load: every request is answered, each answer names the one store version it came
+from, and a model that fails its smoke test never answers a client."""
+
+import json
+import re
+from collections import Counter
+
+import pytest
+from conftest import run
+from load import send_during
+
+from resnet_triton import cli
+from resnet_triton.client import Classifier
+from resnet_triton.pipeline.store import versions_dir
+
+pytestmark = pytest.mark.docker
+
+
+def rollout(capsys, project, *args: str) -> tuple[int, str, str]:
+    code = cli.main([*args, f"--project={project.name}", "--smoke-images=40"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def report(capsys, line: str) -> None:
+    with capsys.disabled():
+        print(line)
+
+
+def replicas(project) -> dict[str, str]:
+    """name -> the repository each running replica mounts."""
+    ids = project("ps", "--quiet", "replica").stdout.split()
+    found = json.loads(run(["docker", "inspect", *ids]).stdout)
+    return {
+        c["Name"].lstrip("/"): next(m["Source"] for m in c["Mounts"] if m["Type"] == "bind")
+        for c in found
+    }
+
+
+def test_rollout_and_rollback_under_load_lose_no_request(
+    cpu_image, digits, model_store, compose_project, capsys
+):
+    store = model_store
+    kept = versions_dir(store, "cpu")
+    project = compose_project(kept / "1", files=("deploy/docker/replicas.yml",))
+    started = project("up", "--detach", "--wait", "--wait-timeout=240")
+    assert started.returncode == 0, started.stderr + project("logs").stdout[-3000:]
+    images = [p.read_bytes() for p in sorted((digits / "val").glob("*/*.png"))]
+    val = str(digits / "val")
+    grpc, http = f"localhost:{project.ports.grpc}", f"localhost:{project.ports.http}"
+
+    # Version 2 onto both replicas while 8 gRPC clients send.
+    with Classifier(grpc, "grpc", retries=2, backoff_s=0.5, timeout_s=60) as classifier:
+        sent, (code, out, err) = send_during(
+            classifier, images,
+            lambda: rollout(capsys, project, "rollout", f"--store={store}", "--version=2",
+                            f"--images={val}"),
+        )  # fmt: skip
+    assert code == 0, err + out
+    assert [r.error for r, _ in sent if not r.ok] == []  # every request answered
+    versions = Counter(r.model_version for r, _ in sent)
+    assert set(versions) == {"1", "2"} and versions["2"] > 0, versions
+    assert {r.model_version for r, after in sent if after} == {"2"}
+    assert len(re.findall(r"replaced by \S+; the old replica drained and stopped", out)) == 2
+    passed = r"top-1 (0\.9\d+|1\.0+) \(min 0\.9\), 0 failed, answered by version 2"
+    assert len(re.findall(passed, out)) == 2, out
+    assert set(replicas(project).values()) == {str(kept / "2")}
+    rolled = replicas(project)
+    report(capsys, f"rollout: {len(sent)} requests, all answered, by version {dict(versions)}")
+
+    # Version 3 (mislabelled) fails its smoke test on the first replica: nothing changes,
+    # and no client ever gets an answer from it.
+    with Classifier(grpc, "grpc", retries=2, backoff_s=0.5, timeout_s=60) as classifier:
+        sent, (code, out, err) = send_during(
+            classifier, images,
+            lambda: rollout(capsys, project, "rollout", f"--store={store}", "--version=3",
+                            f"--images={val}"),
+        )  # fmt: skip
+    assert code == 1
+    assert re.search(r"top-1 0\.[0-5]\d+ \(min 0\.9\), 0 failed, answered by version 3: below "
+                     r"--min-top1; not rolled out", err), err  # fmt: skip
+    assert [r.error for r, _ in sent if not r.ok] == []
+    assert {r.model_version for r, _ in sent} == {"2"}
+    assert replicas(project) == rolled  # the candidate is gone, the replicas untouched
+    report(capsys, f"refused rollout: {len(sent)} requests, all answered by version 2")
+
+    # Rollback: version 1 again, while 8 HTTP clients send.
+    with Classifier(http, "http", retries=2, backoff_s=0.5, timeout_s=60) as classifier:
+        sent, (code, out, err) = send_during(
+            classifier, images,
+            lambda: rollout(capsys, project, "rollback", f"--images={val}"),
+        )  # fmt: skip
+    assert code == 0, err + out
+    assert [r.error for r, _ in sent if not r.ok] == []
+    versions = Counter(r.model_version for r, _ in sent)
+    assert set(versions) == {"1", "2"}
+    assert {r.model_version for r, after in sent if after} == {"1"}
+    assert set(replicas(project).values()) == {str(kept / "1")}
+    report(capsys, f"rollback: {len(sent)} requests, all answered, by version {dict(versions)}")
