@@ -91,6 +91,9 @@ class TrainConfig:
     patience: int = 0
     resume: str | None = None
     stop_after: int | None = None
+    # run tracking (tracking.py), from rank 0
+    tensorboard: bool = True
+    mlflow: str | None = None
 
     @property
     def augmentation(self) -> Augmentation:
@@ -261,6 +264,13 @@ OPTIONS = {
         ("resume", "continue from this last.pt (same architecture and classes)", {}),
         ("stop_after", "stop after this many epochs of this run (a time slot); resume later",
          INT),
+    ],
+    "run tracking": [
+        ("tensorboard", "TensorBoard event files in the output folder (tensorboard --logdir)",
+         FLAG),
+        ("mlflow", "also log to MLflow: a folder (e.g. mlruns: an SQLite database and the "
+         "artifacts), sqlite:///runs.db, or an http(s):// tracking server; needs "
+         "resnet-triton[tracking]", {}),
     ],
 }  # fmt: skip
 

@@ -9,6 +9,8 @@ Outputs in `cfg.out` (rank 0 writes, the others only compute):
   evaluation.json per-class precision/recall/F1 of the best checkpoint on the
                   test split (val when there is none)
   curves.png, confusion_matrix.png
+  events.out.tfevents.*  TensorBoard's (tracking.py; --no-tensorboard: none), and
+                  with --mlflow URI the same in an MLflow run
 
 Reproducibility: every epoch reseeds Python, NumPy and PyTorch (and the
 shuffling and worker seeds) from (seed, epoch, rank), so a resumed run draws
@@ -42,7 +44,7 @@ from resnet_triton.resnet import (
     save_checkpoint,
 )
 from resnet_triton.spec import ModelSpec, Preprocessing, SpecError
-from resnet_triton.training import distributed, gallery, report, strategy, teacher
+from resnet_triton.training import distributed, gallery, report, strategy, teacher, tracking
 from resnet_triton.training.config import TrainConfig
 from resnet_triton.training.loaders import eval_loader, predict, seed_epoch, train_loader
 from resnet_triton.training.optim import Schedule, build_ema, build_optimizer
@@ -56,6 +58,7 @@ class LoopState:
     best: dict | None = None
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
+    mlflow_run_id: str | None = None  # a resumed run goes on in the same MLflow run
 
 
 def improved(cfg: TrainConfig, record: dict, best: dict | None) -> bool:
@@ -254,6 +257,11 @@ class Trainer:
             self._report_data()
         if cfg.resume:
             self.resume(Path(cfg.resume))
+        with tracking.tracked(cfg, self.out, self.state, ctx.is_main) as tracker:
+            return self._epochs(tracker)
+
+    def _epochs(self, tracker: tracking.Tracker | None) -> dict:
+        cfg, ctx = self.cfg, self.ctx
         targets = np.array(self.splits.val.targets)
         first = self.state.epoch + 1
         last = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, first + cfg.stop_after - 1)
@@ -279,6 +287,7 @@ class Trainer:
                 "val_top1": float(np.mean(probs.argmax(1) == targets)),
                 "train_images_per_s": round(images / train_seconds, 1),
                 "seconds": round(time.perf_counter() - start, 2),
+                "loss_scale": self.scaler.get_scale(),  # 1.0 unless fp16 (CUDA)
             }
             self.schedule.after_epoch(record)
             self.state.epoch = epoch
@@ -306,6 +315,8 @@ class Trainer:
                     )
                 self.save_last()
                 self._write_metrics()
+                if tracker is not None:
+                    tracker.epoch(record)
             if self._stopped_early():
                 self.log(f"early stop: {cfg.monitor} did not improve for {cfg.patience} epochs")
                 break
@@ -313,25 +324,16 @@ class Trainer:
         finished = self.state.epoch == cfg.epochs or self._stopped_early()
         if finished and ctx.is_main:  # not after --stop-after: the run goes on later
             result["evaluation"] = self.final_evaluation()
+            if tracker is not None:
+                tracker.finish(self.state.epoch)
         return result
 
     def _stopped_early(self) -> bool:
         return bool(self.cfg.patience) and self.state.bad_epochs >= self.cfg.patience
 
     def _report_data(self) -> None:
-        s = self.splits
-        counts = class_counts(s.train)
-        self.log(
-            f"training {self.cfg.arch} ({self.cfg.strategy}, weights={self.cfg.weights}) on "
-            f"{self.ctx.world_size} x {self.ctx.device.type}: {len(s.train)} train / "
-            f"{len(s.val)} val" + (f" / {len(s.test)} test" if s.test else "") + " images, "
-            f"{len(s.classes)} classes ({counts.min()}..{counts.max()} train images per class)"
-        )
-        for line in s.bad_images:
-            self.log(f"skipped (does not decode): {line}")
-        if s.ignored_files:
-            shown = ", ".join(s.ignored_files[:5])
-            self.log(f"ignored {len(s.ignored_files)} file(s) without an image extension: {shown}")
+        for line in report.describe_data(self.splits, self.cfg, self.ctx):
+            self.log(line)
 
     def _write_metrics(self) -> None:
         metrics = {"best": self.state.best, "history": self.state.history}

@@ -1,4 +1,5 @@
-"""Final evaluation figures and plots: per-class precision/recall/F1, confusion matrix, curves."""
+"""What a run reports: its data at the start; at the end per-class precision/recall/F1,
+the confusion matrix and the curves."""
 
 from __future__ import annotations
 
@@ -12,6 +13,27 @@ from sklearn.metrics import (
     confusion_matrix,
     precision_recall_fscore_support,
 )
+
+from resnet_triton.data import class_counts
+
+
+def describe_data(splits, cfg, ctx) -> list[str]:
+    """The lines a run starts with: model, processes, splits, classes, skipped files."""
+    counts = class_counts(splits.train)
+    lines = [
+        f"training {cfg.arch} ({cfg.strategy}, weights={cfg.weights}) on "
+        f"{ctx.world_size} x {ctx.device.type}: {len(splits.train)} train / "
+        f"{len(splits.val)} val" + (f" / {len(splits.test)} test" if splits.test else "")
+        + f" images, {len(splits.classes)} classes "
+        f"({counts.min()}..{counts.max()} train images per class)"
+    ]  # fmt: skip
+    lines += [f"skipped (does not decode): {line}" for line in splits.bad_images]
+    if splits.ignored_files:
+        shown = ", ".join(splits.ignored_files[:5])
+        lines.append(
+            f"ignored {len(splits.ignored_files)} file(s) without an image extension: {shown}"
+        )
+    return lines
 
 
 def classification_report(targets: np.ndarray, preds: np.ndarray, labels: list[str]) -> dict:
