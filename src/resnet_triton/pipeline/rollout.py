@@ -35,7 +35,7 @@ from resnet_triton.pipeline.config import PipelineError
 from resnet_triton.pipeline.steps import classify_holdout
 from resnet_triton.pipeline.store import published_versions, versions_dir
 from resnet_triton.serving.repository import served_version
-from resnet_triton.spec import Names
+from resnet_triton.spec import Names, SpecError
 
 PROJECT = "resnet-triton-replicas"  # deploy/docker/replicas.yml's name
 MOUNT = "/workspace/model_repository"  # where the serving image reads its repository
@@ -164,7 +164,11 @@ class Rollout:
             )
         live = [r.name for r in replicas]
         for number, old in enumerate(replicas, 1):
-            where = f"replica {number}/{len(replicas)} ({old.name}, {describe(old.repository)})"
+            try:
+                serves = describe(old.repository)
+            except (RolloutError, SpecError) as exc:  # the old model need not be a store's
+                serves = f"unknown model: {exc}"
+            where = f"replica {number}/{len(replicas)} ({old.name}, {serves})"
             if old.repository == repository:
                 print(f"{where}: already serves {repository}")
                 continue
