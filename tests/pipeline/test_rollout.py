@@ -1,6 +1,10 @@
 """resnet-triton rollout's refusals that need no Docker (tests/docker/test_rollout.py
 runs it on real replicas)."""
 
+import fcntl
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from resnet_triton import cli
@@ -42,3 +46,19 @@ def test_describe_names_the_served_version_and_content(tmp_path):
     assert describe(tmp_path) == f"version 4, content {'ab' * 6}"
     manifest_path(model).write_text("{")  # damaged: the content is not known
     assert describe(tmp_path) == "version 4, content unknown"
+
+
+def test_a_second_rollout_of_a_project_is_refused_while_one_runs(tmp_path):
+    lock = Path(tempfile.gettempdir()) / "resnet-triton-rollout-locked-test.lock"
+    with lock.open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.truncate(0)
+        held.write("4242")
+        held.flush()
+        with pytest.raises(
+            RolloutError, match=r"another rollout of 'locked-test' is running \(pid 4242; "
+        ):
+            Rollout("locked-test", tmp_path).to(tmp_path)
+    with pytest.raises(RolloutError, match=r"holds no published model"):  # free again
+        Rollout("locked-test", tmp_path).to(tmp_path)
+    lock.unlink()

@@ -20,6 +20,7 @@ replaced; `resnet-triton rollback` rolls out that previous repository again.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shlex
@@ -150,7 +151,24 @@ class Rollout:
     drain_timeout_s: float = 120
 
     def to(self, repository: Path) -> list[str]:
-        """Every replica serving `repository`; returns the replicas' names."""
+        """Every replica serving `repository`; returns the replicas' names. One rollout
+        of a project at a time on this host: a second one is refused while it runs."""
+        lock = Path(tempfile.gettempdir()) / f"resnet-triton-rollout-{self.project}.lock"
+        with lock.open("a+") as held:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.seek(0)
+                raise RolloutError(
+                    f"another rollout of {self.project!r} is running "
+                    f"(pid {held.read().strip() or 'unknown'}; lock {lock})"
+                ) from None
+            held.truncate(0)
+            held.write(str(os.getpid()))
+            held.flush()
+            return self._to(repository)
+
+    def _to(self, repository: Path) -> list[str]:
         repository = repository.resolve()
         if not repository.is_dir():
             raise RolloutError(f"model repository {repository} does not exist")
