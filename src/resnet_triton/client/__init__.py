@@ -8,7 +8,9 @@
 - Images are bytes, paths, PIL images or uint8 arrays (H, W[, 3]); PIL images
   and arrays are sent as PNG, the rest as they are.
 - The model's metadata and config are read once; long lists are split into
-  requests of at most the model's max_batch_size, `concurrency` in flight.
+  requests of at most the model's max_batch_size, `concurrency` in flight (the
+  client's threads, shared by every call; a call of one request sends it from
+  the calling thread). Each Result names the model version that answered.
 - One policy for a failed request, sync and async alike (protocol.Failure,
   carried by ClientError.failure):
   * unavailable (gRPC UNAVAILABLE, HTTP 502/503, a connection refused, reset

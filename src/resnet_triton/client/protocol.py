@@ -333,8 +333,10 @@ class _Protocol:
     def parse(result, info: ModelInfo, count: int, top_k: int) -> Reply:
         rows = result.as_numpy(info.output_name).reshape(count, top_k)
         response = result.get_response()  # gRPC: a ModelInferResponse; HTTP: its JSON
-        version = response["model_version"] if isinstance(response, dict) else None
-        version = version or response.model_version
+        if isinstance(response, dict):
+            version = response.get("model_version", "")
+        else:
+            version = response.model_version
         return Reply([tuple(parse_classification(e) for e in row) for row in rows], version)
 
     def retry_delay(self, exc: BaseException, attempt: int) -> float:
