@@ -39,6 +39,7 @@ from manifests import render
 
 from resnet_triton.client import Classifier
 from resnet_triton.serving.server import Ports
+from resnet_triton.spec import Names
 
 pytestmark = pytest.mark.docker
 
@@ -232,7 +233,7 @@ def test_the_charts_pod_copies_a_store_version_and_serves_it(s3_store, digits, t
             # The chart's own readiness probe, as the kubelet would run it.
             probe = podman("exec", pod.server, *server["readinessProbe"]["exec"]["command"])
             assert probe.returncode == 0, probe.stdout + probe.stderr
-            assert probe.stdout.startswith("resnet_ensemble answered ")
+            assert probe.stdout.startswith(f"{Names().ensemble} answered ")
             assert must(podman("exec", pod.server, "id", "-u")) == "1000\n"
             writes = podman("exec", pod.server, "touch", "/workspace/x")
             assert writes.returncode != 0 and "Read-only file system" in writes.stderr

@@ -23,6 +23,16 @@ def rollout(capsys, project, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def rollout_under_load(capsys, project, protocol: str, images: list[bytes], *args: str):
+    """`resnet-triton <args>` while 8 clients send `images` through the balancer, one per
+    request: (per request (Result, sent after the command returned), exit code, out, err)."""
+    port = project.ports.grpc if protocol == "grpc" else project.ports.http
+    with Classifier(f"localhost:{port}", protocol, retries=2, backoff_s=0.5,
+                    timeout_s=60) as classifier:  # fmt: skip
+        sent, answer = send_during(classifier, images, lambda: rollout(capsys, project, *args))
+    return sent, *answer
+
+
 def report(capsys, line: str) -> None:
     with capsys.disabled():
         print(line)
@@ -47,16 +57,12 @@ def test_rollout_and_rollback_under_load_lose_no_request(
     started = project("up", "--detach", "--wait", "--wait-timeout=240")
     assert started.returncode == 0, started.stderr + project("logs").stdout[-3000:]
     images = [p.read_bytes() for p in sorted((digits / "val").glob("*/*.png"))]
-    val = str(digits / "val")
-    grpc, http = f"localhost:{project.ports.grpc}", f"localhost:{project.ports.http}"
+    val = f"--images={digits / 'val'}"
 
     # Version 2 onto both replicas while 8 gRPC clients send.
-    with Classifier(grpc, "grpc", retries=2, backoff_s=0.5, timeout_s=60) as classifier:
-        sent, (code, out, err) = send_during(
-            classifier, images,
-            lambda: rollout(capsys, project, "rollout", f"--store={store}", "--version=2",
-                            f"--images={val}"),
-        )  # fmt: skip
+    sent, code, out, err = rollout_under_load(
+        capsys, project, "grpc", images, "rollout", f"--store={store}", "--version=2", val
+    )
     assert code == 0, err + out
     assert [r.error for r, _ in sent if not r.ok] == []  # every request answered
     versions = Counter(r.model_version for r, _ in sent)
@@ -71,12 +77,9 @@ def test_rollout_and_rollback_under_load_lose_no_request(
 
     # Version 3 (mislabelled) fails its smoke test on the first replica: nothing changes,
     # and no client ever gets an answer from it.
-    with Classifier(grpc, "grpc", retries=2, backoff_s=0.5, timeout_s=60) as classifier:
-        sent, (code, out, err) = send_during(
-            classifier, images,
-            lambda: rollout(capsys, project, "rollout", f"--store={store}", "--version=3",
-                            f"--images={val}"),
-        )  # fmt: skip
+    sent, code, out, err = rollout_under_load(
+        capsys, project, "grpc", images, "rollout", f"--store={store}", "--version=3", val
+    )
     assert code == 1
     assert re.search(r"top-1 0\.[0-5]\d+ \(min 0\.9\), 0 failed, answered by version 3: below "
                      r"--min-top1; not rolled out", err), err  # fmt: skip
@@ -86,11 +89,7 @@ def test_rollout_and_rollback_under_load_lose_no_request(
     report(capsys, f"refused rollout: {len(sent)} requests, all answered by version 2")
 
     # Rollback: version 1 again, while 8 HTTP clients send.
-    with Classifier(http, "http", retries=2, backoff_s=0.5, timeout_s=60) as classifier:
-        sent, (code, out, err) = send_during(
-            classifier, images,
-            lambda: rollout(capsys, project, "rollback", f"--images={val}"),
-        )  # fmt: skip
+    sent, code, out, err = rollout_under_load(capsys, project, "http", images, "rollback", val)
     assert code == 0, err + out
     assert [r.error for r, _ in sent if not r.ok] == []
     versions = Counter(r.model_version for r, _ in sent)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnet_triton.build.manifest import Manifest
+from resnet_triton.endpoints import GRPC_PORT, HTTP_PORT
 from resnet_triton.pipeline.config import PipelineError
 from resnet_triton.pipeline.steps import classify_holdout
 from resnet_triton.pipeline.store import published_versions, versions_dir
@@ -43,7 +44,7 @@ MOUNT = "/workspace/model_repository"  # where the serving image reads its repos
 SOURCE, PREVIOUS = "resnet-triton.repository", "resnet-triton.previous-repository"
 COMPOSE = "com.docker.compose"
 # The balancer's upstream lists (deploy/docker/balancer.sh writes the first ones).
-UPSTREAMS = {"http.conf": 8000, "grpc.conf": 8001}
+UPSTREAMS = {"http.conf": HTTP_PORT, "grpc.conf": GRPC_PORT}
 LB_CONF = "/etc/resnet-triton/lb.conf"
 
 
@@ -247,7 +248,7 @@ class Rollout:
 
     def smoke(self, new: Replica, repository: Path, where: str) -> None:
         version = served_version(repository)
-        url = f"{new.address}:8001"
+        url = f"{new.address}:{GRPC_PORT}"
         check = classify_holdout(url, self.model, self.images, self.smoke_images)
         line = (
             f"{where}: candidate {new.name} at {url}: {check.images} held-out images, "

@@ -304,19 +304,7 @@ class Trainer:
                 + (" *" if better else "")
             )
             if ctx.is_main:
-                if better:
-                    save_checkpoint(
-                        self.out / "checkpoint.pt",
-                        self._eval_model(),
-                        self.spec,
-                        metrics=record,
-                        config=cfg.as_dict(),
-                        held_out=self.splits.held_out,  # build and calibrate check it
-                    )
-                self.save_last()
-                self._write_metrics()
-                if tracker is not None:
-                    tracker.epoch(record)
+                self._write_epoch(record, better, tracker)
             if self._stopped_early():
                 self.log(f"early stop: {cfg.monitor} did not improve for {cfg.patience} epochs")
                 break
@@ -327,6 +315,22 @@ class Trainer:
             if tracker is not None:
                 tracker.finish(self.state.epoch)
         return result
+
+    def _write_epoch(self, record: dict, better: bool, tracker: tracking.Tracker | None) -> None:
+        """Rank 0's outputs of an epoch: the best checkpoint, last.pt, metrics, tracking."""
+        if better:
+            save_checkpoint(
+                self.out / "checkpoint.pt",
+                self._eval_model(),
+                self.spec,
+                metrics=record,
+                config=self.cfg.as_dict(),
+                held_out=self.splits.held_out,  # build and calibrate check it
+            )
+        self.save_last()
+        self._write_metrics()
+        if tracker is not None:
+            tracker.epoch(record)
 
     def _stopped_early(self) -> bool:
         return bool(self.cfg.patience) and self.state.bad_epochs >= self.cfg.patience
