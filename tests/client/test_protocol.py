@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from geventhttpclient.response import HTTPConnectionClosed
 from PIL import Image
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from resnet_triton.client import Classifier
@@ -29,6 +30,27 @@ from resnet_triton.client.protocol import (
 def test_parse_keeps_colons_in_labels():
     p = parse_classification(b"0.25:3:class: with colon")
     assert (p.score, p.index, p.label) == (0.25, 3, "class: with colon")
+
+
+class _Answered:
+    """What tritonclient's InferResult gives parse(): the output and the response."""
+
+    def __init__(self, response):
+        self.response = response
+
+    def as_numpy(self, name):
+        return np.array([[b"0.9:1:dog"]], dtype=object)
+
+    def get_response(self):
+        return self.response
+
+
+def test_the_answering_version_is_read_from_grpc_and_http_responses():
+    info = ModelInfo("m", "IMAGE", "SCORES", 32)
+    grpc = _Protocol.parse(_Answered(service_pb2.ModelInferResponse(model_version="7")), info, 1, 1)
+    assert (grpc.model_version, grpc.rows) == ("7", [(Prediction("dog", 1, 0.9),)])
+    assert _Protocol.parse(_Answered({"model_version": "7"}), info, 1, 1).model_version == "7"
+    assert _Protocol.parse(_Answered({"outputs": []}), info, 1, 1).model_version == ""
 
 
 def test_arrays_and_pil_images_are_sent_as_lossless_png():

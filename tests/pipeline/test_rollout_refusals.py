@@ -9,7 +9,13 @@ import pytest
 
 from resnet_triton import cli
 from resnet_triton.build.manifest import Manifest, file_sha256, manifest_path
-from resnet_triton.pipeline.rollout import Rollout, RolloutError, describe, store_version
+from resnet_triton.pipeline.rollout import (
+    Rollout,
+    RolloutError,
+    describe,
+    serving,
+    store_version,
+)
 from resnet_triton.pipeline.store import keep_version
 
 
@@ -62,3 +68,11 @@ def test_a_second_rollout_of_a_project_is_refused_while_one_runs(tmp_path):
     with pytest.raises(RolloutError, match=r"holds no published model"):  # free again
         Rollout("locked-test", tmp_path).to(tmp_path)
     lock.unlink()
+
+
+def test_a_replica_serving_no_published_model_is_named_not_fatal(tmp_path):
+    """The replicas compose started may mount any repository: rollout goes on."""
+    (tmp_path / "classifier" / "1").mkdir(parents=True)
+    assert serving(tmp_path) == f"unknown model: {tmp_path} holds no published model (no manifest)"
+    with pytest.raises(RolloutError):
+        describe(tmp_path)  # a rollout's target must be one

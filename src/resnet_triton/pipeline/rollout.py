@@ -69,6 +69,14 @@ def describe(repository: Path) -> str:
     return f"version {served_version(repository)}, content {content}"
 
 
+def serving(repository: Path) -> str:
+    """describe() of what a running replica serves, which need not be a store's model."""
+    try:
+        return describe(repository)
+    except (RolloutError, SpecError) as exc:
+        return f"unknown model: {exc}"
+
+
 @dataclass(frozen=True)
 class Replica:
     """A running replica container and the repository it serves."""
@@ -183,11 +191,7 @@ class Rollout:
             )
         live = [r.name for r in replicas]
         for number, old in enumerate(replicas, 1):
-            try:
-                serves = describe(old.repository)
-            except (RolloutError, SpecError) as exc:  # the old model need not be a store's
-                serves = f"unknown model: {exc}"
-            where = f"replica {number}/{len(replicas)} ({old.name}, {serves})"
+            where = f"replica {number}/{len(replicas)} ({old.name}, {serving(old.repository)})"
             if old.repository == repository:
                 print(f"{where}: already serves {repository}")
                 continue
