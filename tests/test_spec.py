@@ -39,12 +39,23 @@ def test_preprocessing_round_trips_through_triton_parameters():
         ({"preprocessing": Preprocessing(interpolation="lanczos")}, "interpolation 'lanczos'"),
         ({"max_batch_size": 0}, "max_batch_size must be an integer >= 1, got 0"),
         ({"reject_below": 1.0}, "reject_below must lie in (0, 1), got 1.0"),
+        ({"widths": (("conv1", 0),)}, "channel counts >= 1, got 'conv1': 0"),
     ],
 )
 def test_bad_fields_are_named(kwargs, message):
     with pytest.raises(SpecError) as info:
         ModelSpec(**{"labels": ("a", "b"), **kwargs})
     assert message in str(info.value)
+
+
+def test_pruned_widths_round_trip_and_a_stock_spec_does_not_carry_them():
+    stock = ModelSpec(labels=("a", "b"), arch="resnet18")
+    assert "widths" not in stock.to_dict()  # specs from before pruning keep their bytes
+    pruned = ModelSpec(labels=("a", "b"), arch="resnet18", widths=(("conv1", 32), ("fc", 8)))
+    assert json.loads(pruned.to_json())["widths"] == {"conv1": 32, "fc": 8}
+    assert ModelSpec.from_json(pruned.to_json()) == pruned
+    with pytest.raises(SpecError, match=r"widths must be a mapping, got \[\['conv1', 32\]\]"):
+        ModelSpec.from_dict({"labels": ["a", "b"], "widths": [["conv1", 32]]})
 
 
 def test_unknown_field_in_saved_spec_is_named():

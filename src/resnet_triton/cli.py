@@ -11,6 +11,7 @@ from resnet_triton.errors import UserError
 COMMANDS = {
     "train": ("resnet_triton.training", "fine-tune a ResNet on an ImageFolder dataset"),
     "distill": ("resnet_triton.training.distill", "train a smaller student from a teacher"),
+    "prune": ("resnet_triton.training.prune", "cut channels from a model, then recover it"),
     "calibrate": ("resnet_triton.training.calibrate", "open-set rejection's threshold"),
     "build": ("resnet_triton.build.command", "export ONNX, gate it, publish to the repository"),
     "render": ("resnet_triton.serving.render", "write the repository configs from a spec"),

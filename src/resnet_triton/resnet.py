@@ -25,15 +25,71 @@ def build_model(spec: ModelSpec, weights: str = "none") -> nn.Module:
     weights: "imagenet" (torchvision's weights; downloads once, needs network),
     "none" (random initialisation) or the path of a local state_dict file, for
     example torchvision's resnet50-*.pth copied onto an offline machine.
+    A pruned spec (`spec.widths`) takes weights from its checkpoint only.
     """
     model = getattr(torchvision.models, spec.arch)(weights=None)
+    if spec.widths and weights != "none":
+        raise CheckpointError(
+            f"a pruned {spec.arch} takes its weights from its own checkpoint, not {weights}"
+        )
     if weights == "imagenet":
         _load_backbone(model, _imagenet_state_dict(spec.arch), f"ImageNet {spec.arch}")
     elif weights != "none":
         _load_backbone(model, _local_state_dict(Path(weights)), f"{weights}")
+    if spec.widths:
+        _narrow(model, dict(spec.widths), spec.arch)
     head = nn.Linear(model.fc.in_features, spec.num_classes)
     model.fc = nn.Sequential(nn.Dropout(spec.head_dropout), head) if spec.head_dropout else head
     return model
+
+
+def _narrow(model: nn.Module, widths: dict[str, int], arch: str) -> None:
+    """Replace the layers of a torchvision ResNet with those of the widths (fresh weights).
+
+    Walks the network in order: each convolution takes the channels its input has and
+    gives its width (the stock one where `widths` has none), its BatchNorm follows it,
+    and a residual connection needs both branches equally wide.
+    """
+    convs = {name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    unknown = sorted(set(widths) - convs)
+    if unknown:
+        raise SpecError(f"widths name {unknown}, which are not convolutions of {arch}")
+
+    def conv(name: str, channels_in: int) -> int:
+        old = model.get_submodule(name)
+        out = widths.get(name, old.out_channels)
+        model.set_submodule(name, nn.Conv2d(
+            channels_in, out, old.kernel_size, old.stride, old.padding, old.dilation,
+            old.groups, bias=old.bias is not None,
+        ))  # fmt: skip
+        model.set_submodule(_norm_of(name), nn.BatchNorm2d(out))
+        return out
+
+    channels = conv("conv1", 3)
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        for index, block in enumerate(model.get_submodule(stage)):
+            prefix = f"{stage}.{index}"
+            branch = channels
+            for k in range(1, 4 if hasattr(block, "conv3") else 3):
+                branch = conv(f"{prefix}.conv{k}", branch)
+            skip = channels
+            if block.downsample is not None:
+                skip = conv(f"{prefix}.downsample.0", channels)
+            if skip != branch:
+                raise SpecError(
+                    f"widths: {prefix} adds a shortcut of {skip} channels to a branch of "
+                    f"{branch}; a residual connection needs them equal"
+                )
+            channels = branch
+    model.fc = nn.Linear(channels, model.fc.out_features)
+
+
+def _norm_of(conv: str) -> str:
+    """conv1 -> bn1, layer1.0.conv2 -> layer1.0.bn2, layer2.0.downsample.0 -> ...downsample.1"""
+    if conv.endswith("downsample.0"):
+        return conv[: -len("0")] + "1"
+    head, _, last = conv.rpartition(".")
+    return f"{head}.bn{last[len('conv') :]}" if head else f"bn{last[len('conv') :]}"
 
 
 def _imagenet_state_dict(arch: str) -> dict:
@@ -104,14 +160,30 @@ def load_checkpoint(path: str | Path) -> tuple[ModelSpec, nn.Module, dict]:
     except (KeyError, SpecError) as exc:
         raise CheckpointError(f"{path} has a bad spec: {exc}") from None
     model = build_model(spec, weights="none")
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"{path}: weights do not fit {spec.arch} with {spec.num_classes} classes "
-            f"as its spec says: {_first_line(exc)}"
-        ) from None
+    load_weights(model, payload.get("state_dict"), spec, str(path))
     return spec, model.eval(), payload
+
+
+def load_weights(model: nn.Module, state, spec: ModelSpec, source: str) -> None:
+    """Load a whole state_dict into the model its spec builds; a misfit names the tensor."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source} has no state_dict")
+    said = f"{spec.arch} with {spec.num_classes} classes" + (
+        f" and {len(spec.widths)} pruned layer widths" if spec.widths else ""
+    )
+    for key, expected in model.state_dict().items():
+        if key in state and tuple(state[key].shape) != tuple(expected.shape):
+            raise CheckpointError(
+                f"{source}: {key} is {list(state[key].shape)} in the weights but "
+                f"{list(expected.shape)} in {said}, as its spec says"
+            )
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{source}: weights do not fit {said}, as its spec says: "
+            f"{len(result.missing_keys)} tensors missing (first {result.missing_keys[:1]}), "
+            f"{len(result.unexpected_keys)} unexpected (first {result.unexpected_keys[:1]})"
+        )
 
 
 def read_torch_file(path: Path):

@@ -173,6 +173,11 @@ class ModelSpec:
     # "unknown" answers to expect while the inputs look like the training data (the
     # drift alert fires at twice it).
     reject_rate: float | None = None
+    # Structured pruning (`resnet-triton prune`): the output channels of each Conv2d that
+    # differs from the stock architecture, as (module name, channels) pairs; every other
+    # shape (BatchNorm, the next layer's inputs, the head's) follows from these. Empty: the
+    # stock architecture. resnet.build_model builds it; a mismatch names the layer.
+    widths: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -204,9 +209,23 @@ class ModelSpec:
                 f"reject_rate must lie in [0, 1) and comes with reject_below, got "
                 f"{self.reject_rate} (reject_below {self.reject_below})"
             )
+        for name, channels in self.widths:
+            if not isinstance(name, str) or not isinstance(channels, int) or channels < 1:
+                raise SpecError(
+                    f"widths must map layer names to channel counts >= 1, got {name!r}: "
+                    f"{channels!r}"
+                )
+
+    def describe(self) -> str:
+        pruned = f", pruned ({len(self.widths)} layer widths)" if self.widths else ""
+        return f"{self.arch}{pruned} with classes {list(self.labels)}"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        del data["widths"]  # left out when stock: older specs keep their bytes and hashes
+        if self.widths:
+            data["widths"] = dict(self.widths)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -228,6 +247,10 @@ class ModelSpec:
         for key, part in (("preprocessing", Preprocessing), ("names", Names)):
             if key in kwargs:
                 kwargs[key] = part(**fields_of(part, kwargs[key], key))
+        if "widths" in kwargs:
+            if not isinstance(data["widths"], dict):
+                raise SpecError(f"widths must be a mapping, got {data['widths']!r}")
+            kwargs["widths"] = tuple(data["widths"].items())
         if "labels" not in kwargs:
             raise SpecError("spec has no labels")
         return cls(**kwargs)

@@ -86,6 +86,11 @@ class TrainConfig:
     teacher: str | None = None
     kd_temperature: float = 4.0
     kd_weight: float = 0.7
+    # structured pruning (resnet-triton prune): this checkpoint's model, its channels cut,
+    # is where training starts (its weights replace --weights)
+    prune_from: str | None = None
+    prune_ratio: float = 0.5
+    prune_round_to: int = 8
     # early stopping, checkpoints
     monitor: str = "val_top1"
     patience: int = 0
@@ -138,6 +143,13 @@ class TrainConfig:
             raise SpecError(f"--kd-temperature must be > 0, got {self.kd_temperature}")
         if not 0.0 <= self.kd_weight <= 1.0:
             raise SpecError(f"--kd-weight must lie in [0, 1], got {self.kd_weight}")
+        if not 0.0 < self.prune_ratio < 1.0:
+            raise SpecError(
+                f"the pruning ratio (--ratio, --prune-ratio) must lie in (0, 1), got "
+                f"{self.prune_ratio}"
+            )
+        if self.prune_round_to < 1:
+            raise SpecError(f"--prune-round-to must be >= 1, got {self.prune_round_to}")
 
     def to_yaml(self) -> str:
         data = {k: list(v) if isinstance(v, tuple) else v for k, v in self.as_dict().items()}
@@ -258,6 +270,13 @@ OPTIONS = {
         ("kd_temperature", "softmax temperature of the soft targets", FLOAT),
         ("kd_weight", "weight of the soft-target loss; the labels' loss gets 1 - this", FLOAT),
     ],
+    "structured pruning (see resnet-triton prune)": [
+        ("prune_from", "checkpoint.pt whose model is pruned, then trained (recovery); none = "
+         "no pruning", {}),
+        ("prune_ratio", "share of each layer's channels removed, in (0, 1)", FLOAT),
+        ("prune_round_to", "channels kept per layer are a multiple of this (fast kernels)",
+         INT),
+    ],
     "early stopping and checkpoints": [
         ("monitor", f"metric choosing the best epoch: {', '.join(MONITORS)}", {}),
         ("patience", "stop after this many epochs without improvement; 0 = off", INT),
@@ -276,8 +295,9 @@ OPTIONS = {
 
 
 def get_args_parser(
-    prog: str = "resnet-triton train", description: str = ""
+    prog: str = "resnet-triton train", description: str = "", aliases: dict | None = None
 ) -> argparse.ArgumentParser:
+    """aliases: option name -> a second flag for it (prune's --checkpoint for --prune-from)."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(description or "Fine-tune a torchvision ResNet on an ImageFolder.")
@@ -288,13 +308,15 @@ def get_args_parser(
         epilog=STRATEGY_HELP,
     )
     parser.add_argument("--config", type=Path, default=None, help="YAML file of options")
+    aliases = aliases or {}
     defaults = TrainConfig(data="")
     for title, options in OPTIONS.items():
         group = parser.add_argument_group(title)
         for name, text, kwargs in options:
             default = getattr(defaults, name)
             shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-            group.add_argument(f"--{_flag(name)}", help=f"{text} (default: {shown})", **kwargs)
+            flags = [f"--{_flag(name)}"] + ([f"--{aliases[name]}"] if name in aliases else [])
+            group.add_argument(*flags, help=f"{text} (default: {shown})", **kwargs)
     return parser
 
 

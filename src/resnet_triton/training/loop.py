@@ -30,12 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import (
-    DataLoader,
-)
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from resnet_triton.data import class_counts, load_splits
+from resnet_triton.data import load_splits
 from resnet_triton.resnet import (
     CheckpointError,
     build_model,
@@ -44,10 +42,18 @@ from resnet_triton.resnet import (
     save_checkpoint,
 )
 from resnet_triton.spec import ModelSpec, Preprocessing, SpecError
-from resnet_triton.training import distributed, gallery, report, strategy, teacher, tracking
+from resnet_triton.training import (
+    distributed,
+    gallery,
+    pruning,
+    report,
+    strategy,
+    teacher,
+    tracking,
+)
 from resnet_triton.training.config import TrainConfig
 from resnet_triton.training.loaders import eval_loader, predict, seed_epoch, train_loader
-from resnet_triton.training.optim import Schedule, build_ema, build_optimizer
+from resnet_triton.training.optim import Schedule, build_ema, build_loss, build_optimizer
 
 
 @dataclass
@@ -92,7 +98,11 @@ class Trainer:
         )
         memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.memory_format = memory
-        self.model = build_model(self.spec, cfg.weights).to(ctx.device, memory_format=memory)
+        if cfg.prune_from:  # the pruned checkpoint's model, with the widths in the spec
+            self.spec, model = pruning.pruned_start(cfg, self.spec, self.log)
+        else:
+            model = build_model(self.spec, cfg.weights)
+        self.model = model.to(ctx.device, memory_format=memory)
         self.optimizer = build_optimizer(strategy.parameter_groups(self.model, cfg), cfg)
         self.micro_batch = cfg.batch_size // ctx.world_size
         self.data = train_loader(self.splits.train, cfg, ctx, self.micro_batch)
@@ -102,12 +112,7 @@ class Trainer:
         self.amp_dtype = torch.float16 if cuda else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and cuda)
         self.ema = build_ema(self.model, cfg)
-        weights = None
-        if cfg.class_balance == "loss":
-            counts = class_counts(self.splits.train)
-            weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)))
-            weights = weights.float().to(ctx.device)
-        self.loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+        self.loss_fn = build_loss(cfg, self.splits.train, ctx.device)
         self.teacher = None  # distillation: a frozen model whose answers are targets too
         if cfg.teacher:
             self.teacher = teacher.load_teacher(cfg.teacher, self.spec, ctx.device)
@@ -146,10 +151,10 @@ class Trainer:
         if not isinstance(payload, dict) or "training" not in payload:
             raise CheckpointError(f"--resume {path} is not a last.pt written by this trainer")
         saved = ModelSpec.from_dict(payload["spec"])
-        if (saved.arch, saved.labels) != (self.spec.arch, self.spec.labels):
+        same = ("arch", "labels", "widths")
+        if any(getattr(saved, name) != getattr(self.spec, name) for name in same):
             raise CheckpointError(
-                f"--resume {path} is {saved.arch} with classes {list(saved.labels)}; this run "
-                f"is {self.spec.arch} with classes {list(self.spec.labels)}"
+                f"--resume {path} is {saved.describe()}; this run is {self.spec.describe()}"
             )
         self.model.load_state_dict(payload["state_dict"])
         training = payload["training"]
@@ -254,7 +259,8 @@ class Trainer:
         if ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(cfg.to_yaml())
-            self._report_data()
+            for line in report.describe_data(self.splits, cfg, ctx):
+                self.log(line)
         if cfg.resume:
             self.resume(Path(cfg.resume))
         with tracking.tracked(cfg, self.out, self.state, ctx.is_main) as tracker:
@@ -335,10 +341,6 @@ class Trainer:
     def _stopped_early(self) -> bool:
         return bool(self.cfg.patience) and self.state.bad_epochs >= self.cfg.patience
 
-    def _report_data(self) -> None:
-        for line in report.describe_data(self.splits, self.cfg, self.ctx):
-            self.log(line)
-
     def _write_metrics(self) -> None:
         metrics = {"best": self.state.best, "history": self.state.history}
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -355,23 +357,21 @@ class Trainer:
         dataset = self.splits.test if self.splits.test is not None else self.splits.val
         _, model, _ = load_checkpoint(self.out / "checkpoint.pt")
         model.to(self.ctx.device, memory_format=self.memory_format)
-        probs = self._probabilities(model, dataset)
-        result = report.classification_report(
-            np.array(dataset.targets), probs.argmax(1), list(self.spec.labels)
-        )
+        probs, targets = self._probabilities(model, dataset), np.array(dataset.targets)
+        result = report.classification_report(targets, probs.argmax(1), list(self.spec.labels))
         result["split"] = split
         val_probs = probs if split == "val" else self._probabilities(model, self.splits.val)
         result["error_analysis"] = gallery.error_analysis(
             model, self.spec, self.splits.val.samples, val_probs, self.out
         )
         if self.teacher is not None:
-            result["distillation"] = teacher.comparison(
-                self._probabilities(self.teacher, dataset), probs, np.array(dataset.targets),
-                self.cfg.teacher, split,
-            )  # fmt: skip
-            d = result["distillation"]
-            self.log(f"teacher top-1 {d['teacher_top1']:.4f}, student {d['student_top1']:.4f}, "
-                     f"agreement {d['agreement']:.4f} on {split}")  # fmt: skip
+            taught = self._probabilities(self.teacher, dataset)
+            result["distillation"] = teacher.comparison(taught, probs, targets, self.cfg, split)
+            self.log(teacher.summary(result["distillation"]))
+        if self.cfg.prune_from:
+            answers = lambda m: self._probabilities(m.to(self.ctx.device), dataset)  # noqa: E731
+            result["pruning"] = pruning.report(self.cfg, self.spec, targets, probs, answers)
+            self.log(pruning.summary(result["pruning"]))
         result["figures"] = {
             name: f"{name}.png" for name in ("curves", "confusion_matrix", "mistakes", "examples")
         }

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from resnet_triton.data import class_counts
 from resnet_triton.training.config import TrainConfig
 
 
@@ -15,6 +17,16 @@ def build_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimiz
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def build_loss(cfg: TrainConfig, train, device: torch.device) -> nn.Module:
+    """Cross-entropy; with --class-balance loss, each class weighted by its rarity."""
+    weights = None
+    if cfg.class_balance == "loss":
+        counts = class_counts(train)
+        weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)))
+        weights = weights.float().to(device)
+    return nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
 
 
 class Schedule:

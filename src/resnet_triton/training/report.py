@@ -20,8 +20,9 @@ from resnet_triton.data import class_counts
 def describe_data(splits, cfg, ctx) -> list[str]:
     """The lines a run starts with: model, processes, splits, classes, skipped files."""
     counts = class_counts(splits.train)
+    weights = f"pruned from {cfg.prune_from}" if cfg.prune_from else f"weights={cfg.weights}"
     lines = [
-        f"training {cfg.arch} ({cfg.strategy}, weights={cfg.weights}) on "
+        f"training {cfg.arch} ({cfg.strategy}, {weights}) on "
         f"{ctx.world_size} x {ctx.device.type}: {len(splits.train)} train / "
         f"{len(splits.val)} val" + (f" / {len(splits.test)} test" if splits.test else "")
         + f" images, {len(splits.classes)} classes "

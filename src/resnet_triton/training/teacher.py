@@ -48,13 +48,20 @@ def blend(hard: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor, cfg)
     return (1.0 - cfg.kd_weight) * hard + cfg.kd_weight * soft
 
 
-def comparison(teacher_probs, student_probs, targets, teacher_path: str, split: str) -> dict:
+def comparison(teacher_probs, student_probs, targets, cfg, split: str) -> dict:
     """Teacher and student on the same split: accuracy of each and their agreement."""
     t, s = teacher_probs.argmax(1), student_probs.argmax(1)
     return {
-        "teacher": teacher_path,
+        "teacher": cfg.teacher,
         "split": split,
         "teacher_top1": float((t == targets).mean()),
         "student_top1": float((s == targets).mean()),
         "agreement": float((t == s).mean()),
     }
+
+
+def summary(d: dict) -> str:
+    return (
+        f"teacher top-1 {d['teacher_top1']:.4f}, student {d['student_top1']:.4f}, "
+        f"agreement {d['agreement']:.4f} on {d['split']}"
+    )
