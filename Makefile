@@ -42,7 +42,7 @@ OS_PACKAGES := libb64-0d wrk prometheus libjemalloc2
 export DOCKER_CONFIG := $(CURDIR)/.docker
 COMPOSE_BINARY = $(shell $(BIN)/python -c "import compose, pathlib; print(pathlib.Path(compose.__file__).parent / 'docker-compose')")
 
-.PHONY: setup demo ui browser build pipeline rollout rollback test lint serve docker docker-tools docker-stop base-image bench bench-peers bench-sweep bench-train bench-precision bench-batching bench-dali bench-distill soak clean
+.PHONY: setup demo ui browser build pipeline rollout rollback test lint serve docker docker-tools docker-stop base-image bench bench-peers bench-sweep bench-train bench-precision bench-batching bench-dali bench-distill bench-diet soak clean
 
 setup: $(STAMP)
 
@@ -162,6 +162,11 @@ bench-train: setup
 # (the digits): accuracy, agreement and ONNX Runtime speed; artifacts/bench/distill/.
 bench-distill: setup
 	$(BIN)/python perf/distill.py
+
+# Distilled, pruned (Torch-Pruning + recovery) and INT8 models side by side on the digits:
+# top-1, agreement, parameters, GMACs, ONNX Runtime and served speed; artifacts/bench/diet/.
+bench-diet: setup
+	$(BIN)/python perf/diet.py
 
 bench-precision: setup
 	$(BIN)/python perf/onnx_precision.py

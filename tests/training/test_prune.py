@@ -8,6 +8,10 @@ after pruning (chance), 0.96 after 2 epochs of recovery.
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,6 +137,27 @@ def test_resume_reproduces_the_pruning_run(pruned, checkpoint, digits, tmp_path)
         json.loads((out / "evaluation.json").read_text()) for out in (pruned, tmp_path)
     )
     assert first["pruning"] == second["pruning"]
+
+
+def test_torchrun_ranks_prune_alike_and_rank_0_writes(checkpoint, digits, tmp_path):
+    """2 CPU processes (gloo), 1 epoch at 32 px: every rank prunes the checkpoint to the
+    same widths (DDP would refuse parameters of different shapes) and rank 0 writes."""
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone",
+                "--nproc_per_node=2", "-m", "resnet_triton.cli"]  # fmt: skip
+    flags = ["--data", str(digits), "--checkpoint", str(checkpoint), "--ratio", "0.5",
+             "--out", str(tmp_path), "--epochs", "1", "--resize-size", "36", "--crop-size",
+             "32", "--workers", "0", "--no-hflip", "--no-tensorboard"]  # fmt: skip
+    result = subprocess.run(
+        [*torchrun, "prune", *flags], env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = result.stdout + result.stderr  # rank 0 only
+    assert printed.count("pruned resnet18 at ratio 0.5: 11,181,642 -> 2,801,450") == 1
+    spec, _, _ = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert dict(spec.widths)["conv1"] == 32 and spec.preprocessing.crop_size == 32
+    report = json.loads((tmp_path / "evaluation.json").read_text())["pruning"]
+    assert report["pruned"]["params"] == 2_801_450
 
 
 @pytest.mark.integration
