@@ -131,11 +131,13 @@ def main() -> int:
     teacher = train("resnet50", args, arch="resnet50")
     models = {"resnet50": teacher}
     for ratio in args.ratios:
-        models[f"resnet50 pruned {ratio}"] = pruned(f"resnet50-pruned-{ratio}", teacher, ratio, args)
+        name = f"resnet50 pruned {ratio}"
+        models[name] = pruned(name.replace(" ", "-"), teacher, ratio, args)
     student = train("resnet18-distilled", args, arch="resnet18", seed=1, teacher=str(teacher))
     models["resnet18 distilled"] = student
     last = args.ratios[-1]
-    models[f"resnet18 pruned {last}"] = pruned(f"resnet18-pruned-{last}", student, last, args)
+    name = f"resnet18 pruned {last}"
+    models[name] = pruned(name.replace(" ", "-"), student, last, args)
 
     val_paths = sorted((args.out / "digits" / "val").rglob("*.png"))
     classes = sorted(p.name for p in (args.out / "digits" / "val").iterdir())

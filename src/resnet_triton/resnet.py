@@ -87,9 +87,8 @@ def _narrow(model: nn.Module, widths: dict[str, int], arch: str) -> None:
 def _norm_of(conv: str) -> str:
     """conv1 -> bn1, layer1.0.conv2 -> layer1.0.bn2, layer2.0.downsample.0 -> ...downsample.1"""
     if conv.endswith("downsample.0"):
-        return conv[: -len("0")] + "1"
-    head, _, last = conv.rpartition(".")
-    return f"{head}.bn{last[len('conv') :]}" if head else f"bn{last[len('conv') :]}"
+        return conv.removesuffix("0") + "1"
+    return conv.replace("conv", "bn")
 
 
 def _imagenet_state_dict(arch: str) -> dict:

@@ -202,6 +202,8 @@ def test_the_pruned_checkpoint_explains(pruned, digits, tmp_path, capsys):
             "them, so a layer of C channels needs a ratio from 8/C to 1 - 8/C",
         ),
         (["--arch", "resnet34"], "has architecture resnet18; this run has resnet34"),
+        (["--weights", "imagenet"], "--weights imagenet with --prune-from (--checkpoint): a "
+         "pruned run starts from the pruned checkpoint's weights; pass --weights none"),
     ],
 )  # fmt: skip
 def test_bad_pruning_settings_are_named(checkpoint, digits, tmp_path, capsys, flags, message):

@@ -148,6 +148,11 @@ class TrainConfig:
                 f"the pruning ratio (--ratio, --prune-ratio) must lie in (0, 1), got "
                 f"{self.prune_ratio}"
             )
+        if self.prune_from and self.weights != "none":
+            raise SpecError(
+                f"--weights {self.weights} with --prune-from (--checkpoint): a pruned run starts "
+                "from the pruned checkpoint's weights; pass --weights none"
+            )
         if self.prune_round_to < 1:
             raise SpecError(f"--prune-round-to must be >= 1, got {self.prune_round_to}")
 

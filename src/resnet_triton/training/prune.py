@@ -39,7 +39,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k != "config"}
-    cfg = resolve(args.config, overrides)
+    cfg = resolve(args.config, overrides, defaults={"weights": "none"})  # for prune_from
     if not cfg.prune_from:
         raise SpecError("resnet-triton prune needs --checkpoint checkpoint.pt to prune")
     source = checkpoint_spec(cfg.prune_from)
