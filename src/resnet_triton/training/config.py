@@ -87,7 +87,7 @@ class TrainConfig:
     kd_temperature: float = 4.0
     kd_weight: float = 0.7
     # structured pruning (resnet-triton prune): this checkpoint's model, its channels cut,
-    # is where training starts (its weights replace --weights)
+    # is where training starts (with its weights: --weights stays none)
     prune_from: str | None = None
     prune_ratio: float = 0.5
     prune_round_to: int = 8
