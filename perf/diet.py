@@ -22,33 +22,22 @@ about 20 minutes on 2 CPUs at the default 64 px.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import torch
 from ceilings import onnxruntime_ceiling
+from distill import train, write_summary
 from perf_tools import ensemble_input, published_model, run_perf_analyzer
 
 from resnet_triton.build import command as build
+from resnet_triton.data import image_folder
 from resnet_triton.digits import write_digits
 from resnet_triton.preprocess import pixels_from_files
 from resnet_triton.resnet import load_checkpoint
 from resnet_triton.serving.server import Ports, TritonServer
-from resnet_triton.training import TrainConfig, run
 from resnet_triton.training.pruning import count
-
-
-def train(name: str, args, **options) -> Path:
-    out = args.out / name
-    settings = {"epochs": args.epochs, "lr": 3e-3, "weights": "none", **options}
-    run(TrainConfig(
-        data=str(args.out / "digits"), out=str(out), hflip=False, workers=0,
-        resize_size=args.crop_size * 9 // 8, crop_size=args.crop_size, **settings,
-    ))  # fmt: skip
-    return out / "checkpoint.pt"
 
 
 def pruned(name: str, unpruned: Path, ratio: float, args) -> Path:
@@ -70,11 +59,14 @@ def publish(checkpoint: Path, precision: str, args) -> Path:
     return folder / "repo"
 
 
-def answers(onnx_path: Path, pixels: np.ndarray) -> np.ndarray:
+def answers(onnx_path: Path, pixels: np.ndarray, batch: int) -> np.ndarray:
+    """The ONNX file's top-1 class for each image, `batch` images a run."""
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    chunks = [session.run(None, {name: pixels[i : i + 32]})[0] for i in range(0, len(pixels), 32)]
-    return np.concatenate(chunks).argmax(1)
+    runs = range(0, len(pixels), batch)
+    return np.concatenate(
+        [session.run(None, {name: pixels[i : i + batch]})[0] for i in runs]
+    ).argmax(1)
 
 
 def served_rate(repo: Path, spec, images: list[Path], args, out: Path) -> float:
@@ -87,7 +79,8 @@ def served_rate(repo: Path, spec, images: list[Path], args, out: Path) -> float:
     return rows[0]["throughput_img_s"]
 
 
-def measure(checkpoint: Path, precision: str, val, taught, args) -> dict:
+def measure(checkpoint: Path, size: dict, precision: str, val, taught, args) -> dict:
+    """One model in one precision; `size` its parameters and GMACs (pruning.count)."""
     try:
         repo = publish(checkpoint, precision, args)
     except build.GateFailed as exc:  # a row of its own: the gate kept it from serving
@@ -95,9 +88,7 @@ def measure(checkpoint: Path, precision: str, val, taught, args) -> dict:
     onnx_path, spec = published_model(repo)
     paths, targets = val
     pixels = pixels_from_files(paths, spec.preprocessing)  # (n, 3, crop, crop) uint8
-    said = answers(onnx_path, pixels)
-    _, model, _ = load_checkpoint(checkpoint)
-    size = count(model, spec)
+    said = answers(onnx_path, pixels, spec.max_batch_size)
     speed = {
         f"batch {b}": onnxruntime_ceiling(onnx_path, pixels[:64], b, args.seconds)
         for b in (1, spec.max_batch_size)
@@ -139,13 +130,15 @@ def main() -> int:
     name = f"resnet18 pruned {last}"
     models[name] = pruned(name.replace(" ", "-"), student, last, args)
 
-    val_paths = sorted((args.out / "digits" / "val").rglob("*.png"))
-    classes = sorted(p.name for p in (args.out / "digits" / "val").iterdir())
-    val = (val_paths, np.array([classes.index(p.parent.name) for p in val_paths]))
+    # The validation images and their class indices as training read them.
+    folder = image_folder(args.out / "digits" / "val", load_checkpoint(teacher)[0].preprocessing)
+    val = ([Path(path) for path, _ in folder.samples], np.array(folder.targets))
     rows, taught = {}, None
     for name, checkpoint in models.items():
+        spec, model, _ = load_checkpoint(checkpoint)
+        size = count(model, spec)
         for precision in ("fp32", "int8"):
-            row = measure(checkpoint, precision, val, taught, args)
+            row = measure(checkpoint, size, precision, val, taught, args)
             if taught is None:  # the first row is the teacher in FP32 (its gate is exact)
                 taught = row["_answers"]
                 row["agreement_with_teacher"] = 1.0
@@ -153,11 +146,7 @@ def main() -> int:
     for row in rows.values():
         row.pop("_answers", None)
     print(table(rows))
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    summary = {"args": {k: str(v) for k, v in vars(args).items()}, "training_device": device,
-               "onnxruntime_threads": "default (all cores)", "models": rows}  # fmt: skip
-    (args.out / "diet.json").write_text(json.dumps(summary, indent=2))
-    print(f"written to {args.out / 'diet.json'}")
+    write_summary(args, rows, args.out / "diet.json")
     return 0
 
 

@@ -30,14 +30,24 @@ from resnet_triton.training.loaders import predict_folder
 
 
 def train(name: str, args, **options) -> Path:
+    """A run on the digits in args.out at args.crop_size; `options` override the rest."""
     out = args.out / name
+    settings = {"epochs": args.epochs, "lr": 3e-3, "weights": "none", **options}
     config = TrainConfig(
-        data=str(args.out / "digits"), out=str(out), weights="none", epochs=args.epochs,
-        lr=3e-3, hflip=False, resize_size=args.crop_size * 9 // 8, crop_size=args.crop_size,
-        workers=0, **options,
+        data=str(args.out / "digits"), out=str(out), hflip=False, workers=0,
+        resize_size=args.crop_size * 9 // 8, crop_size=args.crop_size, **settings,
     )  # fmt: skip
     run(config)
     return out / "checkpoint.pt"
+
+
+def write_summary(args, rows: dict, path: Path) -> None:
+    """The figures with the command's arguments and the machine that trained."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    summary = {"args": {k: str(v) for k, v in vars(args).items()}, "training_device": device,
+               "onnxruntime_threads": "default (all cores)", "models": rows}  # fmt: skip
+    path.write_text(json.dumps(summary, indent=2))
+    print(f"written to {path}")
 
 
 def predictions(checkpoint: Path, val: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -100,11 +110,7 @@ def main() -> int:
         print(f"{name:<12} {row['top1']:>7.4f} {'-' if agrees is None else f'{agrees:.4f}':>7} "
               f"{b1['throughput_img_s']:>9.1f} {bmost['throughput_img_s']:>10.1f} "
               f"{bmost['speedup_over_teacher']:>6.2f}")  # fmt: skip
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    summary = {"args": {k: str(v) for k, v in vars(args).items()}, "training_device": device,
-               "onnxruntime_threads": "default (all cores)", "models": rows}  # fmt: skip
-    (args.out / "distill.json").write_text(json.dumps(summary, indent=2))
-    print(f"written to {args.out / 'distill.json'}")
+    write_summary(args, rows, args.out / "distill.json")
     return 0
 
 

@@ -145,6 +145,15 @@ def save_checkpoint(path: Path, model: nn.Module, spec: ModelSpec, **extra) -> N
 
 def load_checkpoint(path: str | Path) -> tuple[ModelSpec, nn.Module, dict]:
     """(spec, model in eval mode, the whole checkpoint dict); errors name the problem."""
+    payload = read_checkpoint(path)
+    spec = checkpoint_spec(payload, path)
+    model = build_model(spec, weights="none")
+    load_weights(model, payload.get("state_dict"), spec, str(path))
+    return spec, model.eval(), payload
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint's dict, read once, with no model built; errors name the problem."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -154,13 +163,14 @@ def load_checkpoint(path: str | Path) -> tuple[ModelSpec, nn.Module, dict]:
             f"{path} is not a resnet-triton checkpoint (no format {CHECKPOINT_FORMAT!r}); "
             "train one with `resnet-triton train`"
         )
+    return payload
+
+
+def checkpoint_spec(payload: dict, path: str | Path) -> ModelSpec:
     try:
-        spec = ModelSpec.from_dict(payload["spec"])
+        return ModelSpec.from_dict(payload["spec"])
     except (KeyError, SpecError) as exc:
         raise CheckpointError(f"{path} has a bad spec: {exc}") from None
-    model = build_model(spec, weights="none")
-    load_weights(model, payload.get("state_dict"), spec, str(path))
-    return spec, model.eval(), payload
 
 
 def load_weights(model: nn.Module, state, spec: ModelSpec, source: str) -> None:

@@ -173,10 +173,10 @@ class ModelSpec:
     # "unknown" answers to expect while the inputs look like the training data (the
     # drift alert fires at twice it).
     reject_rate: float | None = None
-    # Structured pruning (`resnet-triton prune`): the output channels of each Conv2d that
-    # differs from the stock architecture, as (module name, channels) pairs; every other
-    # shape (BatchNorm, the next layer's inputs, the head's) follows from these. Empty: the
-    # stock architecture. resnet.build_model builds it; a mismatch names the layer.
+    # Structured pruning (`resnet-triton prune`): Conv2d output channels as (module name,
+    # channels) pairs, the stock width for a convolution not named (prune names them all);
+    # every other shape (BatchNorm, the next layer's inputs, the head's) follows from these.
+    # Empty: the stock architecture. resnet.build_model builds it; a mismatch names the layer.
     widths: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:

@@ -12,9 +12,8 @@ recovery and after it. `make bench-diet` compares pruned, distilled and INT8 mod
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from resnet_triton.resnet import load_checkpoint, read_torch_file
+from resnet_triton.resnet import checkpoint_spec, read_checkpoint
 from resnet_triton.spec import ARCHITECTURES, ModelSpec, SpecError
 from resnet_triton.training.config import get_args_parser as train_parser
 from resnet_triton.training.config import resolve
@@ -42,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = resolve(args.config, overrides, defaults={"weights": "none"})  # for prune_from
     if not cfg.prune_from:
         raise SpecError("resnet-triton prune needs --checkpoint checkpoint.pt to prune")
-    source = checkpoint_spec(cfg.prune_from)
+    source = prunable_spec(cfg.prune_from)
     defaults = {
         "arch": source.arch,
         "head_dropout": source.head_dropout,
@@ -54,14 +53,14 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def checkpoint_spec(path: str) -> ModelSpec:
+def prunable_spec(path: str) -> ModelSpec:
     """The spec of the checkpoint to prune, refusing an architecture prune cannot rebuild."""
-    payload = read_torch_file(Path(path)) if Path(path).is_file() else None
-    spec = payload.get("spec") if isinstance(payload, dict) else None
+    payload = read_checkpoint(path)
+    spec = payload.get("spec")
     arch = spec.get("arch") if isinstance(spec, dict) else None
     if arch is not None and arch not in PRUNABLE:
         raise SpecError(
             f"cannot prune {arch} (--checkpoint {path}): resnet-triton prune takes "
             f"{', '.join(PRUNABLE)}"
         )
-    return load_checkpoint(path)[0]
+    return checkpoint_spec(payload, path)

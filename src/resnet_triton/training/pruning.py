@@ -98,7 +98,9 @@ def report(
     cfg: TrainConfig, spec: ModelSpec, targets: np.ndarray, recovered: np.ndarray, answers
 ) -> dict:
     """evaluation.json's "pruning": the unpruned model, the pruned one before recovery and
-    after (`recovered`, its probabilities), on the same split. answers(model) -> probs."""
+    after (`recovered`, its probabilities), on the same split. answers(model) -> probs.
+    The pruned model is made again rather than carried in last.pt: pruning is
+    deterministic, and a resumed run reports the same without extra state."""
     _, unpruned, _ = load_checkpoint(cfg.prune_from)
     original = answers(unpruned)
     size = count(unpruned, spec)
