@@ -3,6 +3,7 @@ Helm's own library and validated offline against Kubernetes' and the CRDs' schem
 
 import json
 import re
+import shlex
 
 import helm_python
 import pytest
@@ -81,22 +82,64 @@ def test_the_gcs_store_and_fixed_replicas():
     assert deployment["template"]["spec"]["serviceAccountName"] == "store-reader"  # its identity
 
 
-def test_a_model_version_is_the_rollout():
-    """model.version: the pods copy that store version; changing it changes the pod template
-    (the rollout), and the latest stays the default."""
+def documented_upgrades() -> list[str]:
+    """Every `helm upgrade` command deploy/README.md and values.yaml show, as written."""
+    readme = [line for line in (DEPLOY / "README.md").read_text().splitlines()
+              if line.startswith("helm upgrade ")]  # fmt: skip
+    comments = re.findall(r"`(helm upgrade [^`]+)`", (CHART / "values.yaml").read_text())
+    assert readme and comments, "the rollout command is documented in both"
+    return readme + comments
 
-    def pod(values: dict) -> dict:
-        return by_kind(render(values))["Deployment"]["spec"]["template"]
 
-    latest, third = pod(REQUIRED), pod({**REQUIRED, "model": {"version": "3"}})
-    (sync,) = third["spec"]["initContainers"]
-    assert sync["command"][-2] == "s3://models/store/versions/cpu/3"
-    assert third["metadata"]["annotations"] == {"resnet-triton/model-version": "3"}
+def set_values(command: str, reused: dict) -> dict:
+    """The values `command` gives the chart: `reused` (--reuse-values) with each `--set`
+    parsed by Helm's own parser, which types `4` as a number."""
+    values = reused
+    words = shlex.split(command)
+    for flag, expression in zip(words, words[1:], strict=False):
+        if flag == "--set":
+            values = merge(values, helm_python.parse_set_string(expression))
+    return values
+
+
+def merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = merge(base[key], value) if nested else value
+    return merged
+
+
+def pod(values: dict) -> dict:
+    return by_kind(render(values))["Deployment"]["spec"]["template"]
+
+
+@pytest.mark.parametrize("command", documented_upgrades())
+def test_a_model_version_is_the_rollout(command):
+    """The documented `helm upgrade --set model.version=N`, parsed as Helm parses it: the
+    pods copy that store version and say so; changing it changes the pod template (the
+    rollout), and the latest stays the default."""
+    values = set_values(command, REQUIRED)
+    version = values["model"]["version"]
+    assert isinstance(version, int), "Helm's --set types a bare number as one"
+    rolled, latest = pod(values), pod(REQUIRED)
+    for obj in render(values):
+        validate(obj)
+    (sync,) = rolled["spec"]["initContainers"]
+    assert sync["command"][-2] == f"s3://models/store/versions/cpu/{version}"
+    assert rolled["metadata"]["annotations"] == {"resnet-triton/model-version": str(version)}
     assert latest["metadata"]["annotations"] == {"resnet-triton/model-version": "latest"}
     assert latest["spec"]["initContainers"][0]["command"][-2] == "s3://models/store/cpu"
+    # --set-string (or a quoted "4"), a values file's 4 (a float to Helm) and large
+    # numbers alike.
+    for same in (str(version), float(version)):
+        assert pod(merge(REQUIRED, {"model": {"version": same}})) == rolled
+    for big in (set_values("--set model.version=12345678", REQUIRED),
+                merge(REQUIRED, {"model": {"version": 12345678.0}})):  # fmt: skip
+        copy = pod(big)["spec"]["initContainers"][0]["command"]
+        assert copy[-2].endswith("/versions/cpu/12345678")  # not 1.2345678e+07
     with pytest.raises(helm_python.HelmError) as error:
-        render({**REQUIRED, "model": {"version": "3"},
-                "modelRepository": {"source": "pvc", "pvc": {"claimName": "models"}}})  # fmt: skip
+        render(merge(values, {"modelRepository": {"source": "pvc", "pvc": {"claimName": "m"}}}))
     assert "model.version names a version of the model store; modelRepository.source pvc" in str(
         error.value
     )
@@ -108,6 +151,8 @@ def test_a_model_version_is_the_rollout():
         ({"modelRepository": REQUIRED["modelRepository"]}, "at '/adminKey/secretName': minLength"),
         ({**REQUIRED, "model": {"version": "latest"}},
          "at '/model/version': 'latest' does not match pattern"),
+        ({**REQUIRED, "model": {"version": 0}}, "at '/model/version': minimum: got 0, want 1"),
+        ({**REQUIRED, "model": {"version": 2.5}}, "at '/model/version': got number, want"),
         ({**REQUIRED, "replicas": 0}, "at '/replicas': minimum: got 0, want 1"),
         ({**REQUIRED, "target": "tpu"}, "at '/target': value must be one of 'cpu', 'gpu'"),
         ({**REQUIRED, "modelRepository": {"storeUri": "http://models/store"}},
