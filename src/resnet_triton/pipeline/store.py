@@ -77,23 +77,46 @@ def published_versions(store: Path, repository: str) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def claim_version(store: Path, repository: str) -> tuple[int, Path]:
+    """The next free version number and its private folder, `.<n>.partial`, made here.
+
+    Making the folder is the claim: mkdir is atomic, so of two publishers that picked the
+    same number one gets FileExistsError and tries the next; readers list only finished
+    versions, so they never see a claim. A claim a crashed publisher left stays, and its
+    number is skipped."""
+    folder = versions_dir(store, repository)
+    folder.mkdir(parents=True, exist_ok=True)
+    number = max(published_versions(store, repository), default=0) + 1
+    while True:
+        partial = folder / f".{number}.partial"
+        try:
+            partial.mkdir()
+        except FileExistsError:
+            number += 1
+            continue
+        if not (folder / str(number)).exists():
+            return number, partial
+        # Finished (renamed from its claim) after the listing above: not free after all.
+        partial.rmdir()
+        number += 1
+
+
 def keep_version(store: Path, repository: str, record: dict) -> int:
     """Copy the latest `repository` to the next version number n, `record` beside it.
 
     Its models are renumbered to n, so that Triton answers with the store version."""
-    number = max(published_versions(store, repository), default=0) + 1
-    folder = versions_dir(store, repository) / str(number)
-    partial = folder.with_name(f".{number}.partial")  # a reader never sees half a version
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(store / repository, partial, ignore=shutil.ignore_patterns("__pycache__"))
+    number, partial = claim_version(store, repository)
+    shutil.copytree(store / repository, partial, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
     renumber(partial, number)
     if "model_file" in record:  # <model>/<VERSION>/<file>, now <model>/<n>/<file>
         model, _, name = Path(record["model_file"]).parts
         record = {**record, "model_file": f"{model}/{number}/{name}"}
+    folder = partial.with_name(str(number))
     folder.with_name(f"{number}.json").write_text(
         json.dumps({"version": number, **record}, indent=2, sort_keys=True)
     )
-    partial.rename(folder)
+    partial.rename(folder)  # a reader never sees half a version
     return number
 
 
