@@ -4,6 +4,7 @@ from, and a model that fails its smoke test never answers a client."""
 
 import json
 import re
+import uuid
 from collections import Counter
 
 import pytest
@@ -25,10 +26,10 @@ def rollout(capsys, project, *args: str) -> tuple[int, str, str]:
 
 def rollout_under_load(capsys, project, protocol: str, images: list[bytes], *args: str):
     """`resnet-triton <args>` while 8 clients send `images` through the balancer, one per
-    request: (per request (Result, sent after the command returned), exit code, out, err)."""
+    request: (per request (Result, sent after the command returned), exit code, out, err).
+    The clients never retry (retries=0): a request the rollout loses is an error here."""
     port = project.ports.grpc if protocol == "grpc" else project.ports.http
-    with Classifier(f"localhost:{port}", protocol, retries=2, backoff_s=0.5,
-                    timeout_s=60) as classifier:  # fmt: skip
+    with Classifier(f"localhost:{port}", protocol, retries=0, timeout_s=60) as classifier:
         sent, answer = send_during(classifier, images, lambda: rollout(capsys, project, *args))
     return sent, *answer
 
@@ -97,3 +98,48 @@ def test_rollout_and_rollback_under_load_lose_no_request(
     assert {r.model_version for r, after in sent if after} == {"1"}
     assert set(replicas(project).values()) == {str(kept / "1")}
     report(capsys, f"rollback: {len(sent)} requests, all answered, by version {dict(versions)}")
+
+
+def test_rollout_and_rollback_refuse_what_docker_shows_before_changing_anything(
+    cpu_image, model_store, tmp_path, capsys
+):
+    """As Docker reports them (tests/pipeline/test_rollout_refusals.py has the rest): no
+    replica to roll back, and two balancers, each one `error:` line; no container touched."""
+    project = f"resnet-triton-test-{uuid.uuid4().hex[:8]}"
+    code = cli.main(["rollback", f"--project={project}", f"--images={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 1 and err == (
+        f"error: no running replicas in compose project {project!r}: nothing to roll back "
+        "(start them with `docker compose -f deploy/docker/replicas.yml up -d --wait`)\n"
+    )
+    names = [f"{project}-{service}-{n}" for service, n in
+             (("replica", 1), ("balancer", 1), ("balancer", 2))]  # fmt: skip
+    try:
+        for name in names:
+            service = name.split("-")[-2]
+            started = run(
+                [
+                    "docker",
+                    "run",
+                    "--detach",
+                    f"--name={name}",
+                    "--entrypoint=sleep",
+                    f"--label=com.docker.compose.project={project}",
+                    f"--label=com.docker.compose.service={service}",
+                    cpu_image,
+                    "600",
+                ]
+            )
+            assert started.returncode == 0, started.stderr  # fmt: skip
+        before = run(["docker", "inspect", *names]).stdout
+        code = cli.main(["rollout", f"--project={project}", f"--store={model_store}",
+                         f"--images={tmp_path}"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 1 and err == (
+            f"error: compose project {project!r} runs 2 balancers ({names[1]}, {names[2]}); "
+            "rollout points one: stop the others "
+            "(`docker compose -f deploy/docker/replicas.yml up -d --scale balancer=1`)\n"
+        )
+        assert run(["docker", "inspect", *names]).stdout == before  # same containers, state
+    finally:
+        run(["docker", "rm", "--force", *names])

@@ -10,7 +10,8 @@ For each replica that serves another model:
      at least --min-top1. A candidate that fails is removed; nothing else changed;
   3. give it the `replica` alias, write the balancer's upstream lists (the replicas by
      container name) and reload nginx: new connections go to the new set, and the old
-     nginx workers finish the requests they hold and exit (the drain);
+     nginx workers finish the requests they hold and exit (the drain). Should any of
+     this fail, the balancer gets its lists back and the candidate is removed;
   4. once every old worker has exited, stop the old replica and remove it.
 
 Every replica rollout starts carries labels naming its repository and the one it
@@ -25,9 +26,11 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +72,7 @@ def describe(repository: Path) -> str:
     return f"version {served_version(repository)}, content {content}"
 
 
-def serving(repository: Path) -> str:
+def served_model(repository: Path) -> str:
     """describe() of what a running replica serves, which need not be a store's model."""
     try:
         return describe(repository)
@@ -114,6 +117,24 @@ def containers(project: str, service: str) -> list[Replica]:
     return sorted((Replica(c["Name"].lstrip("/"), c) for c in found), key=lambda r: r.name)
 
 
+def running(project: str) -> tuple[list[Replica], Balancer]:
+    """The project's running replicas and its one balancer, or an error saying what is off."""
+    replicas, balancers = containers(project, "replica"), containers(project, "balancer")
+    if not replicas or not balancers:
+        raise RolloutError(
+            f"no running replicas and balancer in compose project {project!r} (replicas: "
+            f"{len(replicas)}, balancers: {len(balancers)}): start them with "
+            f"`docker compose -f deploy/docker/replicas.yml up -d --wait`"
+        )
+    if len(balancers) > 1:
+        raise RolloutError(
+            f"compose project {project!r} runs {len(balancers)} balancers "
+            f"({', '.join(b.name for b in balancers)}); rollout points one: stop the others "
+            f"(`docker compose -f deploy/docker/replicas.yml up -d --scale balancer=1`)"
+        )
+    return replicas, Balancer(balancers[0].name)
+
+
 def run_options(old: Replica) -> list[str]:
     """`docker run` options that give a candidate the settings compose gave `old`."""
     config, host = old.inspect["Config"], old.inspect["HostConfig"]
@@ -149,6 +170,79 @@ def run_options(old: Replica) -> list[str]:
     return options
 
 
+def one_line(error: BaseException) -> str:
+    """An error's text on one line (docker's stderr has several), for the CLI's `error:`."""
+    return " ".join(str(error).split())
+
+
+@dataclass(frozen=True)
+class Balancer:
+    """The balancer container, driven through `docker` (any callable like the module's
+    `docker`: tests give it one that records and fails on cue)."""
+
+    name: str
+    docker: Callable[..., str] = docker
+
+    def workers(self) -> set[str]:
+        """The balancer's nginx worker processes (their pids)."""
+        listing = self.docker("exec", self.name, "sh", "-c",
+                              'for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr "\\0" " " '
+                              '< $p/cmdline 2>/dev/null)"; done')  # fmt: skip
+        return {line.split()[0] for line in listing.splitlines() if "nginx: worker" in line}
+
+    def point(self, names: list[str]) -> None:
+        """The upstream lists: `names`, checked by nginx, then a graceful reload."""
+        for file, port in UPSTREAMS.items():
+            lines = "".join(f"server {n}:{port} max_fails=1 fail_timeout=10s;\n" for n in names)
+            self.docker("exec", "--interactive", self.name, "sh", "-c",
+                        f"cat > /tmp/nginx/upstreams/{file}", stdin=lines)  # fmt: skip
+        self.docker("exec", self.name, "nginx", "-c", LB_CONF, "-t")
+        self.docker("exec", self.name, "nginx", "-c", LB_CONF, "-s", "reload")
+
+
+def switch(balancer: Balancer, new: Replica, old: str, live: list[str], where: str) -> list[str]:
+    """Give candidate `new` the `replica` alias and point the balancer at `live` with `new`
+    in place of `old`; returns that list. On a failure anywhere in it, the balancer's lists
+    are put back to `live` and the candidate removed (undo), and the error says so."""
+    after = [new.name if name == old else name for name in live]
+    try:
+        balancer.docker("network", "disconnect", new.network, new.name)
+        balancer.docker("network", "connect", "--alias=replica", new.network, new.name)
+        balancer.point(after)
+    except BaseException as exc:
+        failure = f"{where}: pointing balancer {balancer.name} at candidate {new.name} failed"
+        error = undo(balancer, new.name, live, f"{failure} ({one_line(exc)})")
+        if isinstance(exc, Exception):
+            raise error from exc
+        print(f"interrupted: {error}", file=sys.stderr)  # undone all the same
+        raise
+    return after
+
+
+def undo(balancer: Balancer, candidate: str, live: list[str], failure: str) -> RolloutError:
+    """Put the balancer's upstream lists back to `live` and reload (the configuration it
+    runs, so a no-op for its traffic), then remove the candidate, which never got traffic
+    from it; the error names each step's outcome and what is left to do by hand."""
+    try:
+        balancer.point(live)
+        restored = f"its upstream lists name {', '.join(live)} again"
+    except RolloutError as exc:
+        restored = (
+            f"putting its upstream lists back failed too ({one_line(exc)}): it runs the "
+            f"configuration it had, but its files may name {candidate}; restart it "
+            f"(`docker restart {balancer.name}`) before anything reloads it"
+        )
+    try:
+        balancer.docker("rm", "--force", candidate)
+        removed = "the candidate was removed"
+    except RolloutError as exc:
+        removed = (
+            f"removing the candidate failed ({one_line(exc)}): `docker rm --force {candidate}`"
+        )
+    return RolloutError(f"{failure}; {restored}; {removed}; {', '.join(live)} serve on; "
+                        f"not rolled out")  # fmt: skip
+
+
 @dataclass
 class Rollout:
     project: str
@@ -182,37 +276,33 @@ class Rollout:
         if not repository.is_dir():
             raise RolloutError(f"model repository {repository} does not exist")
         target = describe(repository)  # a repository that is not one fails here
-        replicas = containers(self.project, "replica")
-        (balancer,) = containers(self.project, "balancer") or [None]
-        if not replicas or balancer is None:
-            raise RolloutError(
-                f"no running replicas and balancer in compose project {self.project!r}: "
-                f"start them with `docker compose -f deploy/docker/replicas.yml up -d --wait`"
-            )
+        replicas, balancer = running(self.project)
         live = [r.name for r in replicas]
         for number, old in enumerate(replicas, 1):
-            where = f"replica {number}/{len(replicas)} ({old.name}, {serving(old.repository)})"
+            where = f"replica {number}/{len(replicas)} ({old.name}, {served_model(old.repository)})"
             if old.repository == repository:
                 print(f"{where}: already serves {repository}")
                 continue
-            name = self.start(old, repository, number)
-            try:
-                new = self.wait_healthy(name)
-                self.smoke(new, repository, where)
-            except BaseException:  # the candidate never got traffic: remove it
-                subprocess.run(["docker", "rm", "--force", name], capture_output=True)
-                raise
-            docker("network", "disconnect", new.network, new.name)
-            docker("network", "connect", "--alias=replica", new.network, new.name)
-            live[live.index(old.name)] = new.name
-            workers = self.nginx_workers(balancer)
-            self.point(balancer, live)
+            new = self.candidate(old, repository, number, where)
+            workers = balancer.workers()
+            live = switch(balancer, new, old.name, live, where)
             self.drain(balancer, workers, where)
             docker("stop", old.name)
             docker("rm", old.name)
             print(f"{where}: replaced by {new.name}; the old replica drained and stopped")
         print(f"{self.project}: {len(live)} replicas serve {repository} ({target})")
         return live
+
+    def candidate(self, old: Replica, repository: Path, number: int, where: str) -> Replica:
+        """A healthy candidate for `old` that passed its smoke test; removed if it did not."""
+        name = self.start(old, repository, number)
+        try:
+            new = self.wait_healthy(name)
+            self.smoke(new, repository, where)
+        except BaseException:  # the candidate never got traffic: remove it
+            subprocess.run(["docker", "rm", "--force", name], capture_output=True)
+            raise
+        return new
 
     def start(self, old: Replica, repository: Path, number: int) -> str:
         name = f"{self.project}-replica-{uuid.uuid4().hex[:8]}"
@@ -267,26 +357,10 @@ class Rollout:
         if check.versions != {version}:
             raise RolloutError(f"{line}, not {version} as {repository} says; not rolled out")
 
-    def nginx_workers(self, balancer: Replica) -> set[str]:
-        """The balancer's nginx worker processes (their pids)."""
-        listing = docker("exec", balancer.name, "sh", "-c",
-                         'for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr "\\0" " " '
-                         '< $p/cmdline 2>/dev/null)"; done')  # fmt: skip
-        return {line.split()[0] for line in listing.splitlines() if "nginx: worker" in line}
-
-    def point(self, balancer: Replica, names: list[str]) -> None:
-        """The balancer's upstreams: `names`, checked by nginx, then a graceful reload."""
-        for file, port in UPSTREAMS.items():
-            lines = "".join(f"server {n}:{port} max_fails=1 fail_timeout=10s;\n" for n in names)
-            docker("exec", "--interactive", balancer.name, "sh", "-c",
-                   f"cat > /tmp/nginx/upstreams/{file}", stdin=lines)  # fmt: skip
-        docker("exec", balancer.name, "nginx", "-c", LB_CONF, "-t")
-        docker("exec", balancer.name, "nginx", "-c", LB_CONF, "-s", "reload")
-
-    def drain(self, balancer: Replica, workers: set[str], where: str) -> None:
+    def drain(self, balancer: Balancer, workers: set[str], where: str) -> None:
         """Wait until the nginx workers from before the reload have finished and exited."""
         deadline = time.monotonic() + self.drain_timeout_s
-        while workers & self.nginx_workers(balancer):
+        while workers & balancer.workers():
             if time.monotonic() > deadline:
                 raise RolloutError(
                     f"{where}: the balancer's old workers did not finish within "
@@ -309,20 +383,31 @@ def store_version(store: Path, repository: str, version: str) -> Path:
     return versions_dir(store, repository) / str(number)
 
 
-def rollback(rollout: Rollout) -> list[str]:
-    """Roll the replicas back to the repository they served before the last rollout."""
-    previous = {r.previous for r in containers(rollout.project, "replica")}
-    if previous == {None} or None in previous:
+def previous_repository(project: str, replicas: list[Replica]) -> Path:
+    """The one repository `replicas` served before the last rollout, or why there is none."""
+    if not replicas:
         raise RolloutError(
-            f"nothing to roll back to: the replicas of {rollout.project!r} were not "
+            f"no running replicas in compose project {project!r}: nothing to roll back "
+            f"(start them with `docker compose -f deploy/docker/replicas.yml up -d --wait`)"
+        )
+    previous = {r.previous for r in replicas}
+    if None in previous:
+        raise RolloutError(
+            f"nothing to roll back to: the replicas of {project!r} were not "
             f"started by `resnet-triton rollout`"
         )
     if len(previous) > 1:
         raise RolloutError(
-            f"the replicas of {rollout.project!r} came from different repositories "
+            f"the replicas of {project!r} came from different repositories "
             f"({', '.join(sorted(previous))}): finish with `resnet-triton rollout`"
         )
-    return rollout.to(Path(previous.pop()))
+    return Path(previous.pop())
+
+
+def rollback(rollout: Rollout) -> list[str]:
+    """Roll the replicas back to the repository they served before the last rollout."""
+    replicas = containers(rollout.project, "replica")
+    return rollout.to(previous_repository(rollout.project, replicas))
 
 
 def get_args_parser(back: bool = False) -> argparse.ArgumentParser:
