@@ -26,17 +26,15 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from resnet_triton.build.manifest import Manifest
-from resnet_triton.endpoints import GRPC_PORT, HTTP_PORT
-from resnet_triton.pipeline.config import PipelineError
+from resnet_triton.endpoints import GRPC_PORT
+from resnet_triton.pipeline.balancer import Balancer, RolloutError, docker, switch
 from resnet_triton.pipeline.steps import classify_holdout
 from resnet_triton.pipeline.store import published_versions, versions_dir
 from resnet_triton.serving.repository import served_version
@@ -46,20 +44,6 @@ PROJECT = "resnet-triton-replicas"  # deploy/docker/replicas.yml's name
 MOUNT = "/workspace/model_repository"  # where the serving image reads its repository
 SOURCE, PREVIOUS = "resnet-triton.repository", "resnet-triton.previous-repository"
 COMPOSE = "com.docker.compose"
-# The balancer's upstream lists (deploy/docker/balancer.sh writes the first ones).
-UPSTREAMS = {"http.conf": HTTP_PORT, "grpc.conf": GRPC_PORT}
-LB_CONF = "/etc/resnet-triton/lb.conf"
-
-
-class RolloutError(PipelineError):
-    pass
-
-
-def docker(*args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(["docker", *args], input=stdin, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RolloutError(f"docker {args[0]} failed: {result.stderr.strip()[-600:]}")
-    return result.stdout
 
 
 def describe(repository: Path) -> str:
@@ -168,79 +152,6 @@ def run_options(old: Replica) -> list[str]:
             mode = "" if mount["RW"] else ":ro"
             options.append(f"--volume={mount['Source']}:{mount['Destination']}{mode}")
     return options
-
-
-def one_line(error: BaseException) -> str:
-    """An error's text on one line (docker's stderr has several), for the CLI's `error:`."""
-    return " ".join(str(error).split())
-
-
-@dataclass(frozen=True)
-class Balancer:
-    """The balancer container, driven through `docker` (any callable like the module's
-    `docker`: tests give it one that records and fails on cue)."""
-
-    name: str
-    docker: Callable[..., str] = docker
-
-    def workers(self) -> set[str]:
-        """The balancer's nginx worker processes (their pids)."""
-        listing = self.docker("exec", self.name, "sh", "-c",
-                              'for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr "\\0" " " '
-                              '< $p/cmdline 2>/dev/null)"; done')  # fmt: skip
-        return {line.split()[0] for line in listing.splitlines() if "nginx: worker" in line}
-
-    def point(self, names: list[str]) -> None:
-        """The upstream lists: `names`, checked by nginx, then a graceful reload."""
-        for file, port in UPSTREAMS.items():
-            lines = "".join(f"server {n}:{port} max_fails=1 fail_timeout=10s;\n" for n in names)
-            self.docker("exec", "--interactive", self.name, "sh", "-c",
-                        f"cat > /tmp/nginx/upstreams/{file}", stdin=lines)  # fmt: skip
-        self.docker("exec", self.name, "nginx", "-c", LB_CONF, "-t")
-        self.docker("exec", self.name, "nginx", "-c", LB_CONF, "-s", "reload")
-
-
-def switch(balancer: Balancer, new: Replica, old: str, live: list[str], where: str) -> list[str]:
-    """Give candidate `new` the `replica` alias and point the balancer at `live` with `new`
-    in place of `old`; returns that list. On a failure anywhere in it, the balancer's lists
-    are put back to `live` and the candidate removed (undo), and the error says so."""
-    after = [new.name if name == old else name for name in live]
-    try:
-        balancer.docker("network", "disconnect", new.network, new.name)
-        balancer.docker("network", "connect", "--alias=replica", new.network, new.name)
-        balancer.point(after)
-    except BaseException as exc:
-        failure = f"{where}: pointing balancer {balancer.name} at candidate {new.name} failed"
-        error = undo(balancer, new.name, live, f"{failure} ({one_line(exc)})")
-        if isinstance(exc, Exception):
-            raise error from exc
-        print(f"interrupted: {error}", file=sys.stderr)  # undone all the same
-        raise
-    return after
-
-
-def undo(balancer: Balancer, candidate: str, live: list[str], failure: str) -> RolloutError:
-    """Put the balancer's upstream lists back to `live` and reload (the configuration it
-    runs, so a no-op for its traffic), then remove the candidate, which never got traffic
-    from it; the error names each step's outcome and what is left to do by hand."""
-    try:
-        balancer.point(live)
-        restored = f"its upstream lists name {', '.join(live)} again"
-    except RolloutError as exc:
-        restored = (
-            f"putting its upstream lists back failed too ({one_line(exc)}): it runs the "
-            f"configuration it had, but its files may name {candidate}; restart it "
-            f"(`docker restart {balancer.name}`) before anything reloads it"
-        )
-    try:
-        balancer.docker("rm", "--force", candidate)
-        removed = "the candidate was removed"
-    except RolloutError as exc:
-        removed = (
-            f"removing the candidate failed ({one_line(exc)}): `docker rm --force {candidate}`"
-        )
-    return RolloutError(f"{failure}; {restored}; {removed}; {', '.join(live)} serve on; "
-                        f"not rolled out")  # fmt: skip
 
 
 @dataclass
