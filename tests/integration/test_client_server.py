@@ -21,6 +21,7 @@ from resnet_triton.data import image_folder
 from resnet_triton.digits import demo_spec
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.repository import read_config, render
+from resnet_triton.serving.server import Ports, TritonServer
 
 pytestmark = pytest.mark.integration
 
@@ -178,6 +179,35 @@ def test_shared_memory_reuses_a_region_per_request_in_flight(triton, digits, pro
     sizes = [sum(4 + len(Path(p).read_bytes()) for p in paths[i : i + 32]) for i in (0, 32, 64)]
     assert max(int(region["byte_size"]) for region in kept.values()) == max(sizes)
     assert registered_regions(triton) == {}  # close() unregistered them
+
+
+def test_shared_memory_is_registered_again_after_the_server_restarts(repository, digits, tmp_path):
+    """A restarted server (or a rollout's new one on the same address) has forgotten the
+    pool's regions: each request's region is registered again once and the request sent
+    again, over gRPC and HTTP, instead of every request failing for good."""
+    paths, _ = val_paths(digits, 40)  # requests of 32 + 8
+    server = TritonServer(repository, Ports.free(), log_path=tmp_path / "triton.log",
+                          exit_timeout_s=3, admin_key=ADMIN_KEY)  # fmt: skip
+    clients = {}
+    try:
+        server.start().wait_ready([NAMES.ensemble], timeout=180)
+        for protocol in ("grpc", "http"):
+            clients[protocol] = Classifier(url(server, protocol), protocol, concurrency=1,
+                                           shared_memory=True, admin_key=ADMIN_KEY)  # fmt: skip
+        before = {p: predictions(c.classify(paths)) for p, c in clients.items()}
+        server.stop()
+        server.start().wait_ready([NAMES.ensemble], timeout=180)  # the same ports
+        assert registered_regions(server) == {}  # the new process knows none of them
+        after = {p: c.classify(paths) for p, c in clients.items()}
+        registered = registered_regions(server)
+    finally:
+        for client in clients.values():
+            client.close()
+        server.stop()
+    for protocol, results in after.items():
+        assert [r.error for r in results] == [None] * 40, protocol
+        assert predictions(results) == before[protocol] == before["grpc"]
+    assert len(registered) == 2  # one region per client, registered again
 
 
 def test_shared_memory_needs_the_admin_key(triton, digits, monkeypatch):

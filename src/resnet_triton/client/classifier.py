@@ -128,9 +128,12 @@ class Classifier(_Protocol):
         # The same encoding as in the body: (n, 1) BYTES or (n, longest) UINT8.
         batch = encoded_batch(payloads, self.info.input_datatype)
         infer_input = self.input_for(self.module, self.info, batch)
-        with self._shm.holding(batch) as (region, byte_size):
+
+        def infer(region: str, byte_size: int):
             infer_input.set_shared_memory(region, byte_size)
             return self._client().infer(self.model, [infer_input], outputs=[output], **options)
+
+        return self._shm.send(batch, infer)
 
     def classify_bytes(self, images: list[bytes], top_k: int = 1) -> list[tuple[Prediction, ...]]:
         """Send the images as one request; raises ClientError if the server refuses it."""

@@ -7,6 +7,9 @@ Each request in flight holds one region while the server reads it, so a client w
 first needs it, and is made again larger (and registered again, under its name) only when a
 request needs more bytes than it has: once the largest request has been sent, the pool
 registers nothing more. close() unregisters and destroys every region.
+
+A server that restarts (or a rollout's new server behind the same address) knows none of
+the regions: `send` registers the request's region again, once, and sends it again.
 """
 
 from __future__ import annotations
@@ -16,10 +19,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import tritonclient.utils.shared_memory as shm
-from tritonclient.utils import serialize_byte_tensor, serialized_byte_size
+from tritonclient.utils import (
+    InferenceServerException,
+    serialize_byte_tensor,
+    serialized_byte_size,
+)
 
 from resnet_triton.client.protocol import REQUEST_ERRORS, ClientError
 
@@ -31,6 +39,22 @@ def region_contents(batch: np.ndarray) -> tuple[np.ndarray, int]:
         serialized = serialize_byte_tensor(batch)  # one buffer of 4-byte length + bytes
         return serialized, serialized_byte_size(serialized)
     return batch, batch.nbytes
+
+
+T = TypeVar("T")
+
+
+# How Triton 2.51 refuses a request naming a region it does not know, over gRPC and HTTP:
+# NOT_FOUND / 404, "Unable to find shared memory region: '<name>'".
+NOT_FOUND = ("StatusCode.NOT_FOUND", "404")
+
+
+def forgotten(exc: BaseException, region: str) -> bool:
+    """Whether a request failed because the server does not know `region`: it was
+    registered with a server that has stopped since."""
+    if not isinstance(exc, InferenceServerException):
+        return False
+    return str(exc.status()) in NOT_FOUND and f"'{region}'" in (exc.message() or "")
 
 
 @dataclass
@@ -55,10 +79,22 @@ class ShmPool:
         self._free: list[Region] = []
         self._lock = threading.Lock()
 
+    def send(self, batch: np.ndarray, infer: Callable[[str, int], T]) -> T:
+        """infer(region name, bytes used) with the encoded batch in a region of the pool's;
+        a region the server has forgotten is registered again and infer called once more."""
+        with self._holding(batch) as (region, byte_size):
+            try:
+                return infer(region.name, byte_size)
+            except InferenceServerException as exc:
+                if not forgotten(exc, region.name):
+                    raise
+            self._register(region, region.byte_size)
+            return infer(region.name, byte_size)
+
     @contextmanager
-    def holding(self, batch: np.ndarray) -> Iterator[tuple[str, int]]:
-        """A region holding the encoded batch for one request: (region name, bytes used).
-        The region is the caller's until the block ends."""
+    def _holding(self, batch: np.ndarray) -> Iterator[tuple[Region, int]]:
+        """A region holding the encoded batch for one request, and the bytes used. The
+        region is the caller's until the block ends."""
         contents, byte_size = region_contents(batch)
         region = self._take()
         try:
@@ -68,7 +104,7 @@ class ShmPool:
                 shm.set_shared_memory_region(region.handle, [contents])
             except shm.SharedMemoryException as exc:
                 raise ClientError(f"shared memory region {region.name}: {exc}") from None
-            yield region.name, byte_size
+            yield region, byte_size
         finally:
             with self._lock:
                 self._free.append(region)
@@ -97,13 +133,18 @@ class ShmPool:
         except shm.SharedMemoryException as exc:
             raise ClientError(f"cannot make shared memory region {key}: {exc}") from None
         try:
-            self._client().register_system_shared_memory(
-                region.name, key, byte_size, headers=self._headers
-            )
+            self._register(region, byte_size)
         except BaseException:
             handle, region.handle = region.handle, None
             shm.destroy_shared_memory_region(handle)
             raise
+
+    def _register(self, region: Region, byte_size: int) -> None:
+        """Register the region's `byte_size` bytes with the server under its name."""
+        region.byte_size = 0  # until the server says it knows it
+        self._client().register_system_shared_memory(
+            region.name, f"/{region.name}", byte_size, headers=self._headers
+        )
         region.byte_size = byte_size
 
     def close(self) -> None:
