@@ -2,11 +2,13 @@
 default repository, the sizes compose and the chart give, and the limit read from
 cgroup v1 and v2 files as containers see them."""
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
+from resnet_triton.errors import UserError
 from resnet_triton.serving.resources import (
     MIB,
     check_shm,
@@ -21,14 +23,19 @@ ROOT = Path(__file__).parents[2]
 REPOSITORY = ROOT / "model_repository"  # the default spec, rendered
 
 
-def test_the_largest_batches_of_the_default_repository():
+def default_needs() -> dict[str, int]:
+    """The bytes the default repository's largest batches take, worked out from its spec."""
     spec = ModelSpec(labels=tuple("0123456789"))
     pixels = 3 * 224 * 224  # uint8, between the two models
     image = 4 + spec.preprocessing.max_bytes  # a serialized TYPE_STRING element at its limit
-    assert shm_needs(REPOSITORY) == {
+    return {
         "classifier": MIB + 32 * (pixels + 4 * 10),  # pixels in, 10 FP32 scores out
         "preprocess": MIB + 32 * (image + pixels),
     }
+
+
+def test_the_largest_batches_of_the_default_repository():
+    assert shm_needs(REPOSITORY) == default_needs()
     assert recommended_shm(REPOSITORY) == 768 * MIB  # 523 MiB + 25%, rounded up to 256 MiB
 
 
@@ -42,8 +49,19 @@ def test_compose_and_the_chart_give_what_the_default_repository_needs():
     assert values["sharedMemory"] == f"{size}Mi"
 
 
-def test_this_machine_holds_the_default_repository():
-    check_shm(REPOSITORY)  # the tests' servers run here: /dev/shm must hold them
+def test_a_dev_shm_is_refused_below_what_the_largest_batches_need(tmp_path):
+    need = sum(default_needs().values())  # 523.2 MiB
+    check_shm(REPOSITORY, free=need)  # exactly enough
+    check_shm(REPOSITORY, free=64 * 1024 * MIB)
+    with pytest.raises(UserError) as refused:
+        check_shm(REPOSITORY, Path("/shm"), free=need - 1)
+    assert str(refused.value).startswith(
+        "/shm has 523 MiB free; the Python-backend models' largest batches need 523 MiB "
+        "(classifier 6 MiB, preprocess 518 MiB: "
+    )
+    assert "Give the container 768 MiB" in str(refused.value)
+    empty = write(tmp_path, {"notes/config.pbtxt": 'name: "notes"\nbackend: "onnxruntime"\n'})
+    check_shm(empty, free=0)  # no Python-backend model: no /dev/shm needed
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -76,9 +94,25 @@ def test_the_cgroup_cpu_limit(tmp_path, files, expected):
     assert cpu_limit(root / "cg", root / "proc") == expected
 
 
-def test_onnx_runtime_threads_under_a_limit():
-    assert onnx_threads(None) == 0  # no limit: ONNX Runtime's own choice
-    assert onnx_threads(1.0) == 1
-    assert onnx_threads(1.5) == 2  # on this 2-CPU machine
-    assert onnx_threads(64.0) == 2  # never more than the CPUs the process may run on
-    assert onnx_threads(0.2) == 1
+@pytest.mark.parametrize(
+    ("limit", "cpus", "threads"),
+    [
+        (None, 2, 0),  # no limit: ONNX Runtime's own choice
+        (None, 64, 0),
+        (1.0, 2, 1),
+        (1.5, 2, 2),  # 1.5 CPUs of time keep 2 threads busy part of the time
+        (1.5, 1, 1),  # never more than the CPUs the process may run on
+        (64.0, 2, 2),
+        (64.0, 16, 16),
+        (3.2, 16, 4),
+        (0.2, 8, 1),
+    ],
+)  # fmt: skip
+def test_onnx_runtime_threads_under_a_limit(limit, cpus, threads):
+    assert onnx_threads(limit, cpus) == threads
+
+
+def test_onnx_runtime_threads_count_the_cpus_this_process_may_run_on():
+    cpus = len(os.sched_getaffinity(0))  # fewer than the machine's under taskset or a cpuset
+    assert onnx_threads(1024.0) == cpus
+    assert onnx_threads(0.5) == 1

@@ -62,13 +62,15 @@ def recommended_shm(repository: Path) -> int:
     return max(ROUND_TO, math.ceil(total / ROUND_TO) * ROUND_TO)
 
 
-def check_shm(repository: Path, shm: Path = Path("/dev/shm")) -> None:
-    """Refuse to start where /dev/shm cannot hold the largest batches, with the size."""
+def check_shm(repository: Path, shm: Path = Path("/dev/shm"), free: int | None = None) -> None:
+    """Refuse to start where /dev/shm cannot hold the largest batches, with the size.
+    free: its free bytes (None: what the file system says now)."""
     needs = shm_needs(repository)
     if not needs:
         return
-    stat = os.statvfs(shm)
-    free = stat.f_bavail * stat.f_frsize
+    if free is None:
+        stat = os.statvfs(shm)
+        free = stat.f_bavail * stat.f_frsize
     if free < sum(needs.values()):
         parts = ", ".join(f"{name} {need / MIB:.0f} MiB" for name, need in needs.items())
         raise UserError(
@@ -125,10 +127,12 @@ def _v1_limit(folder: Path) -> float | None:
     return None if quota <= 0 else quota / period
 
 
-def onnx_threads(limit: float | None) -> int:
-    """Intra-op threads for ONNX Runtime under a cgroup CPU limit: the CPUs this process
-    may run on, capped by the limit rounded up (1.5 CPUs of time keep 2 threads busy part
-    of the time). 0 without a limit: ONNX Runtime's own choice, one per physical core."""
+def onnx_threads(limit: float | None, cpus: int | None = None) -> int:
+    """Intra-op threads for ONNX Runtime under a cgroup CPU limit: the `cpus` this process
+    may run on (None: its affinity now), capped by the limit rounded up (1.5 CPUs of time
+    keep 2 threads busy part of the time). 0 without a limit: ONNX Runtime's own choice,
+    one per physical core."""
     if limit is None:
         return 0
-    return max(1, min(len(os.sched_getaffinity(0)), math.ceil(limit)))
+    cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
+    return max(1, min(cpus, math.ceil(limit)))
