@@ -39,16 +39,19 @@ def run_steps(job: dict, env: dict, kind: str) -> list[str]:
     return ran
 
 
-def test_cpu_target_through_the_workflow_steps(tmp_path, checkpoint, digits):
-    workflow = yaml.safe_load((ROOT / ".github/workflows/engines.yml").read_text())
-    # The shipped build/pipeline.yaml as it is, reading from a model store laid out as
-    # its comments say (a folder here, s3:// or gs:// in production); only the work
-    # folders, the target list and the held-out count are the test's.
-    store_root = tmp_path / "model-store"
-    (store_root / "inputs").mkdir(parents=True)
-    (store_root / "inputs" / "checkpoint.pt").symlink_to(checkpoint)
-    (store_root / "inputs" / "val").symlink_to(digits / "val")
-    (store_root / "inputs" / "train").symlink_to(digits / "train")
+def model_store(root: Path, checkpoint: Path, digits: Path) -> Path:
+    """A model store laid out as build/pipeline.yaml's comments say (a folder here, s3://
+    or gs:// in production), holding the test model's checkpoint and images."""
+    (root / "inputs").mkdir(parents=True)
+    (root / "inputs" / "checkpoint.pt").symlink_to(checkpoint)
+    (root / "inputs" / "val").symlink_to(digits / "val")
+    (root / "inputs" / "train").symlink_to(digits / "train")
+    return root
+
+
+def pipeline_config(tmp_path: Path) -> Path:
+    """The shipped build/pipeline.yaml as it is; only the work folders, the target list
+    and the held-out count are the test's."""
     shipped = yaml.safe_load((ROOT / "build" / "pipeline.yaml").read_text())
     assert shipped["checkpoint"] == "${MODEL_STORE_URI}/inputs/checkpoint.pt"
     config = tmp_path / "pipeline.yaml"
@@ -63,6 +66,13 @@ def test_cpu_target_through_the_workflow_steps(tmp_path, checkpoint, digits):
             }
         )
     )
+    return config
+
+
+def test_cpu_target_through_the_workflow_steps(tmp_path, checkpoint, digits):
+    workflow = yaml.safe_load((ROOT / ".github/workflows/engines.yml").read_text())
+    store_root = model_store(tmp_path / "model-store", checkpoint, digits)
+    config = pipeline_config(tmp_path)
     pipeline = workflow["env"]["PIPELINE"]
     assert "--config build/pipeline.yaml" in pipeline
     assert workflow["env"]["MODEL_STORE_URI"] == "${{ vars.MODEL_STORE_URI }}"

@@ -303,10 +303,26 @@ def relabel(checkpoint: Path, out: Path) -> Path:
 
 @pytest.mark.integration
 def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
+    """One store through a target's life, each phase on what the one before left."""
     store = tmp_path / "store" / "cpu"
     published = store / "classifier" / "1" / "model.onnx"
+    _first_publish(tmp_path, checkpoint, digits, store, published)
+    _served_from_the_store(tmp_path, digits, store)
+    first = snapshot(store)  # with the __pycache__ that serving wrote
+    _nothing_changed(tmp_path, store, first, capsys)
+    _new_serving_settings(tmp_path, checkpoint, digits, store, published, capsys)
+    # A damaged published model, what the weekly run is for, is rebuilt.
+    published.write_bytes(published.read_bytes()[:-10])
+    config = dry_run_config(tmp_path, checkpoint, digits)
+    assert pipeline.build_step(config, "cpu").status["changed"]
+    stage = _another_precision(tmp_path, checkpoint, digits, store, published)
+    int8 = snapshot(store)
+    assert int8 != first
+    _refused_builds_leave_the_store(tmp_path, checkpoint, digits, stage, store, int8)
 
-    # First run: built, gated, smoke-tested through Triton, published.
+
+def _first_publish(tmp_path, checkpoint, digits, store, published):
+    """Built, gated, smoke-tested through Triton, published; kept as version 1."""
     config = dry_run_config(tmp_path, checkpoint, digits)
     pipeline.build_step(config, "cpu")
     stage = pipeline.smoke_step(config, "cpu")
@@ -331,8 +347,10 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     preprocess = read_config(store / "preprocess" / "config.pbtxt")
     assert preprocess.parameters["EXECUTION_ENV_PATH"].string_value == DEFAULT_ENV_PATH
 
-    # The store's repository is what Triton serves: here with this environment where
-    # the Triton image has its own (<repository>/../.venv).
+
+def _served_from_the_store(tmp_path, digits, store):
+    """The store's repository is what Triton serves: here with this environment where
+    the Triton image has its own (<repository>/../.venv)."""
     (store.parent / ".venv").symlink_to(sys.prefix)
     images = sorted((digits / "val").glob("*/*.png"))[::40]
     with TritonServer(
@@ -346,9 +364,10 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
         sum(r.top1.label == path.parent.name for r, path in zip(results, images, strict=True)) >= 8
     )
     (store.parent / ".venv").unlink()
-    first = snapshot(store)  # with the __pycache__ that serving wrote
 
-    # Nothing changed: skipped at build; smoke and publish have nothing to do.
+
+def _nothing_changed(tmp_path, store, first, capsys):
+    """Skipped at build; smoke and publish have nothing to do."""
     capsys.readouterr()
     assert cli.main(["pipeline", "all", "--config", str(tmp_path / "pipeline.yaml"),
                      "--target", "cpu"]) == 0  # fmt: skip
@@ -358,8 +377,10 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     assert snapshot(store) == first
     assert pipeline.published_versions(store.parent, "cpu") == [1]
 
-    # A serving setting of the target changed: the same model, new configs, smoke-tested
-    # and published; nothing is retrained or rebuilt.
+
+def _new_serving_settings(tmp_path, checkpoint, digits, store, published, capsys):
+    """A serving setting of the target changed: the same model, new configs, smoke-tested
+    and published (version 2); nothing is retrained or rebuilt."""
     model = published.read_bytes()
     tuned = {"cpu": {"target": "cpu", "precision": "fp32", "serving": {"classifier_instances": 2}}}
     config = dry_run_config(tmp_path, checkpoint, digits, targets=tuned)
@@ -372,14 +393,11 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     pipeline.publish_step(config, "cpu")
     assert read_config(store / "classifier" / "config.pbtxt").instance_group[0].count == 2
     assert published.read_bytes() == model
-    config = dry_run_config(tmp_path, checkpoint, digits)
 
-    # A damaged published model, what the weekly run is for, is rebuilt.
-    published.write_bytes(published.read_bytes()[:-10])
-    assert pipeline.build_step(config, "cpu").status["changed"]
 
-    # Another precision: rebuilt, smoke-tested and published over the FP32 model.
-    # Published for a server that reads the store from s3:// itself: absolute env path.
+def _another_precision(tmp_path, checkpoint, digits, store, published):
+    """INT8: rebuilt, smoke-tested and published over the FP32 model as version 3, for a
+    server that reads the store from s3:// itself (an absolute env path)."""
     int8_target = {"cpu": {"target": "cpu", "precision": "int8"}}
     config = dry_run_config(
         tmp_path, checkpoint, digits, targets=int8_target, env_path="/workspace/.venv"
@@ -390,6 +408,7 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     pipeline.publish_step(config, "cpu")
     assert Manifest.read(published).precision == "int8"
     # The tuned configs were version 2, this model is 3; version 1 is still the first.
+    versions = pipeline.versions_dir(store.parent, "cpu")
     assert pipeline.published_versions(store.parent, "cpu") == [1, 2, 3]
     record = json.loads((versions / "3.json").read_text())
     assert (record["precision"], record["model_file"]) == ("int8", "classifier/3/model.onnx")
@@ -402,9 +421,10 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     for model in ("preprocess", "classifier"):
         params = read_config(store / model / "config.pbtxt").parameters
         assert params["EXECUTION_ENV_PATH"].string_value == "/workspace/.venv"
-    int8 = snapshot(store)
-    assert int8 != first
+    return stage
 
+
+def _refused_builds_leave_the_store(tmp_path, checkpoint, digits, stage, store, int8):
     # A damaged model fails its gate: no status to smoke-test or publish, store untouched.
     damage(stage.root / "build" / "model.fp32.onnx", tmp_path / "damaged.onnx")
     config = dry_run_config(tmp_path, checkpoint, digits, onnx=str(tmp_path / "damaged.onnx"))
@@ -413,7 +433,6 @@ def test_local_dry_run(tmp_path, checkpoint, digits, capsys):
     with pytest.raises(pipeline.PipelineError, match="status.json is missing"):
         pipeline.publish_step(config, "cpu")
     assert snapshot(store) == int8
-
     # Another model that converts faithfully but labels every image wrong passes the
     # gates and is stopped by the smoke test's accuracy check.
     wrong = relabel(checkpoint, tmp_path / "relabelled.pt")
