@@ -4,10 +4,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_triton.data import Augmentation, DataError, image_folder, load_splits
+from resnet_triton.build.images import held_out_set
+from resnet_triton.data import (
+    Augmentation,
+    DataError,
+    held_out_images,
+    image_folder,
+    list_splits,
+    load_splits,
+    split_fingerprint,
+)
 from resnet_triton.digits import write_digits
+from resnet_triton.errors import UserError
 from resnet_triton.preprocess import ImageDecodeError, decode_image, image_files
-from resnet_triton.spec import Preprocessing
+from resnet_triton.spec import ModelSpec, Preprocessing
+from resnet_triton.training import TrainConfig
 
 
 def make_folder(root, classes, per_class=2):
@@ -127,3 +138,71 @@ def test_one_definition_of_an_image_file(tmp_path):
     # A spec that accepts PNG only trains on PNG files only.
     png_only = image_folder(tmp_path, Preprocessing(36, 32, formats=("PNG",)))
     assert sorted(Path(p).suffix for p, _ in png_only.samples) == [".png"] * 6
+
+
+def test_hidden_files_are_never_images(tmp_path):
+    """One definition of an image file for what is trained on and what is listed as
+    ignored: a hidden file (macOS's "._photo.png" beside each photo copied from a Mac) is
+    neither, where it used to be trained on, fail to decode and stop the run."""
+    make_folder(tmp_path, ["a", "b"], per_class=5)
+    (tmp_path / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    result = splits(tmp_path, on_bad_image="fail")
+    listed = [Path(p).name for p, _ in result.train.samples + result.val.samples]
+    assert len(listed) == 10 and "._0.png" not in listed
+    assert result.bad_images == [] and result.ignored_files == []
+
+
+@pytest.fixture
+def moved(tmp_path, monkeypatch):
+    """A run that recorded its flat data folder as the relative path "flat" (as checkpoints
+    from before absolute paths did), read from another working folder that has a "flat"
+    of its own: (the run's folder, its config, the fingerprint of its validation split)."""
+    run = tmp_path / "run" / "flat"
+    make_folder(run, ["a", "b"], per_class=10)
+    make_folder(tmp_path / "elsewhere" / "flat", ["a", "b"], per_class=8)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    config = {"data": "flat", "val_split": 0.2, "seed": 0}
+    val = list_splits(run, Preprocessing(36, 32), 0.2, 0)[1]
+    return run, config, split_fingerprint(val)
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["fingerprint", "no-fingerprint"])
+def test_a_relative_data_path_is_refused_not_resolved_here(moved, recorded):
+    _, config, held_out = moved
+    spec = ModelSpec(labels=("a", "b"))
+    payload = {"config": config, "held_out": held_out if recorded else None}
+    with pytest.raises(UserError) as refused:
+        held_out_set(spec, payload, Path("ck.pt"), images=None)  # what a build does
+    assert str(refused.value) == (
+        "ck.pt records its training data as the relative path 'flat', which names another "
+        "folder (or none) from every other working folder; pass the images to use instead "
+        "(--images DIR: held-out images for the gates)"
+    )
+
+
+def test_the_runs_own_folder_from_elsewhere_gives_its_validation_split(moved):
+    run, config, held_out = moved
+    cfg = Preprocessing(36, 32)
+    given = held_out_images(run, config, cfg, held_out, "ck.pt")
+    assert given.samples == list_splits(run, cfg, 0.2, 0)[1].samples  # never the training split
+    assert len(given) == 4
+    other = held_out_images(Path("flat"), config, cfg, held_out, "ck.pt")  # another "flat"
+    assert len(other) == 16  # not the run's: all of it is held out
+
+
+def test_the_runs_training_split_is_refused_from_elsewhere(tmp_path, monkeypatch):
+    for split in ("train", "val"):
+        make_folder(tmp_path / "run" / "data" / split, ["a", "b"])
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    config = {"data": "data"}
+    held_out = split_fingerprint(image_folder(tmp_path / "run" / "data" / "val"))
+    train = tmp_path / "run" / "data" / "train"
+    with pytest.raises(DataError, match=f"^{train} is the training split of ck.pt;"):
+        held_out_images(train, config, Preprocessing(36, 32), held_out, "ck.pt")
+
+
+def test_training_records_its_data_folder_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert TrainConfig(data="flat").as_dict()["data"] == str(tmp_path / "flat")
+    assert TrainConfig(data="flat").data == "flat"  # as given, for messages

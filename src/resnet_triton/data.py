@@ -76,8 +76,12 @@ def train_transform(cfg: Preprocessing, aug: Augmentation) -> transforms.Compose
     return transforms.Compose(steps)
 
 
-def _has_extension(path: str, extensions: tuple[str, ...]) -> bool:
-    return path.lower().endswith(extensions)
+def is_image_file(path: str | Path, cfg: Preprocessing) -> bool:
+    """Whether a file in a data folder is an image of `cfg`'s formats: what is trained on,
+    and what is listed as ignored when it is not. A hidden file never is one (macOS copies
+    leave a "._photo.jpg" resource fork beside each photo)."""
+    name = Path(path).name
+    return not name.startswith(".") and Path(name).suffix.lower() in cfg.extensions
 
 
 def image_folder(
@@ -94,7 +98,7 @@ def image_folder(
             root,
             transform=EvalTransform(cfg) if evaluate else None,
             loader=functools.partial(load_image, cfg=cfg),
-            is_valid_file=functools.partial(_has_extension, extensions=cfg.extensions),
+            is_valid_file=functools.partial(is_image_file, cfg=cfg),
         )
     except FileNotFoundError as exc:
         # torchvision names the folder and, for an empty class, the class.
@@ -115,7 +119,7 @@ class Splits:
     classes: list[str]
     bad_images: list[str]  # path: reason, for every skipped file
     ignored_files: list[str]  # files that are not images of the spec's formats
-    held_out: str  # split_fingerprint(val) as listed, before undecodable images are left out
+    held_out_fingerprint: str  # split_fingerprint(val) as listed, before bad images are left out
 
 
 def _restrict(dataset: ImageFolder, samples: list[tuple[str, int]]) -> ImageFolder:
@@ -194,7 +198,7 @@ def load_splits(
     on_bad_image: str = "fail",
 ) -> Splits:
     train, val, test = list_splits(root, cfg, val_split, seed)
-    held_out = split_fingerprint(val)
+    held_out_fingerprint = split_fingerprint(val)
     train.transform = train_transform(cfg, aug)
     val.transform = EvalTransform(cfg)
     if test is not None:
@@ -216,26 +220,33 @@ def load_splits(
     ignored = sorted(
         str(p)
         for p in root.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in cfg.extensions
+        if p.is_file() and not p.name.startswith(".") and not is_image_file(p, cfg)
     )
     classes = train.classes
     return Splits(
-        train, val, test, classes, [f"{p}: {r}" for p, r in bad.items()], ignored, held_out
-    )
+        train, val, test, classes, [f"{p}: {r}" for p, r in bad.items()], ignored,
+        held_out_fingerprint,
+    )  # fmt: skip
 
 
 def run_splits(
-    config: dict, cfg: Preprocessing, held_out: str | None, source: str
+    config: dict, cfg: Preprocessing, held_out_fingerprint: str | None, source: str
 ) -> tuple[ImageFolder, ImageFolder]:
     """(train, val) of the training run whose resolved `config` a checkpoint carries, listed
-    again: a flat folder is split again with the run's val_split and seed. `held_out`, the
-    fingerprint the run recorded (None in checkpoints from before 2026-12), must match:
+    again: a flat folder is split again with the run's val_split and seed. `held_out_fingerprint`,
+    the one the run recorded (None in checkpoints from before 2026-12), must match:
     a folder whose files changed since cannot tell its held-out images apart."""
-    if not config.get("data"):
+    data = recorded_data(config)
+    if data is None:
         raise DataError(f"{source} names no training data; pass the images to use")
-    data = Path(config["data"])
+    if not data.is_absolute():
+        raise DataError(
+            f"{source} records its training data as the relative path {str(data)!r}, which "
+            "names another folder (or none) from every other working folder; pass the "
+            "images to use instead"
+        )
     train, val, _ = list_splits(data, cfg, config.get("val_split", 0.2), config.get("seed", 0))
-    if held_out is not None and split_fingerprint(val) != held_out:
+    if held_out_fingerprint is not None and split_fingerprint(val) != held_out_fingerprint:
         raise DataError(
             f"{data} no longer gives the validation split that {source} was trained with "
             "(files added, removed or renamed since), so its held-out images cannot be told "
@@ -244,18 +255,62 @@ def run_splits(
     return train, val
 
 
+def recorded_data(config: dict) -> Path | None:
+    """The data folder the run of `config` trained on, as recorded (None: none). Runs
+    record it absolute (TrainConfig.as_dict); checkpoints from before 2026-12 may hold a
+    path relative to the folder training ran in, which is never resolved here."""
+    return Path(config["data"]) if config.get("data") else None
+
+
 def held_out_images(
-    folder: Path, config: dict, cfg: Preprocessing, held_out: str | None, source: str
+    folder: Path,
+    config: dict,
+    cfg: Preprocessing,
+    held_out_fingerprint: str | None,
+    source: str,
 ) -> ImageFolder:
     """The images of `folder` that the run of `config` did not train on: the validation
     split when `folder` is the run's own flat data folder, all of it otherwise; the run's
-    train/ folder is refused."""
-    data = Path(config["data"]).resolve() if config.get("data") else None
+    train/ folder is refused. Where the run recorded a relative path, its folders are told
+    by the validation split's fingerprint instead of by their paths."""
+    data = recorded_data(config)
+    if data is not None and not data.is_absolute():
+        return _held_out_by_fingerprint(Path(folder), config, cfg, held_out_fingerprint, source)
+    data = data.resolve() if data is not None else None
     if data is not None and Path(folder).resolve() == data / "train":
         raise DataError(f"{folder} is the training split of {source}; give held-out images")
     if data is not None and Path(folder).resolve() == data and not (data / "train").is_dir():
-        return run_splits(config, cfg, held_out, source)[1]
+        return run_splits(config, cfg, held_out_fingerprint, source)[1]
     return image_folder(Path(folder), cfg)
+
+
+def _held_out_by_fingerprint(
+    folder: Path,
+    config: dict,
+    cfg: Preprocessing,
+    held_out_fingerprint: str | None,
+    source: str,
+) -> ImageFolder:
+    """held_out_images for a run that recorded its data folder relative to a working folder
+    unknown here: `folder` is the run's flat folder if it draws the recorded validation
+    split again, and its train/ if the val/ beside it is that split. Without a recorded
+    fingerprint (before 2026-12) nothing can be told: `folder` is taken as given."""
+    val = folder.parent / "val"
+    if (
+        held_out_fingerprint is not None
+        and folder.name == "train"
+        and val.is_dir()
+        and split_fingerprint(image_folder(val, cfg)) == held_out_fingerprint
+    ):
+        raise DataError(f"{folder} is the training split of {source}; give held-out images")
+    if held_out_fingerprint is not None and not (folder / "train").is_dir():
+        try:
+            val = list_splits(folder, cfg, config.get("val_split", 0.2), config.get("seed", 0))[1]
+        except DataError:
+            val = None  # cannot be split as the run split its folder: not that folder
+        if val is not None and split_fingerprint(val) == held_out_fingerprint:
+            return val
+    return image_folder(folder, cfg)
 
 
 def class_counts(dataset: ImageFolder) -> np.ndarray:

@@ -53,7 +53,7 @@ def test_the_model_trains_in_channels_last_on_the_gpu(digits, tmp_path):
     trainer = Trainer(cfg, Context(device=torch.device("cuda")))
     weight = trainer.model.conv1.weight
     assert weight.is_cuda and weight.is_contiguous(memory_format=torch.channels_last)
-    assert trainer.amp_dtype == torch.float16 and trainer.scaler.is_enabled()
+    assert trainer.precision.dtype == torch.float16 and trainer.scaler.is_enabled()
 
 
 def test_resume_restores_the_loss_scale(digits, trained, tmp_path):

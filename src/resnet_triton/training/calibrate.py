@@ -54,8 +54,8 @@ def validation_images(data: Path, spec: ModelSpec, payload: dict, checkpoint: Pa
     the run never trained on."""
     if (data / "val").is_dir():
         data = data / "val"
-    config, held_out = payload.get("config", {}), payload.get("held_out")
-    return held_out_images(data, config, spec.preprocessing, held_out, str(checkpoint))
+    config, fingerprint = payload.get("config", {}), payload.get("held_out")
+    return held_out_images(data, config, spec.preprocessing, fingerprint, str(checkpoint))
 
 
 def calibrate(checkpoint: Path, data: Path, frr: float, outside: list[Path]) -> dict:

@@ -73,7 +73,7 @@ class TrainConfig:
     clip_grad_norm: float = 0.0
     class_balance: str = "none"
     ema_decay: float = 0.0
-    amp: bool = True
+    amp: bool | None = None  # None: follow the machine (precision.py)
     channels_last: bool = True
     # augmentation: data.Augmentation's fields, flat for YAML and flags (see `augmentation`)
     rrc_scale: tuple[float, float] = Augmentation.rrc_scale
@@ -161,7 +161,10 @@ class TrainConfig:
         return yaml.safe_dump(data, sort_keys=False)
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The resolved config as the checkpoint records it: the data folder absolute, so
+        that build and calibrate find the same images from any working folder."""
+        data = str(Path(self.data).resolve()) if self.data else self.data
+        return {**dataclasses.asdict(self), "data": data}
 
 
 def _flag(name: str) -> str:
@@ -258,7 +261,9 @@ OPTIONS = {
         ("clip_grad_norm", "clip the gradient norm to this; 0 = off", FLOAT),
         ("class_balance", f"imbalanced classes: {', '.join(CLASS_BALANCE)}", {}),
         ("ema_decay", "exponential moving average of weights, e.g. 0.999; 0 = off", FLOAT),
-        ("amp", "mixed precision: fp16 + loss scaling on CUDA, bf16 on CPU", FLAG),
+        ("amp", "mixed precision: fp16 + loss scaling on CUDA, bf16 autocast on CPU; unset: "
+         "on where it is fast (CUDA, a CPU whose oneDNN has bfloat16 kernels), fp32 elsewhere, "
+         "said in one line", FLAG),
         ("channels_last", "channels_last memory format", FLAG),
     ],
     "augmentation (train split only; eval is the serving preprocessing)": [
@@ -320,6 +325,7 @@ def get_args_parser(
         for name, text, kwargs in options:
             default = getattr(defaults, name)
             shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+            shown = "unset" if default is None else shown
             flags = [f"--{_flag(name)}"] + ([f"--{aliases[name]}"] if name in aliases else [])
             group.add_argument(*flags, help=f"{text} (default: {shown})", **kwargs)
     return parser

@@ -5,7 +5,7 @@ Outputs in `cfg.out` (rank 0 writes, the others only compute):
                   with the spec; what `resnet-triton build` takes
   last.pt         the last epoch with optimizer, schedule, scaler, EMA and
                   loop state, for --resume
-  metrics.json    every epoch; config.yaml the resolved configuration
+  metrics.json    every epoch (its precision included); config.yaml the resolved configuration
   evaluation.json per-class precision/recall/F1 of the best checkpoint on the
                   test split (val when there is none)
   curves.png, confusion_matrix.png
@@ -45,6 +45,7 @@ from resnet_triton.spec import ModelSpec, Preprocessing, SpecError
 from resnet_triton.training import (
     distributed,
     gallery,
+    precision,
     pruning,
     report,
     strategy,
@@ -108,9 +109,8 @@ class Trainer:
         self.data = train_loader(self.splits.train, cfg, ctx, self.micro_batch)
         self.steps_per_epoch = max(1, len(self.data.loader) // cfg.accumulate)
         self.schedule = Schedule(self.optimizer, cfg, self.steps_per_epoch)
-        cuda = ctx.device.type == "cuda"
-        self.amp_dtype = torch.float16 if cuda else torch.bfloat16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and cuda)
+        self.precision = precision.resolve(cfg.amp, ctx.device)  # says why in fit
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.dtype == torch.float16)
         self.ema = build_ema(self.model, cfg)
         self.loss_fn = build_loss(cfg, self.splits.train, ctx.device)
         self.teacher = None  # distillation: a frozen model whose answers are targets too
@@ -142,7 +142,7 @@ class Trainer:
             self.spec,
             metrics=self.state.history[-1],
             config=self.cfg.as_dict(),
-            held_out=self.splits.held_out,
+            held_out=self.splits.held_out_fingerprint,
             training=training,
         )
 
@@ -186,7 +186,7 @@ class Trainer:
         # Under DDP, gradients are all-reduced only on the micro-batch that steps.
         sync = nullcontext() if stepping or not self.ctx.distributed else self.net.no_sync()
         with sync:
-            with torch.autocast(self.ctx.device.type, dtype=self.amp_dtype, enabled=cfg.amp):
+            with torch.autocast(self.ctx.device.type, self.precision.dtype, self.precision.enabled):
                 logits = self.net(images)
                 loss = self.loss_fn(logits, labels)
                 if self.teacher is not None:
@@ -261,6 +261,7 @@ class Trainer:
             (self.out / "config.yaml").write_text(cfg.to_yaml())
             for line in report.describe_data(self.splits, cfg, ctx):
                 self.log(line)
+            self.precision.say()
         if cfg.resume:
             self.resume(Path(cfg.resume))
         with tracking.tracked(cfg, self.out, self.state, ctx.is_main) as tracker:
@@ -294,6 +295,7 @@ class Trainer:
                 "train_images_per_s": round(images / train_seconds, 1),
                 "seconds": round(time.perf_counter() - start, 2),
                 "loss_scale": self.scaler.get_scale(),  # 1.0 unless fp16 (CUDA)
+                "precision": self.precision.name,  # what --amp (or the machine) chose
             }
             self.schedule.after_epoch(record)
             self.state.epoch = epoch
@@ -331,7 +333,7 @@ class Trainer:
                 self.spec,
                 metrics=record,
                 config=self.cfg.as_dict(),
-                held_out=self.splits.held_out,  # build and calibrate check it
+                held_out=self.splits.held_out_fingerprint,  # build and calibrate check it
             )
         self.save_last()
         self._write_metrics()
@@ -359,7 +361,7 @@ class Trainer:
         model.to(self.ctx.device, memory_format=self.memory_format)
         probs, targets = self._probabilities(model, dataset), np.array(dataset.targets)
         result = report.classification_report(targets, probs.argmax(1), list(self.spec.labels))
-        result["split"] = split
+        result["split"], result["precision"] = split, self.precision.name  # fp32, bf16, fp16
         val_probs = probs if split == "val" else self._probabilities(model, self.splits.val)
         result["error_analysis"] = gallery.error_analysis(
             model, self.spec, self.splits.val.samples, val_probs, self.out
