@@ -1,7 +1,7 @@
 """A training run as `resnet-triton train` makes it, that also leaves what
 test_distributed.py compares: `rank<r>.pt` in --out with this rank's parameters before
-and after training, its train losses and, per epoch, the indices of the training images
-its steps read.
+training, after its first optimizer step and at the end, its train losses and, per
+epoch, the indices of the training images its steps read.
 
     torchrun --standalone --nproc_per_node=2 tests/training/ddp_run.py TRAIN-FLAGS...
     python tests/training/ddp_run.py --global-order 2 TRAIN-FLAGS...
@@ -91,6 +91,7 @@ class RecordingTrainer(loop.Trainer):
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.initial = parameters(self.model)
+        self.first_step: dict[str, torch.Tensor] | None = None  # after the first optimizer step
         self.reads: dict[int, list[int]] = {}
         self.stepped: dict[int, int] = {}
         train, reads = self.splits.train, self.reads
@@ -109,7 +110,10 @@ class RecordingTrainer(loop.Trainer):
 
     def step(self, images, labels, stepping):
         self.stepped[max(self.stepped)] += len(images)
-        return super().step(images, labels, stepping)
+        loss = super().step(images, labels, stepping)
+        if stepping and self.first_step is None:
+            self.first_step = parameters(self.model)
+        return loss
 
     def seen(self) -> dict[int, list[int]]:
         """Per epoch, the images that went through a step (a loader may read one more
@@ -133,6 +137,7 @@ def main(argv: list[str]) -> int:
         trainer.fit()
         record = {
             "initial": trainer.initial,
+            "first_step": trainer.first_step,
             "parameters": parameters(trainer.model),
             # what the last evaluation ran: BatchNorm's running statistics included
             "evaluated": {n: b.detach().cpu().clone() for n, b in trainer.model.named_buffers()},
