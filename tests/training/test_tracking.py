@@ -2,7 +2,10 @@
 TensorBoard's event accumulator, and MLflow's client on a file store and on a real
 `mlflow server` process."""
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +16,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_distributed import small_digits
 
 from resnet_triton.serving.server import Ports
 from resnet_triton.training import TrainConfig, run
@@ -53,7 +57,7 @@ def check_mlflow_run(client: MlflowClient, found, out: Path, tmp_path: Path) -> 
     assert torch.load(copy, map_location="cpu", weights_only=False)["spec"]["arch"] == "resnet18"
 
 
-def check_tensorboard(out: Path) -> None:
+def check_tensorboard(out: Path, epochs: int = 2) -> None:
     """Every epoch's scalars, the figures and the config, read by TensorBoard's reader."""
     events = EventAccumulator(str(out), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
@@ -63,10 +67,11 @@ def check_tensorboard(out: Path) -> None:
         for key, tag in SCALARS.items():
             (point,) = [e for e in events.Scalars(tag) if e.step == record["epoch"]]
             assert point.value == pytest.approx(record[key], rel=1e-6), tag
-    assert [e.value for e in events.Scalars("amp/loss_scale")] == [1.0, 1.0]  # CPU: bf16
+    # 1.0 on a CPU: loss scaling is fp16's (CUDA)
+    assert [e.value for e in events.Scalars("amp/loss_scale")] == [1.0] * epochs
     assert set(tags["images"]) == {f"figures/{name}" for name in FIGURES}
     (image,) = events.Images("figures/confusion_matrix")
-    assert image.step == 2 and image.width > 200 and image.height > 200
+    assert image.step == epochs and image.width > 200 and image.height > 200
     (config,) = events.Tensors("config/text_summary")
     assert "arch: resnet18" in config.tensor_proto.string_val[0].decode()
 
@@ -92,10 +97,10 @@ def test_a_resumed_run_goes_on_in_the_same_mlflow_run(digits, tmp_path):
     check_mlflow_run(client, again, out, tmp_path / "download")
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
+@contextlib.contextmanager
+def serving_mlflow(tmp_path: Path):
     """A real `mlflow server` on loopback, storing runs in SQLite and artifacts in a folder
-    it serves (the client uploads through it)."""
+    it serves (the client uploads through it): its URL and process."""
     port = Ports.free().http
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
                "--port", str(port), "--workers", "1",
@@ -103,7 +108,9 @@ def mlflow_server(tmp_path):
                "--artifacts-destination", str(tmp_path / "server-artifacts")]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     with (tmp_path / "mlflow.log").open("w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        # its own process group: the server's workers go with it when it is killed
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -116,10 +123,17 @@ def mlflow_server(tmp_path):
                     log_text = (tmp_path / "mlflow.log").read_text()
                     pytest.fail(f"mlflow server did not start: {log_text[-2000:]}")
                 time.sleep(0.5)
-        yield url
+        yield url, server
     finally:
-        server.terminate()
-        server.wait(30)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    with serving_mlflow(tmp_path) as (url, _):
+        yield url
 
 
 def test_an_mlflow_tracking_server_receives_the_run(digits, tmp_path, mlflow_server):
@@ -131,3 +145,62 @@ def test_an_mlflow_tracking_server_receives_the_run(digits, tmp_path, mlflow_ser
     client, found = logged_run(mlflow_server, out)
     check_mlflow_run(client, found, out, tmp_path / "download")
     assert found.info.artifact_uri.startswith("mlflow-artifacts:")  # uploaded via the server
+
+
+def test_a_tracking_server_that_goes_away_does_not_stop_training(digits, tmp_path):
+    """Two processes under torchrun log to a real `mlflow server`, killed (SIGKILL, its
+    whole process group) once the first epoch is written: the run finishes on both ranks
+    with its checkpoint and evaluation, and says so once."""
+    data = small_digits(digits, tmp_path / "data")
+    out = tmp_path / "run-d"
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone",
+                "--nproc_per_node=2", "-m", "resnet_triton", "train"]  # fmt: skip
+    flags = [f"--data={data}", f"--out={out}", "--arch=resnet18", "--weights=none",
+             "--epochs=3", "--resize-size=36", "--crop-size=32", "--workers=0",
+             "--no-hflip", "--batch-size=32"]  # fmt: skip
+    with serving_mlflow(tmp_path) as (url, server):
+        training = subprocess.Popen(
+            [*torchrun, *flags, f"--mlflow={url}"], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        try:
+            while not (out / "metrics.json").is_file():  # epoch 1 written, then tracked
+                assert training.poll() is None, training.communicate()[1][-3000:]
+                time.sleep(0.1)
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(30)
+            epochs_then = len(history(out))
+            stdout, stderr = training.communicate(timeout=600)  # no rank waits forever
+        finally:
+            if training.poll() is None:
+                training.kill()
+    assert epochs_then < 3  # the server went away mid-run
+    assert training.returncode == 0, stderr[-3000:]
+    assert [r["epoch"] for r in history(out)] == [1, 2, 3]
+    assert (out / "checkpoint.pt").is_file() and (out / "evaluation.json").is_file()
+    warnings = [line for line in stderr.splitlines() if "warning:" in line]
+    assert len(warnings) == 1, warnings
+    assert "MLflow tracking stopped for the rest of this run, training goes on" in warnings[0]
+    check_tensorboard(out, epochs=3)  # the other sink went on
+
+
+def test_training_goes_on_without_tensorboard_installed(digits, tmp_path):
+    """A client-side install without the tracking extra: no event files, one warning."""
+    data = small_digits(digits, tmp_path / "data")
+    out = tmp_path / "run-e"
+    blocked = ("import sys; sys.modules['tensorboard'] = None; "  # as if not installed
+               "from resnet_triton import cli; sys.exit(cli.main())")  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", blocked, "train", f"--data={data}", f"--out={out}",
+         "--arch=resnet18", "--weights=none", "--epochs=1", "--resize-size=36",
+         "--crop-size=32", "--workers=0"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(out.glob("events.out.tfevents.*")) == []
+    assert (out / "checkpoint.pt").is_file()
+    warnings = [line for line in result.stderr.splitlines() if "warning:" in line]
+    assert warnings == [
+        "warning: no TensorBoard event files: tensorboard is not installed "
+        "(pip install 'resnet-triton[tracking]', or --no-tensorboard)"
+    ]
