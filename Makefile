@@ -183,4 +183,4 @@ soak: setup
 	$(BIN)/python perf/soak.py
 
 clean:
-	rm -rf artifacts model_repository/*/1/model.onnx
+	rm -rf artifacts model_repository/*/1/model.onnx*

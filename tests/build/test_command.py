@@ -21,8 +21,13 @@ from resnet_triton.build import command as build
 from resnet_triton.build import engine, verify
 from resnet_triton.build.export import ExportError, check_onnx, spec_from_onnx
 from resnet_triton.build.images import GateImages, ImageSet
-from resnet_triton.build.manifest import Manifest, file_sha256
+from resnet_triton.build.manifest import Manifest, cpu_features, file_sha256
 from resnet_triton.build.quantize import Quantization
+from resnet_triton.build.reference_outputs import (
+    ReferenceOutputs,
+    check_on_this_cpu,
+    reference_path,
+)
 from resnet_triton.build.verify import POLYGRAPHY_MIN, Reference, polygraphy_too_old, run_gate
 from resnet_triton.data import image_folder
 from resnet_triton.errors import UserError
@@ -121,8 +126,8 @@ def test_a_systematic_drift_inside_the_elementwise_bound_fails_the_int8_gate(
     spec, _, _ = load_checkpoint(checkpoint)
     fp32 = repository / "classifier" / "1" / "model.onnx"
     biased(fp32, tmp_path / "biased.onnx", 0.01)
-    held_out = ImageSet.of(image_folder(digits / "val", spec.preprocessing))
-    images = GateImages.load(held_out, spec, 16, 64)
+    held_out_set = ImageSet.of(image_folder(digits / "val", spec.preprocessing))
+    images = GateImages.load(held_out_set, spec, 16, 64)
     reference = Reference(runner(fp32, "onnxruntime-fp32"), file_sha256(fp32), images, tmp_path)
     report = run_gate("int8", runner(tmp_path / "biased.onnx", "biased"), reference, spec, tmp_path)
     assert report.max_abs_error == pytest.approx(0.01, abs=1e-6)
@@ -158,6 +163,9 @@ def test_int8_is_built_gated_published_and_then_skipped(
     ops = {node.op_type for node in onnx.load(published).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # a QDQ model
     assert all(len(shape) == 1 for shape in weight_scale_shapes(published))  # per channel
+    # 7-bit weights: a u8 activation pair times them sums within 16 bits (no saturation
+    # on AVX2 without VNNI), where full 8-bit weights reach +-127.
+    assert max(np.abs(w).max() for w in int8_weights(published)) == 64
     spec = load_checkpoint(checkpoint)[0]
     levels = every_level(spec)  # the normalization is not quantized:
     assert np.array_equal(
@@ -167,6 +175,8 @@ def test_int8_is_built_gated_published_and_then_skipped(
     manifest = Manifest.read(published)
     assert manifest.precision == "int8"
     assert manifest.inputs["calibration_images"] == 128
+    assert manifest.cpu_features == cpu_features()  # the CPU the gate measured the kernels of
+    kept_for_the_server(published, tmp_path / "work" / "model.fp32.onnx")
     assert (tmp_path / "work" / "model.fp32.onnx").is_file()  # both precisions produced
     # Every run's outputs are kept for Polygraphy's own inspection.
     shown = subprocess.run(
@@ -197,8 +207,34 @@ def test_int8_is_built_gated_published_and_then_skipped(
     fp32 = build.run(options(checkpoint, digits, tmp_path, precision="fp32"))
     assert not fp32.skipped and fp32.content_hash != result.content_hash
     assert runs == ["pytorch"] * 2
+    assert not reference_path(published).exists()  # the INT8 model's went with it
     published.write_bytes(published.read_bytes()[:-10])
     assert not build.run(options(checkpoint, digits, tmp_path)).skipped
+
+
+def kept_for_the_server(published, fp32) -> None:
+    """The INT8 model's reference outputs beside it: 32 of the gate's images and the FP32
+    reference's scores on them, which the published model meets on this CPU."""
+    reference = ReferenceOutputs.read(published)
+    assert reference.pixels.shape == (32, 3, 64, 64) and reference.pixels.dtype == np.uint8
+    assert reference.build_features == tuple(cpu_features())
+    name = reference_path(published).name
+    assert name == "model.onnx.reference.npz" and reference_path(published).stat().st_size < 1e6
+    session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    fp32_scores = session.run(None, {session.get_inputs()[0].name: reference.pixels})[0]
+    np.testing.assert_allclose(reference.scores, fp32_scores, atol=1e-5)
+    session = ort.InferenceSession(str(published), providers=["CPUExecutionProvider"])
+    got = check_on_this_cpu(published, lambda x: session.run(None, {"PIXELS": x})[0])
+    assert got.passed and got.max_abs_error <= 0.05
+
+
+def int8_weights(path) -> list[np.ndarray]:
+    """The convolutions' INT8 weights."""
+    model = onnx.load(path)
+    return [
+        onnx.numpy_helper.to_array(t) for t in model.graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4
+    ]  # fmt: skip
 
 
 def weight_scale_shapes(path) -> set[tuple[int, ...]]:
@@ -222,8 +258,9 @@ def test_int8_is_quantized_with_the_settings_it_hashes(checkpoint, digits, tmp_p
     manifest = Manifest.read(result.published)
     assert manifest.inputs["quantization"] == {
         "format": "QDQ", "activations": "QUInt8", "weights": "QInt8", "per_channel": False,
-        "calibration": "MinMax",
+        "reduce_range": True, "calibration": "MinMax",
     }  # fmt: skip
+    assert max(np.abs(w).max() for w in int8_weights(result.published)) == 64  # 7-bit weights
     assert weight_scale_shapes(result.published) == {()}  # one scale per weight tensor
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -42,11 +41,14 @@ from resnet_triton.build.images import GateImages, calibration_set, held_out_set
 from resnet_triton.build.manifest import (
     Manifest,
     content_hash,
+    cpu_features,
+    cpu_name,
     file_sha256,
     files_sha256,
     is_up_to_date,
 )
-from resnet_triton.build.quantize import U8S8, Quantization, quantize_int8
+from resnet_triton.build.quantize import U8S7, Quantization, quantize_int8
+from resnet_triton.build.reference_outputs import ReferenceMismatch, check_on_this_cpu
 from resnet_triton.build.verify import GateReport, Reference, TorchRunner, run_gate
 from resnet_triton.errors import UserError
 from resnet_triton.resnet import load_checkpoint
@@ -89,7 +91,7 @@ class BuildOptions:
     onnx: Path | None = None
     env_path: str | None = None
     serving: ServingConfig = ServingConfig()  # rendered into the repository's configs
-    quantization: Quantization = U8S8  # the cpu target's INT8 (ONNX Runtime)
+    quantization: Quantization = U8S7  # the cpu target's INT8 (ONNX Runtime)
     force: bool = False
 
 
@@ -250,7 +252,23 @@ def gate_step(opts: BuildOptions, plan: Plan, fp32: Path, images: GateImages):
         raise GateFailed(
             f"{artifact} failed the {' and '.join(failed)} gate; {opts.repository} left unchanged"
         )
+    if plan.target == "cpu" and artifact != fp32:
+        reference_step(opts, plan, artifact, reference)
     return artifact, reports
+
+
+def reference_step(opts: BuildOptions, plan: Plan, artifact: Path, reference: Reference):
+    """INT8 on ONNX Runtime: the reference's outputs, saved beside the model for the
+    server's check at load (build/reference_outputs.py), checked here as it will be."""
+    reference.keep_beside(artifact, opts.precision, plan.spec)
+    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    try:
+        got = check_on_this_cpu(
+            artifact, lambda x: session.run(None, {plan.spec.names.pixels: x})[0]
+        )
+    except ReferenceMismatch as exc:
+        raise GateFailed(f"{exc}; {opts.repository} left unchanged") from None
+    print(f"  reference outputs kept for the server's check: {got}")
 
 
 def manifest_for(opts: BuildOptions, plan: Plan, artifact: Path, reports, started: float):
@@ -266,7 +284,8 @@ def manifest_for(opts: BuildOptions, plan: Plan, artifact: Path, reports, starte
         output_sha256=file_sha256(artifact),
         checkpoint=str(opts.checkpoint),
         checkpoint_sha256=file_sha256(opts.checkpoint),
-        cpu=platform.processor() or platform.machine(),
+        cpu=cpu_name(),
+        cpu_features=cpu_features(),  # a gate measures the kernels this CPU's features pick
         gpu=plan.gpu.name if plan.gpu else None,
         compute_capability=plan.gpu.compute_capability if plan.gpu else None,
         build_seconds=round(time.perf_counter() - started, 1),
@@ -289,8 +308,8 @@ def run(opts: BuildOptions) -> BuildResult:
 
     started = time.perf_counter()
     opts.work_dir.mkdir(parents=True, exist_ok=True)
-    held_out = held_out_set(spec, plan.payload, opts.checkpoint, opts.images)
-    images = GateImages.load(held_out, spec, opts.gate_images, opts.agreement_images)
+    gate_set = held_out_set(spec, plan.payload, opts.checkpoint, opts.images)
+    images = GateImages.load(gate_set, spec, opts.gate_images, opts.agreement_images)
     fp32 = export_step(opts, plan, images)
     artifact, reports = gate_step(opts, plan, fp32, images)
     manifest = manifest_for(opts, plan, artifact, reports, started)
@@ -317,41 +336,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--precision", default=d.precision, help="cpu: fp32 or int8; gpu: fp32, fp16 or int8"
     )
     parser.add_argument(
-        "--images",
-        type=Path,
-        help="held-out ImageFolder for the gates (default: the validation split of the "
-        "checkpoint's training data: its val/, or a folder of classes split again as training "
-        "split it; a flat training folder given here is split the same way)",
-    )
-    parser.add_argument(
-        "--calibration",
-        type=Path,
-        help="INT8 calibration ImageFolder (default: the training split of the checkpoint's "
-        "training data)",
-    )
-    parser.add_argument("--calibration-images", type=int, default=d.calibration_images)
-    parser.add_argument(
-        "--gate-images", type=int, default=d.gate_images, help="images Polygraphy compares on"
-    )
-    parser.add_argument(
-        "--agreement-images",
-        type=int,
-        default=d.agreement_images,
-        help="held-out images for the top-1 agreement and accuracy gates",
-    )
-    parser.add_argument("--opt-batch", type=int, help="TensorRT profile opt batch")
-    parser.add_argument("--workspace-gib", type=float, default=d.workspace_gib)
-    parser.add_argument(
-        "--hardware-compatible",
-        action="store_true",
-        help="TensorRT plan that runs on any Ampere or newer GPU",
-    )
-    parser.add_argument(
-        "--version-compatible",
-        action="store_true",
-        help="TensorRT plan that later TensorRT versions can run",
-    )
-    parser.add_argument(
         "--onnx",
         type=Path,
         help="gate and publish this FP32 ONNX file instead of exporting one "
@@ -365,7 +349,46 @@ def get_args_parser() -> argparse.ArgumentParser:
         "repository's configs; an unchanged model is not rebuilt, its configs are re-rendered",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    _image_options(parser.add_argument_group("images the gates and INT8 calibration use"), d)
+    _plan_options(parser.add_argument_group("TensorRT plans (--target gpu)"), d)
     return parser
+
+
+def _image_options(group, d: BuildOptions) -> None:
+    group.add_argument(
+        "--images",
+        type=Path,
+        help="held-out ImageFolder for the gates (default: the validation split of the "
+        "checkpoint's training data: its val/, or a folder of classes split again as training "
+        "split it; a flat training folder given here is split the same way)",
+    )
+    group.add_argument(
+        "--calibration",
+        type=Path,
+        help="INT8 calibration ImageFolder (default: the training split of the checkpoint's "
+        "training data)",
+    )
+    group.add_argument("--calibration-images", type=int, default=d.calibration_images)
+    group.add_argument(
+        "--gate-images", type=int, default=d.gate_images, help="images Polygraphy compares on"
+    )
+    group.add_argument(
+        "--agreement-images",
+        type=int,
+        default=d.agreement_images,
+        help="held-out images for the top-1 agreement and accuracy gates",
+    )
+
+
+def _plan_options(group, d: BuildOptions) -> None:
+    group.add_argument("--opt-batch", type=int, help="TensorRT profile opt batch")
+    group.add_argument("--workspace-gib", type=float, default=d.workspace_gib)
+    flags = {
+        "hardware-compatible": "runs on any Ampere or newer GPU",
+        "version-compatible": "later TensorRT versions can run",
+    }
+    for flag, what in flags.items():
+        group.add_argument(f"--{flag}", action="store_true", help=f"TensorRT plan that {what}")
 
 
 def main(args: argparse.Namespace) -> int:

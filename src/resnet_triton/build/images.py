@@ -100,8 +100,10 @@ class GateImages:
     key: str  # the images' content hash: cached reference outputs are keyed by it
 
     @classmethod
-    def load(cls, held_out: ImageSet, spec: ModelSpec, count: int, agreement: int) -> GateImages:
-        gate, agree = held_out.spread(count), held_out.spread(agreement)
+    def load(cls, images: ImageSet, spec: ModelSpec, count: int, agreement: int) -> GateImages:
+        """`count` of the held-out `images` for the elementwise comparison and `agreement`
+        of them for the top-1 agreement, spread over the set."""
+        gate, agree = images.spread(count), images.spread(agreement)
         name = spec.names.pixels
 
         def feeds(paths, size):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,34 @@ def files_sha256(paths: list[str]) -> str:
     return digest.hexdigest()
 
 
+# The flags by which ONNX Runtime (and oneDNN) pick their kernels at run time: INT8
+# dot products (AVX2 without VNNI saturates in 16 bits; VNNI and AMX do not), and
+# their ARM counterparts. A gate measures the kernels of the CPU it ran on.
+KERNEL_FEATURES = (
+    "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+    "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve", "bf16",
+)  # fmt: skip
+
+
+def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """This CPU's KERNEL_FEATURES, from the first `flags` (x86) or `Features` (ARM) line of
+    `cpuinfo`; empty where there is none (macOS, Windows)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            present = set(value.split())
+            return [f for f in KERNEL_FEATURES if f in present]
+    return []
+
+
+def cpu_name() -> str:
+    return platform.processor() or platform.machine()
+
+
 def manifest_path(model_file: Path) -> Path:
     return model_file.with_name(model_file.name + ".manifest.json")
 
@@ -60,6 +89,7 @@ class Manifest:
     checkpoint: str = ""
     checkpoint_sha256: str = ""
     cpu: str | None = None  # the build machine's processor
+    cpu_features: list[str] | None = None  # its ISA flags the kernels pick by (cpu_features())
     gpu: str | None = None  # the GPU a plan was built on; None for the cpu target
     compute_capability: str | None = None
     build_seconds: float = 0.0

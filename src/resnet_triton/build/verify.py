@@ -30,7 +30,9 @@ folder (`<gate>.outputs.json`, `<gate>.agreement.json`), beside gates.json:
 `polygraphy inspect data <file> --show-values` shows what a failed gate saw.
 The reference's outputs are computed once per model file and image set and
 kept there (`reference.<key>.*.json`), so neither the next gate nor a later
-build of the same model runs the reference again.
+build of the same model runs the reference again. An INT8 model for ONNX
+Runtime is published with some of them (build/reference_outputs.py): its
+kernels depend on the CPU, so the server checks the gate again on its own.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from torch import nn
 from resnet_triton.build.export import ServedModel
 from resnet_triton.build.images import GateImages
 from resnet_triton.build.manifest import content_hash
+from resnet_triton.build.reference_outputs import ReferenceOutputs
 from resnet_triton.spec import ModelSpec
 
 # SimpleCompareFunc with check_error_stat, compare_accuracy's list results and
@@ -173,6 +176,16 @@ class Reference:
         results = outputs(self.runner, feeds)
         save(results, path)
         return results
+
+    def keep_beside(self, model_file: Path, gate: str, spec: ModelSpec) -> ReferenceOutputs:
+        """Some of the gate images' pixels and this reference's scores on them, with the
+        gate's tolerance, saved beside `model_file` for the server to check it on its CPU."""
+        pixels = [feed[spec.names.pixels] for feed in self.images.feeds]
+        (iterations,) = self.results("outputs").values()
+        scores = [iteration[spec.names.scores] for iteration in iterations]
+        kept = ReferenceOutputs.of_gate(pixels, scores, POLICIES[gate])
+        kept.save(model_file)
+        return kept
 
 
 @dataclass

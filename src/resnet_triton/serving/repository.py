@@ -13,6 +13,8 @@ Layout (names from `spec.names`):
     <repo>/classifier/1/model.onnx       CPU target (FP32 or INT8), placed by `publish`
     <repo>/classifier/1/model.sm90.plan  GPU target, one plan per compute capability
     <repo>/classifier/1/<file>.manifest.json   how and from what each model file was built
+    <repo>/classifier/1/model.onnx.reference.npz   INT8 only: the gate's reference outputs,
+                                         checked on the server's CPU at load
     <repo>/classifier/labels.txt         one label per line, for class_count (both targets)
     <repo>/resnet_ensemble/config.pbtxt  IMAGE -> preprocess -> classifier -> SCORES
     <repo>/resnet_ensemble/labels.txt    the same labels, for the ensemble's class_count
@@ -61,6 +63,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet_triton.build.manifest import Manifest
+from resnet_triton.build.reference_outputs import reference_path
 from resnet_triton.serving import dali
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.model_configs import (
@@ -145,6 +148,45 @@ MODEL_PY = (
 )
 
 
+def _pbtxt(config: mc.ModelConfig) -> str:
+    return HEADER + text_format.MessageToString(config)
+
+
+def _fused_files(
+    spec: ModelSpec, env_path: str, target: str, serving: ServingConfig, labels: str
+) -> dict[str, str | bytes]:
+    """rendered_files of serving.layout fused: one model under the ensemble's name."""
+    if target != "cpu":
+        raise SpecError(
+            "serving.layout: fused runs ONNX Runtime on the CPU; the gpu target serves "
+            "TensorRT plans in the ensemble layout"
+        )
+    name = spec.names.ensemble
+    return {
+        f"{name}/config.pbtxt": _pbtxt(fused_config(spec, env_path, serving)),
+        f"{name}/{LABELS_FILE}": labels,
+        f"{name}/{VERSION}/model.py": MODEL_PY.format(cls="FusedModel"),
+        f"{name}/warmup/{WARMUP_FILE}": serialized_bytes(warmup_image()),
+    }
+
+
+def _preprocess_files(
+    spec: ModelSpec, env_path: str, target: str, serving: ServingConfig
+) -> dict[str, str | bytes]:
+    """The preprocess model's files, relative to its folder: DALI's or the Python one's."""
+    if serving.preprocess_backend == "dali":
+        return {
+            "config.pbtxt": _pbtxt(dali_preprocess_config(spec, target, serving)),
+            f"{VERSION}/{dali.MODEL_FILE}": dali.serialized(spec, target, serving.dali_threads),
+            f"warmup/{WARMUP_FILE}": warmup_image(),  # raw bytes: the input is UINT8
+        }
+    return {
+        "config.pbtxt": _pbtxt(preprocess_config(spec, env_path, serving)),
+        f"{VERSION}/model.py": MODEL_PY.format(cls="PreprocessModel"),
+        f"warmup/{WARMUP_FILE}": serialized_bytes(warmup_image()),
+    }
+
+
 def rendered_files(
     spec: ModelSpec,
     env_path: str = DEFAULT_ENV_PATH,
@@ -159,49 +201,23 @@ def rendered_files(
     """
     names = spec.names
     serving.validate(spec)
-
-    def pbtxt(config: mc.ModelConfig) -> str:
-        return HEADER + text_format.MessageToString(config)
-
     labels = "".join(f"{label}\n" for label in spec.labels)
     if serving.layout == "fused":
-        if target != "cpu":
-            raise SpecError(
-                "serving.layout: fused runs ONNX Runtime on the CPU; the gpu target serves "
-                "TensorRT plans in the ensemble layout"
-            )
-        return {
-            f"{names.ensemble}/config.pbtxt": pbtxt(fused_config(spec, env_path, serving)),
-            f"{names.ensemble}/{LABELS_FILE}": labels,
-            f"{names.ensemble}/{VERSION}/model.py": MODEL_PY.format(cls="FusedModel"),
-            f"{names.ensemble}/warmup/{WARMUP_FILE}": serialized_bytes(warmup_image()),
-        }
-
-    if serving.preprocess_backend == "dali":
-        preprocess = {
-            "config.pbtxt": pbtxt(dali_preprocess_config(spec, target, serving)),
-            f"{VERSION}/{dali.MODEL_FILE}": dali.serialized(spec, target, serving.dali_threads),
-            f"warmup/{WARMUP_FILE}": warmup_image(),  # raw bytes: the input is UINT8
-        }
-    else:
-        preprocess = {
-            "config.pbtxt": pbtxt(preprocess_config(spec, env_path, serving)),
-            f"{VERSION}/model.py": MODEL_PY.format(cls="PreprocessModel"),
-            f"warmup/{WARMUP_FILE}": serialized_bytes(warmup_image()),
-        }
+        return _fused_files(spec, env_path, target, serving, labels)
+    preprocess = _preprocess_files(spec, env_path, target, serving)
     files = {
         **{f"{names.preprocess}/{path}": content for path, content in preprocess.items()},
         f"{names.classifier}/{LABELS_FILE}": labels,
-        f"{names.ensemble}/config.pbtxt": pbtxt(ensemble_config(spec, serving)),
+        f"{names.ensemble}/config.pbtxt": _pbtxt(ensemble_config(spec, serving)),
         f"{names.ensemble}/{LABELS_FILE}": labels,
         f"{names.ensemble}/{VERSION}/.gitkeep": "",
     }
     if target == "gpu":
-        files[f"{names.classifier}/config.pbtxt"] = pbtxt(
+        files[f"{names.classifier}/config.pbtxt"] = _pbtxt(
             tensorrt_classifier_config(spec, plans or Plans(), serving)
         )
     else:
-        files[f"{names.classifier}/config.pbtxt"] = pbtxt(
+        files[f"{names.classifier}/config.pbtxt"] = _pbtxt(
             classifier_config(spec, env_path, serving)
         )
         files[f"{names.classifier}/{VERSION}/model.py"] = MODEL_PY.format(cls="OnnxClassifierModel")
@@ -263,9 +279,12 @@ def _switch_layout(spec: ModelSpec, repo: Path, serving: ServingConfig) -> None:
                 f"serving.layout: fused serves no {model} model, but {repo} holds {left}; "
                 "move them out, or render into another folder"
             )
+    # A model just published at home (publish renders after copying) stays, and the other
+    # home's model files all go: its reference outputs too, which the new model may lack.
+    published = (version_dir(repo, home) / ONNX_FILE).exists()
     for path in sorted(version_dir(repo, other).glob(f"{ONNX_FILE}*")):
         moved = version_dir(repo, home) / path.name
-        if moved.exists():  # just published there (publish renders after copying): it stays
+        if published or moved.exists():
             path.unlink()
         else:
             moved.parent.mkdir(parents=True, exist_ok=True)
@@ -283,6 +302,17 @@ def _switch_layout(spec: ModelSpec, repo: Path, serving: ServingConfig) -> None:
         for folder in [*sorted((repo / model).rglob("*"), reverse=True), repo / model]:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
+
+
+def _install(source: Path, destination: Path) -> None:
+    """Copied next to `destination` and renamed into place: a reader never sees half a file."""
+    fd, partial = tempfile.mkstemp(dir=destination.parent, suffix=".partial")
+    os.close(fd)
+    shutil.copyfile(source, partial)
+    # mkstemp makes the file 0600; the server may run as another user (uid 1000 in
+    # the images) and must be able to read it.
+    os.chmod(partial, 0o644)
+    Path(partial).replace(destination)
 
 
 def publish(
@@ -303,13 +333,13 @@ def publish(
     folder = version_dir(repo, model_home(spec, serving))
     folder.mkdir(parents=True, exist_ok=True)
     destination = folder / filename
-    fd, partial = tempfile.mkstemp(dir=folder, suffix=".partial")
-    os.close(fd)
-    shutil.copyfile(artifact, partial)
-    # mkstemp makes the file 0600; the server may run as another user (uid 1000 in
-    # the images) and must be able to read it.
-    os.chmod(partial, 0o644)
-    Path(partial).replace(destination)
+    # An INT8 model's reference outputs go with it (the server checks them at load);
+    # a model without them must not keep its predecessor's.
+    if reference_path(artifact).is_file():
+        _install(reference_path(artifact), reference_path(destination))
+    else:
+        reference_path(destination).unlink(missing_ok=True)
+    _install(artifact, destination)
     manifest.write(destination)
     plans = published_plans(folder) if target == "gpu" else None
     render(spec, repo, env_path, target, plans, serving)
