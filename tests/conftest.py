@@ -9,12 +9,14 @@ import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,6 +236,41 @@ def series(metric: str, model: str, reason: str | None = None) -> str:
     """One model's series of `metric` (version 1), in Triton's label order."""
     labels = f'model="{model}",' + (f'reason="{reason}",' if reason else "") + 'version="1"'
     return f"{metric}{{{labels}}}"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header(width: int, height: int, chunks: bool = True) -> bytes:
+    """A PNG that is its header only: an IHDR claiming `width` x `height` 8-bit RGB, then
+    an empty IDAT and an IEND (57 bytes), or nothing more (33 bytes)."""
+    ihdr = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    rest = _png_chunk(b"IDAT", b"") + _png_chunk(b"IEND", b"") if chunks else b""
+    return b"\x89PNG\r\n\x1a\n" + ihdr + rest
+
+
+def jpeg_header(width: int, height: int) -> bytes:
+    """A JPEG that is its header only (37 bytes): a baseline SOF claiming `width` x
+    `height` in 3 components, a scan header and the end, no scan data."""
+    components = b"".join(bytes([i, 0x11, 0]) for i in (1, 2, 3))
+    sof = struct.pack(">HBHHB", 17, 8, height, width, 3) + components
+    sos = struct.pack(">HB", 12, 3) + b"".join(bytes([i, 0]) for i in (1, 2, 3)) + bytes([0, 63, 0])
+    return b"\xff\xd8\xff\xc0" + sof + b"\xff\xda" + sos + b"\xff\xd9"
+
+
+# Headers a client can send to make a server allocate or decode far too much, and why
+# each is refused: (payload, reason in REJECT_REASONS, what the error says). Above twice
+# PIL.Image.MAX_IMAGE_PIXELS (about 179 Mpx) Pillow itself refuses them, with an
+# exception class of its own (DecompressionBombError).
+HOSTILE = {
+    "png-100-mpx": (png_header(10_000, 10_000), "too_many_pixels", "exceeds the limit"),
+    "png-4-gpx": (png_header(65_536, 65_536), "too_many_pixels", "claims too many pixels"),
+    "jpeg-100-mpx": (jpeg_header(10_000, 10_000), "too_many_pixels", "exceeds the limit"),
+    "jpeg-4-gpx": (jpeg_header(65_535, 65_535), "too_many_pixels", "claims too many pixels"),
+    "png-ihdr-only": (png_header(64, 64, chunks=False), "not_an_image", "not a decodable"),
+    "png-no-pixels": (png_header(64, 64), "corrupt", "corrupt PNG image"),
+}
 
 
 def snapshot(repo):

@@ -16,7 +16,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import PHOTOS, SKLEARN_IMAGES
+from conftest import HOSTILE, PHOTOS, SKLEARN_IMAGES
 from PIL import Image, PngImagePlugin
 from torchvision import transforms
 
@@ -204,6 +204,20 @@ def test_bad_payloads_are_named(payload, cfg, message):
     with pytest.raises(ImageDecodeError) as info:
         decode_image(payload, cfg)
     assert message in str(info.value)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_headers_are_refused_for_their_reason(name):
+    """Under 60 bytes each; Pillow's own refusal (DecompressionBombError, a plain
+    Exception) is one of them and must reach the caller as the image's error."""
+    payload, reason, message = HOSTILE[name]
+    with pytest.raises(ImageDecodeError, match=message) as info:
+        decode_image(payload)
+    assert info.value.reason == reason
+    with pytest.raises(ImageDecodeError, match=f"^image 1: .*{message}") as info:
+        pixels_from_bytes([PHOTOS[0].read_bytes(), payload], Preprocessing())
+    assert info.value.reason == reason
 
 
 def test_pixel_limit_stays_below_pillows_bomb_threshold():

@@ -90,14 +90,7 @@ def decode_image(data: bytes, cfg: Preprocessing | None = None) -> Image.Image:
             f"image payload of {len(data):,} bytes exceeds the limit of {cfg.max_bytes:,}",
             "too_many_bytes",
         )
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ImageDecodeError(
-            f"not a decodable image ({len(data)} bytes, starting {data[:8]!r})", "not_an_image"
-        ) from None
-    except (OSError, SyntaxError, ValueError) as exc:  # a header cut short, for one
-        raise ImageDecodeError(f"corrupt image ({len(data)} bytes): {exc}") from None
+    image = _open(data)
     if image.format not in cfg.formats:
         raise ImageDecodeError(
             f"image format {image.format} is not accepted; accepted: {', '.join(cfg.formats)}",
@@ -125,10 +118,30 @@ def decode_image(data: bytes, cfg: Preprocessing | None = None) -> Image.Image:
             image.load()
         ImageOps.exif_transpose(image, in_place=True)
         return _to_rgb(image)
+    except Image.DecompressionBombError as exc:  # a frame or tile larger than the header said
+        raise ImageDecodeError(f"{image.format} image: {exc}", "too_many_pixels") from None
     except (OSError, SyntaxError, ValueError, RuntimeError) as exc:
         # Truncated or corrupt data: Pillow raises OSError, SyntaxError or ValueError,
         # simplejpeg ValueError, pyspng RuntimeError.
         raise ImageDecodeError(f"corrupt {image.format} image ({len(data)} bytes): {exc}") from None
+
+
+def _open(data: bytes) -> Image.Image:
+    """The image's header, read; nothing decoded yet."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            f"not a decodable image ({len(data)} bytes, starting {data[:8]!r})", "not_an_image"
+        ) from None
+    except Image.DecompressionBombError as exc:
+        # A header claiming over twice Image.MAX_IMAGE_PIXELS: Pillow refuses it with a
+        # plain Exception (not an OSError) before our own max_pixels check can.
+        raise ImageDecodeError(
+            f"image header of {len(data)} bytes claims too many pixels: {exc}", "too_many_pixels"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:  # a header cut short, for one
+        raise ImageDecodeError(f"corrupt image ({len(data)} bytes): {exc}") from None
 
 
 def _fast_decode(data: bytes, image: Image.Image) -> Image.Image | None:

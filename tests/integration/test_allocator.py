@@ -38,3 +38,22 @@ def test_an_unknown_allocator_is_named():
     with pytest.raises(SpecError) as error:
         allocator_environment("tcmalloc")
     assert str(error.value) == "unknown allocator 'tcmalloc'; choose one of glibc, jemalloc"
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (None, JEMALLOC),
+        ("libprofiler.so", f"libprofiler.so {JEMALLOC}"),  # kept, in front
+        ("liba.so:libb.so", f"liba.so libb.so {JEMALLOC}"),  # ld.so's other separator
+        (f"{JEMALLOC} liba.so", f"{JEMALLOC} liba.so"),  # there already: not twice
+    ],
+)
+def test_jemalloc_is_added_to_the_preloads_already_there(tmp_path, monkeypatch, before, after):
+    if before is None:
+        monkeypatch.delenv("LD_PRELOAD", raising=False)
+    else:
+        monkeypatch.setenv("LD_PRELOAD", before)
+    server = TritonServer(tmp_path, allocator="jemalloc")
+    assert server.environment()["LD_PRELOAD"] == after
+    assert allocator_environment("jemalloc", {"LD_PRELOAD": before or ""}) == {"LD_PRELOAD": after}

@@ -1,13 +1,15 @@
 """serving.layout fused on the real Triton server: one Python-backend model decodes and
 runs ONNX Runtime under the ensemble's name. The demo's model answers as the ensemble
 does; in a dynamic batch a bad image and a row ONNX Runtime fails on each fail their own
-request only; the metrics count traffic, not the warm-up of either instance."""
+request only; the metrics count traffic, not the warm-up of either instance. One image
+alone is scored with all cores only while no other instance of the same server is at
+work, which the model counts (resnet_triton_single_image_runs_total{session})."""
 
 import io
 import re
 import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from conftest import NAMES, PHOTOS
 from PIL import Image
-from test_model_metrics import FLUSH_S, scrape, total
+from test_model_metrics import scrape, scrape_until, total
 from test_python_models import SPEC, WHITE, answer, darkest_pixel_model
 from tritonclient.utils import InferenceServerException
 
@@ -76,20 +78,87 @@ def test_the_fused_model_answers_as_the_ensemble_and_counts_traffic_only(fused, 
     np.testing.assert_allclose(batched, expected, atol=1e-5)
     assert (one_by_one.argmax(1) == expected.argmax(1)).all()
 
-    time.sleep(FLUSH_S)
-    after = scrape(fused.ports.metrics)
-
-    def counted(name: str) -> float:
-        return total(after, name, model=NAMES.ensemble) - total(before, name, model=NAMES.ensemble)
-
     sent = 2 * len(images)
-    assert counted("resnet_triton_answers_total") == sent
-    assert counted("resnet_triton_preprocess_seconds_count") == sent
-    assert counted("nv_inference_count") == sent
+    after = scrape_until(
+        fused.ports.metrics, lambda now: counted(before, now, "resnet_triton_answers_total") >= sent
+    )
+
+    def counted_here(name: str) -> float:
+        return counted(before, after, name)
+
+    assert counted_here("resnet_triton_answers_total") == sent
+    # One image at a time from one client: each scored by an instance alone, with all cores.
+    assert single_image_runs(before, after) == {"all_cores": len(images), "one_thread": 0}
+    assert counted_here("resnet_triton_preprocess_seconds_count") == sent
+    assert counted_here("nv_inference_count") == sent
     # Each of the 2 instances was warmed up with a photo and a batch of 32 (its first
     # 33 requests), which Triton counts and the model's metrics do not.
     answers = total(after, "resnet_triton_answers_total", model=NAMES.ensemble)
     assert total(after, "nv_inference_count", model=NAMES.ensemble) - answers == 2 * 33
+
+
+def counted(before, after, name: str, **labels) -> float:
+    """What the fused model counted in `name` between two scrapes."""
+    labels["model"] = NAMES.ensemble
+    return total(after, name, **labels) - total(before, name, **labels)
+
+
+def single_image_runs(before, after) -> dict[str, float]:
+    """The fused model's runs on one image between two scrapes, by the session used."""
+    name = "resnet_triton_single_image_runs_total"
+    return {s: counted(before, after, name, session=s) for s in ("all_cores", "one_thread")}
+
+
+def large_images() -> list[bytes]:
+    """A request that keeps an instance at work for a while: 8 images of 1500x1500."""
+    out = io.BytesIO()
+    Image.linear_gradient("L").resize((1500, 1500)).convert("RGB").save(out, "PNG")
+    return [out.getvalue()] * 8
+
+
+def singles_while_busy(client_port: int, busy_port: int, image: bytes) -> int:
+    """Images sent one at a time to `client_port` while a request of large images is in
+    flight on `busy_port` (the same server or another); how many were sent."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        busy = pool.submit(scores, busy_port, large_images())
+        sent = 0
+        while not busy.done() or sent == 0:
+            scores(client_port, [image])
+            sent += 1
+        busy.result()
+    return sent
+
+
+def test_an_image_beside_another_instances_work_gets_one_thread(fused):
+    """A lone image while the other instance is at work is scored by its own instance's
+    one-thread session: the all-cores one would take the busy instance's core."""
+    before = scrape(fused.ports.metrics)
+    sent = singles_while_busy(fused.ports.grpc, fused.ports.grpc, PHOTOS[0].read_bytes())
+    after = scrape_until(
+        fused.ports.metrics, lambda now: sum(single_image_runs(before, now).values()) >= sent
+    )
+    runs = single_image_runs(before, after)
+    assert sum(runs.values()) == sent
+    assert runs["one_thread"] >= 1, runs
+
+
+def test_servers_on_one_model_folder_keep_to_their_own_lock(fused, tmp_path):
+    """Replicas that mount the same folder (deploy/docker/replicas.yml) each lock a file
+    of their own in /dev/shm: another server's work never takes a lone client's cores,
+    and a server that stops removes its file."""
+    with serve(fused.repository, tmp_path) as other:
+        other.wait_ready([NAMES.ensemble], timeout=180)
+        before = scrape(fused.ports.metrics)
+        sent = singles_while_busy(fused.ports.grpc, other.ports.grpc, PHOTOS[0].read_bytes())
+        after = scrape_until(
+            fused.ports.metrics, lambda now: sum(single_image_runs(before, now).values()) >= sent
+        )
+        assert single_image_runs(before, after) == {"all_cores": sent, "one_thread": 0}
+        files = [
+            f"/dev/shm/resnet-triton-{s.process.pid}-{NAMES.ensemble}.lock" for s in (fused, other)
+        ]
+        assert [Path(f).is_file() for f in files] == [True, True]  # named after each server
+    assert [Path(f).is_file() for f in files] == [True, False]
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,13 @@ in none of them."""
 
 import io
 import re
+import shutil
 import time
 import urllib.request
 from collections import Counter
 
 import pytest
-from conftest import NAMES, OUTSIDE, PHOTOS
+from conftest import NAMES, OUTSIDE, PHOTOS, served
 from PIL import Image
 
 from resnet_triton.client import Classifier, ClientError
@@ -19,7 +20,9 @@ from resnet_triton.preprocess import REJECT_REASONS
 
 pytestmark = pytest.mark.integration
 
-FLUSH_S = 2.5  # serving/model_metrics.py sends every second: that, and a margin
+# serving/model_metrics.py sends every second: a count is polled for until it arrives,
+# for at most this long (a machine busy with other tests can delay a flush).
+ARRIVAL_S = 30.0
 SERIES = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
 
 
@@ -33,6 +36,17 @@ def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', match[2] or ""))
             samples.append((match[1], labels, float(match[3])))
     return samples
+
+
+def scrape_until(port: int, reached, timeout_s: float = ARRIVAL_S):
+    """The first scrape where `reached(samples)` holds, or the last one when timeout_s
+    has passed (the caller's assertions then say what is missing)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        samples = scrape(port)
+        if reached(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.2)
 
 
 def total(samples, name: str, **labels) -> float:
@@ -62,11 +76,20 @@ def test_the_models_count_what_they_answered_and_refused(calibrated, calibrated_
         for data, message in refused.values():
             with pytest.raises(ClientError, match=message):
                 client.classify_bytes([data])
-    time.sleep(FLUSH_S)  # the models send their sums once a second
-    after = scrape(port)
 
     def delta(name, **labels):
         return total(after, name, **labels) - total(before, name, **labels)
+
+    counts = {  # what the models will have sent, once their next flushes are in
+        "resnet_triton_answers_total": len(images),
+        "resnet_triton_top1_score_count": len(images),
+        "resnet_triton_preprocess_seconds_count": len(images),
+        "resnet_triton_rejected_inputs_total": len(refused),
+    }
+    after = scrape_until(
+        port, lambda now: all(total(now, n) - total(before, n) >= c for n, c in counts.items())
+    )
+    assert {name: delta(name) for name in counts} == counts
 
     assert all(r.ok for r in results)
     answers = Counter(r.top1.label for r in results)
@@ -93,3 +116,23 @@ def test_the_models_count_what_they_answered_and_refused(calibrated, calibrated_
     answered = total(after, "resnet_triton_answers_total")
     assert answered == total(after, "nv_inference_count", model=NAMES.ensemble)
     assert total(after, "nv_inference_count", model=NAMES.classifier) - answered == 1 + 32
+
+
+def test_a_metrics_error_is_logged_once_and_every_request_is_answered(repository, digits, tmp_path):
+    """A labels file shorter than the model's classes breaks the answers' metrics; the
+    answers themselves, batched or not, are the same as with the whole file."""
+    repo = tmp_path / "model_repository"
+    shutil.copytree(repository, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    labels = repo / NAMES.classifier / "labels.txt"
+    labels.write_text("\n".join(labels.read_text().splitlines()[:-2]) + "\n")
+    images = sorted((digits / "val").rglob("*.png"))[::9]
+    with served(repo, tmp_path) as server, Classifier(f"localhost:{server.ports.grpc}") as client:
+        batched = client.classify(images, top_k=1)
+        alone = [client.classify([image], top_k=1)[0] for image in images[:4]]
+    assert all(r.ok for r in batched + alone), [r.error for r in batched + alone if not r.ok]
+    assert [r.top1.index for r in alone] == [r.top1.index for r in batched[:4]]
+    failures = re.findall(
+        r"classifier: metrics update answered failed.*", server.log_path.read_text()
+    )
+    assert len(failures) == 1, failures
+    assert "the scores have 10 classes and the labels file 8 labels" in failures[0]

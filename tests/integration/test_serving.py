@@ -24,14 +24,29 @@ from conftest import (
     restricted_api_statuses,
     series,
 )
+from google.protobuf import text_format
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from resnet_triton.client import Classifier, ClientError
 from resnet_triton.serving.config import ServingConfig
-from resnet_triton.serving.repository import WARMUP_FILE, serialized_bytes, warmup_image
+from resnet_triton.serving.model_configs import LAYOUT_PARAM
+from resnet_triton.serving.repository import (
+    WARMUP_FILE,
+    read_config,
+    render,
+    serialized_bytes,
+    warmup_image,
+)
 from resnet_triton.serving.serve import python_stubs
-from resnet_triton.serving.server import Ports, ServerError, TritonServer, server_environment
+from resnet_triton.serving.server import (
+    Ports,
+    ServerError,
+    TritonServer,
+    ensemble_names,
+    server_environment,
+)
+from resnet_triton.spec import ModelSpec
 
 pytestmark = pytest.mark.integration
 
@@ -334,3 +349,23 @@ def test_the_classifier_runs_at_the_configured_priority(triton):
     by_model = {model: nice_of_threads(pid) for pid, model in stubs.items()}
     assert by_model[NAMES.classifier] == {ServingConfig().classifier_nice} == {10}
     assert by_model[NAMES.preprocess] == {0}
+
+
+def test_the_models_clients_send_images_to_are_the_ones_their_configs_name(tmp_path):
+    """What `serve` waits for and probes: ensembles, and the fused layout's model because
+    its config says so, not because its parameters look like it."""
+    spec = ModelSpec(labels=("a", "b"))
+    render(spec, tmp_path / "fused", serving=ServingConfig(layout="fused"))
+    render(spec, tmp_path / "ensemble")
+    assert ensemble_names(tmp_path / "fused") == [spec.names.ensemble]
+    assert ensemble_names(tmp_path / "ensemble") == [spec.names.ensemble]
+    # A Python model that decodes and runs ONNX as the fused one does, beside an
+    # ensemble, but is no layout's: clients are not sent to it.
+    custom = read_config(tmp_path / "fused" / spec.names.ensemble / "config.pbtxt")
+    custom.name = "custom"
+    del custom.parameters[LAYOUT_PARAM]
+    (tmp_path / "ensemble" / "custom").mkdir()
+    (tmp_path / "ensemble" / "custom" / "config.pbtxt").write_text(
+        text_format.MessageToString(custom)
+    )
+    assert ensemble_names(tmp_path / "ensemble") == [spec.names.ensemble]

@@ -1,5 +1,6 @@
 """Against the real Triton server (nvidia-pytriton's tritonserver 2.51) on free ports."""
 
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import NAMES, rerendered, served
+from conftest import HOSTILE, NAMES, rerendered, served
+from test_model_metrics import scrape, scrape_until, total
 from tritonclient.utils import InferenceServerException
 
 from resnet_triton.build import command as build
@@ -17,7 +19,7 @@ from resnet_triton.build.manifest import Manifest
 from resnet_triton.build.verify import TorchRunner
 from resnet_triton.client import Classifier, ClientError
 from resnet_triton.data import image_folder
-from resnet_triton.preprocess import pixels_from_files
+from resnet_triton.preprocess import REJECT_REASONS, pixels_from_files
 from resnet_triton.resnet import load_checkpoint
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.server import Ports, TritonServer
@@ -82,14 +84,39 @@ def test_batch_beyond_max_batch_size_is_refused(triton, digits):
     assert_ready(triton)
 
 
+# A decoding library with a bug, in the preprocess model's stub: an image starting with
+# b"odd:" raises an exception class that no decoder is known to raise.
+BUGGY_DECODER = """
+from resnet_triton import preprocess
+from resnet_triton.serving.triton_models import PreprocessModel as TritonPythonModel  # noqa: F401
+
+
+class OddLibraryError(Exception):
+    pass
+
+
+def decode_image(data, cfg=None, decode=preprocess.decode_image):
+    if data.startswith(b"odd:"):
+        raise OddLibraryError(data.decode())
+    return decode(data, cfg)
+
+
+preprocess.decode_image = decode_image
+"""
+ODD = b"odd: no decoder raises this"
+
+
 @pytest.fixture(scope="module")
 def batching_triton(repository, tmp_path_factory):
     """The session's model behind a preprocess batcher that waits up to a second for more
     requests, so that requests sent together share executions (the default waits 0 s, and
-    whether they batch is then up to the scheduler's timing)."""
+    whether they batch is then up to the scheduler's timing); its decoder has a bug for
+    images starting with b"odd:" (BUGGY_DECODER), and only for them."""
     root = tmp_path_factory.mktemp("batching")
     serving = ServingConfig(preprocess_queue_delay_us=1_000_000)
-    with served(rerendered(repository, root, serving), root) as server:
+    repo = rerendered(repository, root, serving)
+    (repo / NAMES.preprocess / "1" / "model.py").write_text(BUGGY_DECODER)
+    with served(repo, root) as server:
         yield server
 
 
@@ -124,6 +151,71 @@ def test_corrupt_image_fails_alone_in_a_dynamic_batch(batching_triton, digits):
     assert stats["requests"] - before["requests"] == len(payloads)
     assert stats["executions"] - before["executions"] < len(payloads)
     assert_ready(triton)
+
+
+def top1(port: int, payload: bytes) -> int | InferenceServerException:
+    """The class index the ensemble answers for one image sent alone, or its error."""
+    client = grpcclient.InferenceServerClient(f"localhost:{port}")
+    image = grpcclient.InferInput(NAMES.image, [1, 1], "BYTES")
+    image.set_data_from_numpy(np.array([[payload]], dtype=np.object_))
+    try:
+        return int(client.infer(NAMES.ensemble, [image]).as_numpy(NAMES.scores)[0].argmax())
+    except InferenceServerException as exc:
+        return exc
+    finally:
+        client.close()
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_hostile_headers_and_a_decoder_bug_fail_alone_in_a_dynamic_batch(batching_triton, digits):
+    """Headers claiming up to 4 Gpx (Pillow refuses those with an exception class of its
+    own), a PNG without pixels and an image that trips a decoder bug, sent while good
+    images are in flight and batched with them: each fails alone, with its reason."""
+    triton = batching_triton
+    good = [Path(path).read_bytes() for path, _ in val_images(digits, 16)]
+    expected = [int(i) for i in np.argmax(infer_scores(triton, good), axis=1)]  # one request
+    bad = {name: payload for name, (payload, _, _) in HOSTILE.items()} | {"bug": ODD}
+    sent = [*good[:6], *bad.values(), *good[6:]]  # in arrival order, the bad among the good
+    before = preprocess_batches(triton), scrape(triton.ports.metrics)
+    with ThreadPoolExecutor(max_workers=len(sent)) as pool:
+        answers = list(pool.map(lambda payload: top1(triton.ports.grpc, payload), sent))
+    refused = dict(zip(bad, answers[6 : 6 + len(bad)], strict=True))
+    assert answers[:6] + answers[6 + len(bad) :] == expected
+    for name, (_, _, message) in HOSTILE.items():
+        assert isinstance(refused[name], InferenceServerException), name
+        assert str(refused[name].status()) == "StatusCode.INVALID_ARGUMENT", name
+        assert message in refused[name].message(), name
+    assert str(refused["bug"].status()) == "StatusCode.INTERNAL"
+    assert "failed on this request's images: OddLibraryError: odd:" in refused["bug"].message()
+    stats = preprocess_batches(triton)  # the bad ones were batched with the good ones
+    assert stats["requests"] - before[0]["requests"] == len(sent)
+    assert stats["executions"] - before[0]["executions"] < len(sent)
+    reasons = Counter(reason for _, reason, _ in HOSTILE.values())
+
+    def rejected(samples, reason: str) -> float:
+        name = "resnet_triton_rejected_inputs_total"
+        return total(samples, name, model=NAMES.preprocess, reason=reason) - total(
+            before[1], name, model=NAMES.preprocess, reason=reason
+        )
+
+    after = scrape_until(
+        triton.ports.metrics, lambda now: all(rejected(now, r) >= n for r, n in reasons.items())
+    )
+    assert {reason: rejected(after, reason) for reason in REJECT_REASONS} == {
+        reason: reasons[reason] for reason in REJECT_REASONS
+    }
+    assert triton.log_path.read_text().count("OddLibraryError: odd:") == 1  # logged, once
+    assert_ready(triton)
+
+
+def infer_scores(triton, payloads: list[bytes]) -> np.ndarray:
+    client = grpcclient.InferenceServerClient(f"localhost:{triton.ports.grpc}")
+    image = grpcclient.InferInput(NAMES.image, [len(payloads), 1], "BYTES")
+    image.set_data_from_numpy(np.array([[p] for p in payloads], dtype=np.object_))
+    try:
+        return client.infer(NAMES.ensemble, [image]).as_numpy(NAMES.scores)
+    finally:
+        client.close()
 
 
 def preprocess_batches(triton):

@@ -15,6 +15,9 @@ DEFAULTS = ServingConfig()
 ONNX_FILE = "model.onnx"
 LABELS_FILE = "labels.txt"
 WARMUP_FILE = "image"  # in <model>/warmup/, where Triton looks for input_data_file
+# The fused model's parameter that says what it is: the model clients send images to,
+# under the ensemble's name (server.ensemble_names reads it).
+LAYOUT_PARAM = "layout"
 
 
 def _model(
@@ -163,6 +166,7 @@ def fused_config(
         **_onnx_params(spec, serving),
         INPUT_NAME: names.image,
         OUTPUT_NAME: names.scores,
+        LAYOUT_PARAM: "fused",
     }
     instances, delay = serving.fused_instances, serving.classifier_queue_delay_us
     config = _python_model(spec, serving, names.ensemble, env_path, params, instances, delay)

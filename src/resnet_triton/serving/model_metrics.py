@@ -10,6 +10,8 @@ the model's name and version. What the models know and Triton does not:
 - resnet_triton_top1_score (histogram): the top softmax score of every answer;
 - resnet_triton_unknown_answers_total: answers below the model's calibrated
   `reject_below`, the ones clients report as "unknown" (0 while the model has none);
+- resnet_triton_single_image_runs_total{session} (serving.layout fused): runs on one
+  image, by the ONNX Runtime session that scored it (triton_models.FusedModel);
 - resnet_triton_calibrated_unknown_ratio (gauge, calibrated models only): the share
   of held-out images below `reject_below` at calibration. The unknown answers' rate
   well above it means the inputs have drifted from the training data
@@ -25,10 +27,14 @@ second (FLUSH_S): the series trail the traffic by up to a second, and the cost n
 longer grows with it. Histograms are therefore exported as Prometheus' text format
 spells them, counters `<name>_bucket{le}`, `<name>_sum` and `<name>_count`, which
 PromQL's histogram_quantile reads as any histogram.
+
+Metrics are a side channel: an update that fails (a labels file shorter than the
+model's classes, say) is logged once and skipped, and never changes an answer.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -42,6 +48,19 @@ SECONDS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 SCORE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
+def _best_effort(update):
+    """`update`, which never raises: the first failure is logged, every failure skipped."""
+
+    @functools.wraps(update)
+    def guarded(self, *args, **kwargs):
+        try:
+            update(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - whatever fails, answers go on
+            self.failed(update.__name__, exc)
+
+    return guarded
+
+
 class _Metrics:
     """Counters summed in the stub and sent by a background thread every FLUSH_S."""
 
@@ -53,6 +72,7 @@ class _Metrics:
         self._counters: list = []
         self._pending: dict[int, float] = {}
         self._lock = threading.Lock()
+        self._failures = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
         self._thread.start()
@@ -70,11 +90,25 @@ class _Metrics:
         self._counters.append(family.Metric(labels={**self.labels, **labels}))
         return len(self._counters) - 1
 
+    def failed(self, update: str, exc: Exception) -> None:
+        """Log a failed update, the first one only: the next ones would repeat it per batch."""
+        with self._lock:
+            self._failures += 1
+            first = self._failures == 1
+        if first:
+            pb_utils.Logger.log_error(
+                f"{self.labels['model']}: metrics update {update} failed, so the model's "
+                f"metrics are incomplete from now on (answers are not affected; logged once): "
+                f"{type(exc).__name__}: {exc}"
+            )
+
+    @_best_effort
     def add(self, counter: int, value: float) -> None:
         if value:
             with self._lock:
                 self._pending[counter] = self._pending.get(counter, 0.0) + float(value)
 
+    @_best_effort
     def flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
@@ -123,9 +157,11 @@ class PreprocessMetrics(_Metrics):
             for reason in REJECT_REASONS
         }  # fmt: skip
 
+    @_best_effort
     def decoded(self, images: int, seconds: float) -> None:
         self._seconds.observe(np.full(images, seconds / images))
 
+    @_best_effort
     def rejected(self, reason: str) -> None:
         self.add(self._rejected[reason], 1)
 
@@ -156,8 +192,14 @@ class AnswerMetrics(_Metrics):
             ).Metric(labels=self.labels)
             self._calibrated.set(reject_rate)
 
+    @_best_effort
     def answered(self, scores: np.ndarray) -> None:
         """Count a batch of answers from its (n, classes) softmax scores."""
+        if scores.shape[1] != len(self._answers):  # checked first: nothing half counted
+            raise ValueError(
+                f"the scores have {scores.shape[1]} classes and the labels file "
+                f"{len(self._answers)} labels"
+            )
         top1 = scores.max(axis=1)
         counts = np.bincount(scores.argmax(axis=1), minlength=len(self._answers))
         for counter, count in zip(self._answers, counts, strict=True):

@@ -27,6 +27,7 @@ import sys
 import sysconfig
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from resnet_triton.endpoints import (
     RESTRICTED_APIS,
 )
 from resnet_triton.errors import UserError
+from resnet_triton.serving.model_configs import LAYOUT_PARAM
 from resnet_triton.serving.plans import backend_flags
 from resnet_triton.serving.repository import read_config, served_dir
 from resnet_triton.spec import check_choice
@@ -147,15 +149,22 @@ def server_environment() -> dict[str, str]:
 ALLOCATORS = {"glibc": None, "jemalloc": "libjemalloc.so.2"}
 
 
-def allocator_environment(allocator: str) -> dict[str, str]:
-    """What the server's environment needs to run with `allocator`."""
+def allocator_environment(
+    allocator: str, environment: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """What `environment` (the server's, before) needs to run with `allocator`: the
+    library added after any LD_PRELOAD already there (a profiler's, a sanitizer's)."""
     check_choice("allocator", allocator, tuple(ALLOCATORS))
     library = ALLOCATORS[allocator]
     if library is None:
         return {}
     if ctypes.util.find_library(allocator) is None:
         raise ServerError(f"{allocator} is not installed: apt-get install libjemalloc2")
-    return {"LD_PRELOAD": library}
+    # ld.so splits LD_PRELOAD at spaces and colons.
+    preloaded = environment.get("LD_PRELOAD", "").replace(":", " ").split()
+    if library not in preloaded:
+        preloaded.append(library)
+    return {"LD_PRELOAD": " ".join(preloaded)}
 
 
 def ensemble_names(repository: Path) -> list[str]:
@@ -169,8 +178,9 @@ def ensemble_names(repository: Path) -> list[str]:
 
 
 def _takes_images(config) -> bool:
-    params = config.parameters
-    return config.platform == "ensemble" or ("onnx_file" in params and "max_bytes" in params)
+    """An ensemble, or a model whose config says it is the fused layout's."""
+    layout = config.parameters.get(LAYOUT_PARAM)
+    return config.platform == "ensemble" or (layout is not None and layout.string_value == "fused")
 
 
 def _die_with_parent() -> None:
@@ -240,7 +250,7 @@ class TritonServer:
 
     def environment(self) -> dict[str, str]:
         environment = server_environment() if self.binary is None else dict(os.environ)
-        return {**environment, **allocator_environment(self.allocator)}
+        return {**environment, **allocator_environment(self.allocator, environment)}
 
     def start(self) -> TritonServer:
         if not self.repository.is_dir():
@@ -362,5 +372,8 @@ def preflight(repository: Path) -> list[str]:
                 )
     ensembles = ensemble_names(repository)
     if not ensembles:
-        raise ServerError(f"{repository} holds no ensemble model")
+        raise ServerError(
+            f"{repository} holds no ensemble model (a fused model rendered before its config "
+            "named its layout counts as none: render it again with resnet-triton render)"
+        )
     return ensembles

@@ -10,9 +10,11 @@ dtype from the tensor's config, as python_backend's own examples do.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from resnet_triton.build.reference_outputs import check_on_this_cpu
 from resnet_triton.preprocess import ImageDecodeError, pixels_from_bytes
 from resnet_triton.serving.model_metrics import AnswerMetrics, PreprocessMetrics
 from resnet_triton.serving.resources import cpu_limit, onnx_threads
@@ -80,19 +83,28 @@ class Decoder:
     """Encoded images -> 8-bit pixels with the shared code, counting what it decodes and refuses."""
 
     def __init__(self, name: str, version: str, params: dict[str, str], input_name: str):
+        self.name = name
         self.cfg = Preprocessing.from_params(params)
         self.input_name = input_name
         self.metrics = PreprocessMetrics(name, version)
 
     def __call__(self, request, counted: bool = True) -> np.ndarray | pb_utils.TritonError:
-        """The request's pixels (n, 3, crop, crop), or the error its own response carries."""
-        payloads = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+        """The request's pixels (n, 3, crop, crop), or the error its own response carries.
+
+        Nothing one request's bytes cause reaches another request of the batch: an
+        exception the decoders were not expected to raise is this request's INTERNAL error.
+        """
         started = time.perf_counter()
         try:
+            payloads = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
             pixels = pixels_from_bytes(payloads.reshape(-1), self.cfg)
         except ImageDecodeError as exc:  # the client's image: its own request fails
             self.metrics.rejected(exc.reason)
             return pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+        except Exception as exc:  # noqa: BLE001 - a library's odd exception class, say
+            message = f"{self.name} failed on this request's images: {type(exc).__name__}: {exc}"
+            pb_utils.Logger.log_error(message)  # not the client's fault: the server's to look at
+            return pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL)
         if counted:
             self.metrics.decoded(len(pixels), time.perf_counter() - started)
         return pixels
@@ -178,6 +190,13 @@ class OnnxClassifierModel:
             f"{self.name}: {path.name} in ONNX Runtime {ort.__version__}, "
             f"{inputs['name']} {_shape(inputs)} -> {self.output_name} {_shape(scores)}"
         )
+        # ONNX Runtime picks INT8 kernels by CPU: where this one breaks the model's gate,
+        # ReferenceMismatch fails initialize and Triton does not serve the model.
+        checked = check_on_this_cpu(
+            path, lambda x: self.session.run([self.output_name], {self.onnx_input: x})[0]
+        )
+        if checked is not None:
+            pb_utils.Logger.log_info(f"{self.name}: on this CPU as at build, {checked}")
 
     def execute(self, requests):
         batches = [
@@ -209,8 +228,6 @@ class OnnxClassifierModel:
         return np.split(scores, np.cumsum([len(b) for b in batches])[:-1])
 
     def _response(self, result):
-        if isinstance(result, pb_utils.TritonError):  # the fused model's refused images
-            return pb_utils.InferenceResponse(error=result)
         if isinstance(result, Exception):
             # Any uint8 pixels should score: a failure is the model's, so it is logged.
             message = f"{self.name} failed on this request's pixels: {result}"
@@ -232,9 +249,8 @@ class FusedModel(OnnxClassifierModel):
     shared memory for Triton to pass to the classifier's stub). Each instance scores its
     batches with 1 ONNX Runtime thread, so instances run side by side, one per core. An
     instance at work on one image while no other instance is busy scores it with a second
-    session of one thread per core instead, which keeps a lone client's latency down:
-    instances hold a shared flock on the model's folder while at work, and "alone" is an
-    exclusive one that does not block. A bad image fails its own request only.
+    session of one thread per core instead, which keeps a lone client's latency down
+    (`Busy` tells). A bad image fails its own request only.
     """
 
     def initialize(self, args):
@@ -243,40 +259,108 @@ class FusedModel(OnnxClassifierModel):
         self._load(args, config, params, image, scores, threads=1)
         self.alone = _session(self.path, params)
         self.decode = Decoder(self.name, args["model_version"], params, image["name"])
-        self.busy = os.open(args["model_repository"], os.O_RDONLY)
+        self.busy = Busy(self.name)
+        self.single_runs = {  # what tells whether the all-cores session is used, and when
+            session: self.metrics.counter(
+                "single_image_runs_total", "Runs on one image, by the session that scored "
+                "it: all_cores where no other instance was at work, one_thread otherwise",
+                session=session,
+            )
+            for session in ("all_cores", "one_thread")
+        }  # fmt: skip
 
     def execute(self, requests):
-        fcntl.flock(self.busy, fcntl.LOCK_SH)
-        try:
-            warmup = self.warmup.skip(len(requests))
+        warmup = self.warmup.skip(len(requests))
+        with self.busy:
             results = [self.decode(r, counted=n >= warmup) for n, r in enumerate(requests)]
-            good = [n for n, pixels in enumerate(results) if isinstance(pixels, np.ndarray)]
-            batches = [results[n] for n in good]
-            if batches:
-                one = sum(map(len, batches)) == 1
-                scored = self._scores(batches, self.alone if one and self._alone() else None)
-                for n, scores in zip(good, scored, strict=True):
-                    results[n] = scores
-        finally:
-            fcntl.flock(self.busy, fcntl.LOCK_UN)
+            self._score_decoded(results, counted=warmup == 0)
         self._count(results[warmup:])
         return [self._response(result) for result in results]
 
-    def _alone(self) -> bool:
-        """Whether no other instance is at work; this one keeps its shared lock either way."""
-        try:
-            fcntl.flock(self.busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-        finally:
-            fcntl.flock(self.busy, fcntl.LOCK_SH)
+    def _score_decoded(self, results: list, counted: bool) -> None:
+        """Replace each request's pixels in `results` with its scores (or its error)."""
+        good = [n for n, pixels in enumerate(results) if isinstance(pixels, np.ndarray)]
+        batches = [results[n] for n in good]
+        if not batches:
+            return
+        session = None  # the instance's own, one thread
+        if sum(map(len, batches)) == 1:
+            alone = self.busy.alone()
+            session = self.alone if alone else None
+            if counted:
+                self.metrics.add(self.single_runs["all_cores" if alone else "one_thread"], 1)
+        for n, scores in zip(good, self._scores(batches, session), strict=True):
+            results[n] = scores
+
+    def _response(self, result):
+        if isinstance(result, pb_utils.TritonError):  # an image the decoder refused
+            return pb_utils.InferenceResponse(error=result)
+        return super()._response(result)
 
     def finalize(self):
         self.decode.metrics.close()
         self.alone = None
-        os.close(self.busy)
+        self.busy.close()
         super().finalize()
+
+
+class Busy:
+    """Whether another instance of a model in this server is at work (FusedModel's).
+
+    Each instance holds a shared flock on one lock file while at work; "alone" is an
+    exclusive one that does not block. The file is this server's own: in /dev/shm
+    (memory, and each container's own), named after the model and the tritonserver
+    process that started the stubs (their parent), so replicas that mount one model
+    folder never see each other's locks. A lock that cannot be taken, whatever the
+    OSError, means "not alone": the instance's one-thread session is always safe to use.
+    """
+
+    def __init__(self, model: str):
+        shm = Path("/dev/shm")
+        folder = shm if shm.is_dir() else Path(tempfile.gettempdir())
+        self.path = folder / f"resnet-triton-{os.getppid()}-{model}.lock"
+        try:
+            self.fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            self.fd = None
+            pb_utils.Logger.log_warn(
+                f"{model}: no lock file ({exc}); single images are scored with one thread"
+            )
+        self.held = False
+
+    def __enter__(self) -> Busy:
+        self.held = self._flock(fcntl.LOCK_SH)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._flock(fcntl.LOCK_UN)
+        self.held = False
+
+    def alone(self) -> bool:
+        """No other instance is at work; the caller keeps its shared lock either way."""
+        if not self.held:
+            return False
+        alone = self._flock(fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.held = self._flock(fcntl.LOCK_SH)
+        return alone
+
+    def _flock(self, operation: int) -> bool:
+        if self.fd is None:
+            return False
+        try:
+            fcntl.flock(self.fd, operation)
+        except OSError:  # BlockingIOError when another holds it; anything else: unknown
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        # The first instance to unload removes the name; the others' open files stay
+        # locked together until they close.
+        with contextlib.suppress(OSError):
+            self.path.unlink()
 
 
 def _session(path: Path, params: dict[str, str], threads: int | None = None):
