@@ -8,17 +8,24 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from resnet_triton.endpoints import GRPC_PORT, HTTP_PORT
 from resnet_triton.pipeline.config import PipelineError
 
-if TYPE_CHECKING:  # the candidate's container; rollout.py imports this module
-    from resnet_triton.pipeline.rollout import Replica
-
 # The balancer's upstream lists (deploy/docker/balancer.sh writes the first ones).
 UPSTREAMS = {"http.conf": HTTP_PORT, "grpc.conf": GRPC_PORT}
 LB_CONF = "/etc/resnet-triton/lb.conf"
+
+
+class Candidate(Protocol):
+    """What switch needs of a candidate (rollout.Replica): its name and its network."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def network(self) -> str: ...
 
 
 class RolloutError(PipelineError):
@@ -62,7 +69,7 @@ class Balancer:
         self.docker("exec", self.name, "nginx", "-c", LB_CONF, "-s", "reload")
 
 
-def switch(balancer: Balancer, new: Replica, old: str, live: list[str], where: str) -> list[str]:
+def switch(balancer: Balancer, new: Candidate, old: str, live: list[str], where: str) -> list[str]:
     """Give candidate `new` the `replica` alias and point the balancer at `live` with `new`
     in place of `old`; returns that list. On a failure anywhere in it, the balancer's lists
     are put back to `live` and the candidate removed (undo), and the error says so."""
