@@ -80,6 +80,19 @@ def checkpoint(digits, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def int8_repository(checkpoint, digits, tmp_path_factory) -> Path:
+    """The session checkpoint built, gated and published as INT8 for the CPU (once: the
+    INT8 serving tests share it; a test that changes it works on a copy)."""
+    root = tmp_path_factory.mktemp("int8")
+    options = build.BuildOptions(
+        checkpoint, root / "repo", root / "work", precision="int8", target="cpu",
+        images=digits / "val",
+    )  # fmt: skip
+    build.run(options)
+    return root / "repo"
+
+
+@pytest.fixture(scope="session")
 def repository(checkpoint, digits, tmp_path_factory) -> Path:
     """A published model repository (export, accuracy gate, render)."""
     root = tmp_path_factory.mktemp("published")

@@ -11,7 +11,6 @@ import onnxruntime as ort
 import pytest
 from conftest import NAMES, rerendered, served
 
-from resnet_triton.build import command as build
 from resnet_triton.build.export import spec_from_onnx
 from resnet_triton.build.manifest import cpu_features
 from resnet_triton.build.reference_outputs import ReferenceOutputs
@@ -22,17 +21,6 @@ from resnet_triton.serving.repository import ONNX_FILE, version_dir
 from resnet_triton.serving.server import Ports, ServerError, TritonServer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def int8_repository(checkpoint, digits, tmp_path_factory):
-    root = tmp_path_factory.mktemp("int8-reference")
-    options = build.BuildOptions(
-        checkpoint, root / "repo", root / "work", precision="int8", target="cpu",
-        images=digits / "val",
-    )  # fmt: skip
-    build.run(options)
-    return root / "repo"
 
 
 def test_an_int8_model_that_keeps_its_gate_on_this_cpu_loads(int8_repository, digits, tmp_path):

@@ -13,7 +13,6 @@ from conftest import HOSTILE, NAMES, rerendered, served
 from test_model_metrics import scrape, scrape_until, total
 from tritonclient.utils import InferenceServerException
 
-from resnet_triton.build import command as build
 from resnet_triton.build.export import spec_from_onnx
 from resnet_triton.build.manifest import Manifest
 from resnet_triton.build.verify import TorchRunner
@@ -250,14 +249,8 @@ def test_unknown_model_is_named(triton, protocol):
     )
 
 
-def test_cpu_classifier_serves_the_int8_model(checkpoint, digits, tmp_path_factory):
-    root = tmp_path_factory.mktemp("int8")
-    options = build.BuildOptions(
-        checkpoint, root / "repo", root / "work", precision="int8", target="cpu",
-        images=digits / "val",
-    )  # fmt: skip
-    build.run(options)
-    published = root / "repo" / NAMES.classifier / "1" / "model.onnx"
+def test_cpu_classifier_serves_the_int8_model(int8_repository, digits, tmp_path):
+    published = int8_repository / NAMES.classifier / "1" / "model.onnx"
     assert Manifest.read(published).precision == "int8"
 
     samples = val_images(digits, 16)
@@ -267,7 +260,7 @@ def test_cpu_classifier_serves_the_int8_model(checkpoint, digits, tmp_path_facto
     local = session.run(None, {spec.names.pixels: pixels})[0]
 
     server = TritonServer(
-        root / "repo", Ports.free(), log_path=root / "triton.log", exit_timeout_s=3
+        int8_repository, Ports.free(), log_path=tmp_path / "triton.log", exit_timeout_s=3
     )
     with server:
         server.wait_ready([NAMES.ensemble])
