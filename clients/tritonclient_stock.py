@@ -2,12 +2,15 @@
 client library: what any Triton user writes. The ensemble takes the encoded image bytes
 as a BYTES tensor of shape [batch, 1] (IMAGE) and answers SCORES; Triton's
 classification extension (class_count) returns "score:index:label" strings. The names
-come from the model spec's defaults.
+come from the model spec's defaults. Where the server's proxy asks for an inference key
+(SECURITY.md), it goes as gRPC metadata `authorization: Bearer <key>`, here from
+$RESNET_TRITON_API_KEY.
 
     python clients/tritonclient_stock.py --url localhost:8001 cat.jpg dog.png
 """
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,9 @@ batch = np.array([[path.read_bytes()] for path in args.images], dtype=np.object_
 image = grpcclient.InferInput(NAMES.image, list(batch.shape), "BYTES")
 image.set_data_from_numpy(batch)
 scores = grpcclient.InferRequestedOutput(NAMES.scores, class_count=1)
-answer = client.infer(args.model, [image], outputs=[scores])
+key = os.environ.get("RESNET_TRITON_API_KEY")
+headers = {"authorization": f"Bearer {key}"} if key else None
+answer = client.infer(args.model, [image], outputs=[scores], headers=headers)
 for path, (top1,) in zip(args.images, answer.as_numpy(NAMES.scores), strict=True):
     score, _, label = top1.decode().split(":", 2)
     print(f"{path}: {label} ({float(score):.4f})")

@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from resnet_triton.serving.server import preflight
 from resnet_triton.spec import ModelSpec
 
 PERF_ANALYZER = Path(sys.executable).parent / "perf_analyzer"  # NVIDIA's, from tritonclient
+REDACTED = "<api key>"  # what printed command lines show in place of the key
 
 
 def published_model(repository: Path) -> tuple[Path, ModelSpec]:
@@ -61,11 +63,27 @@ def perf_analyzer_env() -> dict[str, str]:
     return {**os.environ, "LD_LIBRARY_PATH": f"{lib}:{old}" if old else str(lib)}
 
 
+def key_header(api_key: str | None) -> list[str]:
+    """perf_analyzer's flag for the proxy's inference key. Its --help says -H is "ignored for
+    GRPC requests", but 2.51 sends it as gRPC metadata as well (tests/test_perf_keys.py
+    records both). No space after the colon: the value is sent as written after it, and
+    a gRPC value would start with the space."""
+    return ["-H", f"authorization:Bearer {api_key}"] if api_key else []
+
+
+def shown(command: list[str], api_key: str | None) -> str:
+    """A command line to print or save: the key replaced by REDACTED."""
+    text = shlex.join(command)
+    return text.replace(api_key, REDACTED) if api_key else text
+
+
 def run_perf_analyzer(
-    model, ports, input_data, concurrency, csv_path, interval_ms, protocol="grpc", batch=1
-) -> list[dict]:
-    """perf_analyzer over `concurrency` ("start:end:step"); its CSV rows, in ms."""
-    url = f"localhost:{ports.grpc if protocol == 'grpc' else ports.http}"
+    model, ports, input_data, concurrency, csv_path, interval_ms, protocol="grpc", batch=1,
+    host="localhost", api_key=None,
+) -> list[dict]:  # fmt: skip
+    """perf_analyzer over `concurrency` ("start:end:step") against `host` (its ports); its
+    CSV rows, in ms. api_key: the proxy's inference key, sent with every request."""
+    url = f"{host}:{ports.grpc if protocol == 'grpc' else ports.http}"
     command = [
         str(PERF_ANALYZER),
         "-m", model,
@@ -78,12 +96,13 @@ def run_perf_analyzer(
         "--percentile", "99",
         "--max-trials", "8",
         "-f", str(csv_path),
+        *key_header(api_key),
     ]  # fmt: skip
     # Two shared cores are noisy: accept 25% spread between windows, and where even
     # that is not reached, 50% (said on the console; the row records which).
     for stability in (25, 50):
         run = [*command, "--stability-percentage", str(stability)]
-        print("$", " ".join(run), flush=True)
+        print("$", shown(run, api_key), flush=True)
         done = subprocess.run(run, env=perf_analyzer_env(), stdout=subprocess.DEVNULL)
         if done.returncode == 0:
             break

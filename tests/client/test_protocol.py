@@ -150,7 +150,7 @@ def test_retries_back_off_then_give_up(monkeypatch):
     classifier = Classifier.__new__(Classifier)  # no server: only the retry loop runs
     classifier.retries, classifier.backoff_s, classifier._shm = 2, 0.01, None
     classifier.protocol, classifier.model, classifier.timeout_s = "grpc", "m", 1.0
-    classifier.url = "localhost:1"
+    classifier.url, classifier.headers, classifier._api_key = "localhost:1", None, None
     classifier.info = ModelInfo("m", "IMAGE", "SCORES", 32)
     classifier.module = __import__("tritonclient.grpc", fromlist=["x"])
     calls, sleeps = [], []

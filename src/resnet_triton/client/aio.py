@@ -9,8 +9,8 @@ import tritonclient.grpc.aio as grpcaio
 import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
+from resnet_triton.client.failures import REQUEST_ERRORS
 from resnet_triton.client.protocol import (
-    REQUEST_ERRORS,
     ClientError,
     ImageLike,
     Job,
@@ -35,8 +35,11 @@ class AsyncClassifier(_Protocol):
         retries: int = 3,
         backoff_s: float = 0.2,
         concurrency: int = 4,
+        api_key: str | None = None,
     ):
-        super().__init__(url, protocol, model, timeout_s, retries, backoff_s, concurrency)
+        """api_key: the inference key the proxy asks for (default $RESNET_TRITON_API_KEY),
+        sent on every request."""
+        super().__init__(url, protocol, model, timeout_s, retries, backoff_s, concurrency, api_key)
         self.module = grpcaio if self.grpc else httpaio
         if self.grpc:
             self.client = grpcaio.InferenceServerClient(self.url)
@@ -48,12 +51,12 @@ class AsyncClassifier(_Protocol):
     async def connect(cls, *args, **kwargs) -> AsyncClassifier:
         self = cls(*args, **kwargs)
         try:
-            ready = await self.client.is_model_ready(self.model)
-            metadata = await self.client.get_model_metadata(self.model)
-            config = await self.client.get_model_config(self.model)
+            ready = await self.client.is_model_ready(self.model, headers=self.headers)
+            metadata = await self.client.get_model_metadata(self.model, headers=self.headers)
+            config = await self.client.get_model_config(self.model, headers=self.headers)
         except (InferenceServerException, OSError) as exc:
             await self.close()
-            raise self.unknown_model(exc) from None
+            raise self.connect_error(exc) from None
         try:
             self.info = self.model_info(metadata, config, ready)
         except ClientError:
@@ -78,7 +81,7 @@ class AsyncClassifier(_Protocol):
                 infer_input, output = self.request(self.module, self.info, payloads, top_k)
                 options = {"client_timeout": self.timeout_s} if self.grpc else {}
                 result = await self.client.infer(
-                    self.model, [infer_input], outputs=[output], **options
+                    self.model, [infer_input], outputs=[output], headers=self.headers, **options
                 )
                 return self.parse(result, self.info, len(payloads), top_k)
             except REQUEST_ERRORS as exc:

@@ -11,8 +11,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from resnet_triton.client.failures import REQUEST_ERRORS
 from resnet_triton.client.protocol import (
-    REQUEST_ERRORS,
     ClientError,
     ImageLike,
     Job,
@@ -42,27 +42,33 @@ class Classifier(_Protocol):
         concurrency: int = 4,
         shared_memory: bool = False,
         admin_key: str | None = None,
+        api_key: str | None = None,
     ):
-        super().__init__(url, protocol, model, timeout_s, retries, backoff_s, concurrency)
+        """api_key: the inference key the proxy asks for (default $RESNET_TRITON_API_KEY),
+        sent on every request; admin_key: Triton's, for the shared-memory APIs only."""
+        super().__init__(url, protocol, model, timeout_s, retries, backoff_s, concurrency, api_key)
         self.module = grpcclient if self.grpc else httpclient
-        # Triton's gRPC frontend expects restricted-protocol headers with a prefix.
-        header = f"triton-grpc-protocol-{ADMIN_HEADER}" if self.grpc else ADMIN_HEADER
-        self.headers = {header: admin_key} if admin_key else None
         if shared_memory and not admin_key:
             raise ClientError("shared memory needs the server's admin key (restricted API)")
         self._local = threading.local()
         self._clients = []  # (thread, its client), to close them all
         self._pool = None  # classify()'s threads, started on first use
         self._lock = threading.Lock()
-        self._shm = ShmPool(self._client, self.headers) if shared_memory else None
+        self._shm = ShmPool(self._client, self._admin_headers(admin_key)) if shared_memory else None
         client = self._client()
         try:
-            ready = client.is_model_ready(model)
-            metadata = client.get_model_metadata(model)
-            config = client.get_model_config(model)
+            ready = client.is_model_ready(model, headers=self.headers)
+            metadata = client.get_model_metadata(model, headers=self.headers)
+            config = client.get_model_config(model, headers=self.headers)
         except (InferenceServerException, OSError) as exc:
-            raise self.unknown_model(exc) from None
+            raise self.connect_error(exc) from None
         self.info = self.model_info(metadata, config, ready)
+
+    def _admin_headers(self, admin_key: str) -> dict[str, str]:
+        """The restricted APIs' headers: the admin key, with the API key where there is one."""
+        # Triton's gRPC frontend expects restricted-protocol headers with a prefix.
+        header = f"triton-grpc-protocol-{ADMIN_HEADER}" if self.grpc else ADMIN_HEADER
+        return {**(self.headers or {}), header: admin_key}
 
     def _client(self):
         # tritonclient's HTTP client is not thread-safe: one client per thread. A thread
@@ -124,14 +130,18 @@ class Classifier(_Protocol):
         options = {"client_timeout": self.timeout_s} if self.grpc else {}
         if self._shm is None:
             infer_input, _ = self.request(self.module, self.info, payloads, top_k)
-            return self._client().infer(self.model, [infer_input], outputs=[output], **options)
+            return self._client().infer(
+                self.model, [infer_input], outputs=[output], headers=self.headers, **options
+            )
         # The same encoding as in the body: (n, 1) BYTES or (n, longest) UINT8.
         batch = encoded_batch(payloads, self.info.input_datatype)
         infer_input = self.input_for(self.module, self.info, batch)
 
         def infer(region: str, byte_size: int):
             infer_input.set_shared_memory(region, byte_size)
-            return self._client().infer(self.model, [infer_input], outputs=[output], **options)
+            return self._client().infer(
+                self.model, [infer_input], outputs=[output], headers=self.headers, **options
+            )
 
         return self._shm.send(batch, infer)
 

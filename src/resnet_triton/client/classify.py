@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 from tqdm import tqdm
 
-from resnet_triton.client import PROTOCOLS, Classifier, Result
+from resnet_triton.client import API_KEY_ENV, PROTOCOLS, Classifier, Result
 from resnet_triton.preprocess import image_files
 from resnet_triton.spec import Names
 
@@ -53,7 +53,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    parser.add_argument("--retries", type=int, default=3, help="on an unavailable server")
+    parser.add_argument(
+        "--retries", type=int, default=3, help="on an unavailable or throttling server"
+    )
+    parser.add_argument(
+        "--api-key",
+        help=f"the inference key the server's proxy asks for (default: ${API_KEY_ENV}, "
+        "which keeps it out of the process list)",
+    )
     parser.add_argument("--format", default="text", choices=FORMATS)
     parser.add_argument(
         "--shared-memory", action="store_true", help="send inputs through system shared memory"
@@ -68,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
         Classifier(
             args.url, args.protocol, args.model, timeout_s=args.timeout, retries=args.retries,
             concurrency=args.concurrency, shared_memory=args.shared_memory,
-            admin_key=args.admin_key,
+            admin_key=args.admin_key, api_key=args.api_key,
         ) as classifier,
         tqdm(total=len(paths), unit="img", file=sys.stderr, disable=None) as bar,
     ):  # fmt: skip

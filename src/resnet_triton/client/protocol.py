@@ -1,78 +1,34 @@
 """What the sync and async clients share: results, image encoding, the batching policy
-(`Job`), request building and parsing, and the retry policy (`Failure`, `failure_of`).
-The package docstring (resnet_triton.client) describes the behaviour."""
+(`Job`), request building and parsing, and the retry policy (`_Protocol.retry_delay`, on
+failures.py's `Failure` and `failure_of`). The package docstring (resnet_triton.client)
+describes the behaviour."""
 
 from __future__ import annotations
 
-import enum
-import http.client
 import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 from PIL import Image
-from tritonclient.utils import InferenceServerException
 
+from resnet_triton.client.failures import (
+    API_KEY_ENV,
+    HOW_TO_PASS_A_KEY,
+    Failure,
+    failure_of,
+    key_refusal,
+    message_of,
+    retry_after_s,
+)
 from resnet_triton.endpoints import GRPC_PORT, HTTP_PORT
 from resnet_triton.errors import UserError
 from resnet_triton.spec import REJECT_BELOW
 
 PROTOCOLS = {"grpc": f"localhost:{GRPC_PORT}", "http": f"localhost:{HTTP_PORT}"}
-# What a request can raise besides our own errors: tritonclient's, and the HTTP clients'
-# socket, geventhttpclient and aiohttp errors, which tritonclient lets through unwrapped.
-REQUEST_ERRORS = (InferenceServerException, OSError, http.client.HTTPException, aiohttp.ClientError)
-# The connection went away (refused, reset, closed before the answer: a server that
-# stops or restarts, a proxy in front of one that is gone); geventhttpclient's
-# HTTPConnectionClosed is an http.client.HTTPException.
-CONNECTION_ERRORS = (ConnectionError, http.client.HTTPException, aiohttp.ClientConnectionError)
-
 ImageLike = bytes | str | Path | Image.Image | np.ndarray
-
-
-class Failure(enum.Enum):
-    """Why a request failed, which decides what both clients do next: the retry policy."""
-
-    # The server or the connection is unavailable and may come back: the request is sent
-    # again after a backoff, up to `retries` times, then the batch fails.
-    UNAVAILABLE = "unavailable"
-    # The server answered and refused the input (a bad image in the batch): a batch of
-    # several is sent again one image at a time, so that only the bad image fails.
-    INVALID_INPUT = "invalid input"
-    # No answer in time: the batch fails at once (a retry would wait as long again and
-    # add load to a server that is already behind).
-    TIMEOUT = "timeout"
-    # Anything else (an unknown model, a server error, a refused admin key): the batch
-    # fails at once.
-    OTHER = "other"
-
-
-# tritonclient's status: gRPC status codes, HTTP status codes as text.
-STATUS_FAILURES = {
-    "StatusCode.UNAVAILABLE": Failure.UNAVAILABLE, "502": Failure.UNAVAILABLE,
-    "503": Failure.UNAVAILABLE,
-    "StatusCode.INVALID_ARGUMENT": Failure.INVALID_INPUT, "400": Failure.INVALID_INPUT,
-    "StatusCode.DEADLINE_EXCEEDED": Failure.TIMEOUT, "504": Failure.TIMEOUT,
-}  # fmt: skip
-
-
-def failure_of(exc: BaseException) -> Failure:
-    """The policy's category of what a failed request raised."""
-    if isinstance(exc, InferenceServerException):
-        failure = STATUS_FAILURES.get(str(exc.status()), Failure.OTHER)
-        # Triton's gRPC frontend answers a missing or wrong admin key with UNAVAILABLE;
-        # it stays wrong however often it is sent.
-        if failure is Failure.UNAVAILABLE and "is restricted" in _message(exc):
-            return Failure.OTHER
-        return failure
-    # Before the connection errors: aiohttp's ServerTimeoutError is both.
-    if isinstance(exc, TimeoutError):  # socket.timeout, asyncio's and aiohttp's
-        return Failure.TIMEOUT
-    if isinstance(exc, CONNECTION_ERRORS):
-        return Failure.UNAVAILABLE
-    return Failure.OTHER
 
 
 class ClientError(UserError):
@@ -190,11 +146,6 @@ def encoded_batch(payloads: list[bytes], datatype: str) -> np.ndarray:
     return batch
 
 
-def _message(exc: BaseException) -> str:
-    text = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
-    return text or type(exc).__name__  # asyncio's TimeoutError has no text
-
-
 class Job:
     """The images of one classify() call, and the policy both clients follow: encode each
     once, send them in requests of at most max_batch_size, and when the server refuses a
@@ -255,7 +206,9 @@ def _encode_all(images: Sequence[ImageLike]) -> list[_Item]:
 class _Protocol:
     """What the sync and async clients share: settings, requests, parsing, retry policy."""
 
-    def __init__(self, url, protocol, model, timeout_s, retries, backoff_s, concurrency):
+    def __init__(
+        self, url, protocol, model, timeout_s, retries, backoff_s, concurrency, api_key=None
+    ):
         if protocol not in PROTOCOLS:
             choices = ", ".join(PROTOCOLS)
             raise ClientError(f"unknown protocol {protocol!r}; choose one of {choices}")
@@ -264,6 +217,9 @@ class _Protocol:
         self.model = model
         self.timeout_s = timeout_s
         self.retries, self.backoff_s, self.concurrency = retries, backoff_s, concurrency
+        self._api_key = api_key or os.environ.get(API_KEY_ENV) or None
+        # Every request's headers (gRPC: metadata, whose keys are lowercase); None without a key.
+        self.headers = {"authorization": f"Bearer {self._api_key}"} if self._api_key else None
 
     @property
     def grpc(self) -> bool:
@@ -303,8 +259,25 @@ class _Protocol:
                 "not a number"
             ) from None
 
-    def unknown_model(self, exc: Exception) -> ClientError:
-        message = _message(exc)
+    def _said(self, exc: BaseException) -> str:
+        """The error's message, the key cut out should a server ever echo it."""
+        message = message_of(exc)
+        return message.replace(self._api_key, "<api key>") if self._api_key else message
+
+    def _key_error(self, exc: BaseException) -> ClientError | None:
+        refusal = key_refusal(exc)
+        if refusal is None:
+            return None
+        return ClientError(f"{self.url}: {refusal} ({self._said(exc)}); {HOW_TO_PASS_A_KEY}")
+
+    def connect_error(self, exc: Exception) -> ClientError:
+        """The error of a failed connect: the model's metadata, config or readiness."""
+        key_error = self._key_error(exc)
+        if key_error is not None:
+            return key_error
+        message = self._said(exc)
+        if failure_of(exc) is Failure.THROTTLED:
+            return ClientError(f"{self.url} throttled this client: {message}", Failure.THROTTLED)
         if "unknown model" in message.lower() or "not found" in message.lower():
             return ClientError(f"unknown model {self.model!r} at {self.url}: {message}")
         return ClientError(f"cannot reach Triton at {self.url} ({self.protocol}): {message}")
@@ -343,12 +316,19 @@ class _Protocol:
         """Seconds to wait before sending a failed request again (attempt 0 was the first);
         raises ClientError, carrying the Failure, when it is not to be sent again."""
         failure = failure_of(exc)
-        if failure is Failure.UNAVAILABLE and attempt < self.retries:
-            return self.backoff_s * 2**attempt
-        message = _message(exc)
+        if failure in (Failure.UNAVAILABLE, Failure.THROTTLED) and attempt < self.retries:
+            backoff = self.backoff_s * 2**attempt
+            asked = retry_after_s(exc) if failure is Failure.THROTTLED else None
+            return max(backoff, asked or 0.0)
+        key_error = self._key_error(exc)
+        if key_error is not None:
+            raise key_error from None
+        message = self._said(exc)
+        tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
         if failure is Failure.UNAVAILABLE:
-            tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
             message = f"Triton at {self.url} unavailable after {tries}: {message}"
+        elif failure is Failure.THROTTLED:
+            message = f"{self.url} throttled this client, {tries}: {message}"
         elif failure is Failure.TIMEOUT:
             message = f"no answer from {self.url} within {self.timeout_s:g} s: {message}"
         raise ClientError(message, failure) from None

@@ -29,7 +29,8 @@ from tritonclient.utils import (
     serialized_byte_size,
 )
 
-from resnet_triton.client.protocol import REQUEST_ERRORS, ClientError
+from resnet_triton.client.failures import REQUEST_ERRORS
+from resnet_triton.client.protocol import ClientError
 
 
 def region_contents(batch: np.ndarray) -> tuple[np.ndarray, int]:
@@ -68,7 +69,7 @@ class ShmPool:
     """Shared-memory regions for one client's requests; safe to share between threads.
 
     client: returns the calling thread's tritonclient client (registration is a call);
-    headers: the restricted API's admin-key header.
+    headers: the restricted API's admin-key header (with the API key, where there is one).
     """
 
     def __init__(self, client: Callable[[], object], headers: dict[str, str] | None):

@@ -9,6 +9,9 @@ error in its card; the page and every other image go on.
 
     resnet-triton ui --url localhost:8001 --checkpoint artifacts/demo/train/checkpoint.pt
 
+Behind a proxy with inference keys, --api-key (or $RESNET_TRITON_API_KEY) is sent with
+every request this process makes; the page never sees the key.
+
 The page (assets/ui.html) needs nothing from the internet, and without
 --checkpoint this process needs no PyTorch. It listens on 127.0.0.1 unless
 --host says otherwise.
@@ -21,7 +24,7 @@ import time
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from resnet_triton.client import PROTOCOLS, Classifier
+from resnet_triton.client import API_KEY_ENV, PROTOCOLS, Classifier
 from resnet_triton.errors import UserError
 from resnet_triton.spec import Names
 
@@ -99,6 +102,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--url", help="Triton's host:port (default localhost:8001 gRPC, :8000 HTTP)"
     )
     parser.add_argument("--model", default=Names().ensemble, help="default %(default)s")
+    parser.add_argument(
+        "--api-key", help=f"the inference key the server's proxy asks for (default: ${API_KEY_ENV})"
+    )
     parser.add_argument("--checkpoint", help="checkpoint.pt of the served model: Grad-CAM overlays")
     parser.add_argument("--method", default="gradcam", help="gradcam (default) or gradcam++")
     parser.add_argument("--top-k", type=int, default=5)
@@ -119,7 +125,8 @@ def main(args: argparse.Namespace) -> int:
         from resnet_triton.explain import Explainer
 
         explainer = Explainer.from_checkpoint(args.checkpoint, args.method)
-    with Classifier(args.url, args.protocol, args.model) as classifier:  # fails if not served
+    # Fails if not served, or if the proxy refuses the key.
+    with Classifier(args.url, args.protocol, args.model, api_key=args.api_key) as classifier:
         app = create_app(classifier, explainer, args.top_k)
         print(f"the page: http://{args.host}:{args.port}/ ({args.model} at {classifier.url}, "
               f"{args.protocol})", flush=True)  # fmt: skip

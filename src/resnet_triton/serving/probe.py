@@ -7,6 +7,12 @@ so it runs in the serving image as a Docker healthcheck:
 
     python -m resnet_triton.serving.probe --url localhost:8000 --model resnet_ensemble
 
+Where the proxy in front of Triton asks for an inference key, the probe sends one as
+`Authorization: Bearer <key>`: --api-key, else the container's own key (written by
+`resnet-triton fence` to /tmp/nginx/healthcheck.key, used when that file exists;
+--api-key-file names another), else $RESNET_TRITON_API_KEY; with none, it sends
+none (keys off).
+
 Exit 0 and one line with the top-1 answer when the ensemble answers, 1 with
 the reason when it does not. The tensor names and the image input's datatype
 come from the model's metadata, so a spec with other names is probed as well.
@@ -18,13 +24,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import struct
 import sys
 import urllib.error
 import urllib.request
 from importlib import resources
+from pathlib import Path
 
 from resnet_triton.spec import Names
+
+# The key the container writes for its own probe at start (serving/fence.py), and the
+# variable every client reads (client/protocol.py's API_KEY_ENV: this module stays
+# standard library only, so the name is repeated, and tests/serving/test_probe.py pins it).
+HEALTHCHECK_KEY_FILE = Path("/tmp/nginx/healthcheck.key")
+API_KEY_ENV = "RESNET_TRITON_API_KEY"
 
 
 def warmup_image() -> bytes:
@@ -74,9 +88,13 @@ def _image_input(model: str, metadata: dict, image: bytes) -> tuple[dict, bytes]
     return entry, element
 
 
-def probe(url: str, model: str, timeout_s: float = 10.0) -> str:
+def probe(url: str, model: str, timeout_s: float = 10.0, api_key: str | None = None) -> str:
     """The top-1 "score:index:label" for the warmup photo; raises RuntimeError otherwise."""
-    metadata = _call(f"http://{url}/v2/models/{model}", model, url, timeout_s)
+    auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    metadata = _call(
+        urllib.request.Request(f"http://{url}/v2/models/{model}", headers=auth),
+        model, url, timeout_s,
+    )  # fmt: skip
     image, element = _image_input(model, metadata, warmup_image())
     scores = metadata["outputs"][0]["name"]
     header = json.dumps(
@@ -91,10 +109,25 @@ def probe(url: str, model: str, timeout_s: float = 10.0) -> str:
         headers={
             "Content-Type": "application/octet-stream",
             "Inference-Header-Content-Length": str(len(header)),
+            **auth,
         },
         method="POST",
     )
     return _call(request, model, url, timeout_s)["outputs"][0]["data"][0]
+
+
+def api_key(given: str | None, key_file: Path | None) -> str | None:
+    """The key to send: given, else the key file's (the default file only where it
+    exists), else $RESNET_TRITON_API_KEY, else none."""
+    if given:
+        return given
+    path = key_file or HEALTHCHECK_KEY_FILE
+    if key_file is not None or path.exists():
+        try:
+            return path.read_text().strip() or None
+        except OSError as exc:
+            raise RuntimeError(f"cannot read the API key file {path}: {exc.strerror}") from None
+    return os.environ.get(API_KEY_ENV) or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,9 +135,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="localhost:8000", help="Triton's HTTP host:port")
     parser.add_argument("--model", default=Names().ensemble)
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument(
+        "--api-key", help=f"the inference key (default: the key file's, else ${API_KEY_ENV})"
+    )
+    parser.add_argument(
+        "--api-key-file", type=Path,
+        help=f"a file holding the key (default {HEALTHCHECK_KEY_FILE}, where it exists)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        print(f"{args.model} answered {probe(args.url, args.model, args.timeout)}")
+        key = api_key(args.api_key, args.api_key_file)
+        print(f"{args.model} answered {probe(args.url, args.model, args.timeout, key)}")
     except RuntimeError as exc:
         print(f"probe failed: {exc}", file=sys.stderr)
         return 1
