@@ -9,7 +9,8 @@ STAMP := $(VENV)/.setup-$(shell cat $(SETUP_INPUTS) | sha256sum | cut -c1-16)
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
-# make serve listens here; 0.0.0.0 exposes the development server (Triton 2.51) to the network.
+# make serve listens here; 0.0.0.0 exposes the development server (Triton 2.51, no fence)
+# to the network, which serve refuses unless RESNET_TRITON_ALLOW_ANONYMOUS=1 (SECURITY.md).
 ADDRESS ?= 127.0.0.1
 # make build: the build stage for the target at hand (TensorRT where a GPU and
 # TensorRT exist, ONNX Runtime otherwise); it prints which path it took.

@@ -32,10 +32,15 @@ RUN /workspace/.venv/bin/pip install -q --no-cache-dir --no-deps --no-build-isol
     && /workspace/.venv/bin/python -c "from resnet_triton.serving.server import backend_directory as b; b()"
 # jemalloc for tritonserver and its stubs (serve-cpu passes --allocator jemalloc): it
 # held their memory flatter than glibc's malloc in the soak (deploy/README.md).
+# nginx's regex substitution filter: the fence scrubs internal names from Triton's
+# error bodies with it (docker/nginx/rest.conf).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libjemalloc2 \
+    && apt-get install -y --no-install-recommends libjemalloc2 libnginx-mod-http-subs-filter \
     && rm -rf /var/lib/apt/lists/*
+# nginx, the fence in front of Triton 2.51 (SECURITY.md): the main file and the parts
+# the replicas' balancer includes too; `resnet-triton fence` writes the keys at start.
 COPY docker/nginx.conf /etc/resnet-triton/nginx.conf
+COPY docker/nginx/ /etc/resnet-triton/nginx/
 COPY docker/serve-cpu.sh /usr/local/bin/serve-cpu
 # KServe mounts the model repository at /mnt/models: the models' EXECUTION_ENV_PATH
 # ($$TRITON_MODEL_DIRECTORY/../../.venv) then names /mnt/.venv (deploy/kserve/).

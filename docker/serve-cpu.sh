@@ -1,5 +1,6 @@
 #!/bin/bash
-# PID 1 of the CPU serving image: nginx (the published ports 8000-8002) in front
+# PID 1 of the CPU serving image: nginx (the published ports 8000-8002, the fence of
+# docker/nginx/) in front
 # of `resnet-triton serve` (tritonserver on loopback ports 18000-18002, supervised:
 # it exits when the server or a Python-backend stub dies). The container ends
 # when either process ends, so Docker's restart policy covers both.
@@ -8,6 +9,9 @@
 # (SIGQUIT, its graceful stop); Triton finishes its in-flight requests.
 set -uo pipefail
 mkdir -p /tmp/nginx
+# The fence's keys, admin key and rate limit (SECURITY.md); a bad setting stops here.
+resnet-triton fence --out /tmp/nginx/fence || exit 1
+export RESNET_TRITON_FENCE=nginx  # serve's banner says so
 nginx -c /etc/resnet-triton/nginx.conf &
 nginx_pid=$!
 resnet-triton serve --repository "${MODEL_REPOSITORY:-/workspace/model_repository}" \

@@ -44,7 +44,7 @@ from resnet_triton.training.calibrate import calibrate
 
 ROOT = Path(__file__).parent.parent
 NAMES = Names()
-ADMIN_KEY = "test-admin-key"
+ADMIN_KEY = "test-admin-key-0123456789"  # the fence takes 16 characters or more
 # Real photographs of several sizes, colour modes and formats.
 PHOTOS = package_photos()
 SKLEARN_IMAGES = Path(sklearn.__file__).parent / "datasets" / "images"

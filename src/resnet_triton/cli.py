@@ -16,6 +16,7 @@ COMMANDS = {
     "build": ("resnet_triton.build.command", "export ONNX, gate it, publish to the repository"),
     "render": ("resnet_triton.serving.render", "write the repository configs from a spec"),
     "serve": ("resnet_triton.serving.serve", "run the local Triton server on the repository"),
+    "fence": ("resnet_triton.serving.fence", "write the proxy's keys and limits (container start)"),
     "classify": ("resnet_triton.client.classify", "classify image files through the ensemble"),
     "explain": ("resnet_triton.explain", "Grad-CAM overlays of a checkpoint on image files"),
     "ui": ("resnet_triton.client.ui", "a web page to try the served model, with Grad-CAM"),

@@ -11,7 +11,8 @@ HTTP_PORT = 8000
 GRPC_PORT = 8001
 METRICS_PORT = 8002
 
-# Management APIs that change or expose server state need ADMIN_HEADER; inference,
+# Management APIs that change or expose server state need ADMIN_HEADER (and pass the
+# fence of docker/nginx/ only with it); inference,
 # health, metadata, model config, statistics and metrics stay open.
-RESTRICTED_APIS = "model-repository,shared-memory,logging"
+RESTRICTED_APIS = "model-repository,shared-memory,logging,trace"
 ADMIN_HEADER = "admin-key"

@@ -28,7 +28,7 @@ def accepted_requests(logs: str, protocol: str) -> list[str]:
     container, from 127.0.0.1, left out): 'answered', 'refused by Triton' or, for a
     request that got no answer from Triton, nginx's status and what it saw."""
     request = re.escape(REQUEST_LINES[protocol])
-    line = re.compile(rf"\| (\S+) {request} (\d+) \S+ upstream=(\S+) grpc=(\S+)/(\S+)$")
+    line = re.compile(rf"\| (\S+) {request} (\d+) \S+ upstream=(\S+) grpc=(\S+)/(\S+) key=\S*$")
     outcomes = []
     for match in map(line.search, logs.splitlines()):
         if not match or match[1] == "127.0.0.1":

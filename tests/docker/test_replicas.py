@@ -17,7 +17,7 @@ pytestmark = pytest.mark.docker
 # the health probe inside the balancer, from 127.0.0.1, and metadata calls left out).
 ATTEMPTS = re.compile(
     r'\| (?!127\.0\.0\.1 )\S+ "POST \S+(?:/ModelInfer|/infer) HTTP/\S+" (\d+) '
-    r"upstream=(.+) status=(.+)$"
+    r"upstream=(.+) status=(.+) key=\S*$"
 )
 
 

@@ -242,6 +242,9 @@ def test_supervisor_stops_when_a_python_stub_dies(repository, tmp_path):
             if line.startswith("ready:"):
                 break
         assert "supervising 2 Python-backend stubs" in line
+        # The banner says which of the fence only the container provides (SECURITY.md).
+        assert next(serve.stdout).startswith("fence: Triton's own admin-key check only; the "
+                                             "CPU container's nginx adds the rest")  # fmt: skip
         (triton,) = [
             int(p.name) for p in Path("/proc").iterdir()
             if p.name.isdigit() and _ppid(p) == serve.pid
@@ -279,6 +282,9 @@ def test_serve_runs_another_installations_tritonserver(repository, tmp_path):
             if line.startswith("ready:"):
                 break
         assert "supervising 2 Python-backend stubs" in line
+        # The banner says which of the fence only the container provides (SECURITY.md).
+        assert next(serve.stdout).startswith("fence: Triton's own admin-key check only; the "
+                                             "CPU container's nginx adds the rest")  # fmt: skip
         with Classifier(f"localhost:{ports.grpc}", "grpc", NAMES.ensemble) as client:
             (result,) = client.classify([PHOTOS[0]], top_k=1)
         assert result.ok

@@ -29,6 +29,7 @@ from pathlib import Path
 import tritonclient.http as httpclient
 
 from resnet_triton.endpoints import ADMIN_HEADER, LOOPBACK, RESTRICTED_APIS
+from resnet_triton.serving.fence import check_unfenced
 from resnet_triton.serving.probe import probe
 from resnet_triton.serving.resources import check_shm
 from resnet_triton.serving.server import (
@@ -72,6 +73,16 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"  # a zombie is dead, only not yet reaped by Triton
+
+
+# What `serve` alone has of the fence (SECURITY.md), said in its banner: Triton's own
+# admin-key check on the restricted APIs. The rest is nginx's, in the CPU image.
+BARE_SERVER = (
+    "fence: Triton's own admin-key check only; the CPU container's nginx adds the rest "
+    "(SECURITY.md): canonical paths only, the admin key checked at nginx, shared memory "
+    "closed, inference keys, rate limits, internal names scrubbed from errors, bodies "
+    "read whole before Triton (chunked floods)"
+)
 
 
 class Supervisor:
@@ -158,6 +169,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    if os.environ.get("RESNET_TRITON_FENCE") != "nginx":
+        check_unfenced(dict(os.environ), args.address)
     ensembles = preflight(args.repository)
     check_shm(args.repository)
     ports = Ports(args.http_port, args.grpc_port, args.metrics_port)
@@ -180,6 +193,8 @@ def main(args: argparse.Namespace) -> int:
             f"supervising {len(supervisor.stubs)} Python-backend stubs; Ctrl-C stops",
             flush=True,
         )
+        fenced = os.environ.get("RESNET_TRITON_FENCE") == "nginx"  # the CPU image's serve-cpu
+        print("fence: nginx in front (docker/nginx/)" if fenced else BARE_SERVER, flush=True)
         if not args.admin_key:
             print(f"restricted APIs ({RESTRICTED_APIS}) need header {ADMIN_HEADER}: "
                   f"{server.admin_key}", flush=True)  # fmt: skip
