@@ -22,6 +22,7 @@ CRDS = {
 }
 # What an install must give (values.yaml leaves them empty on purpose).
 REQUIRED = {"adminKey": {"secretName": "resnet-triton-admin"},
+            "apiKeys": {"secretName": "resnet-triton-api-keys"},
             "modelRepository": {"storeUri": "s3://models/store"}}  # fmt: skip
 
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from manifests import CHART, DEPLOY, REQUIRED, gpu_values, render, unknown_fields, validate
 
+from resnet_triton.serving.fence import check_unfenced
 from resnet_triton.spec import Names
 
 ADAPTER = yaml.safe_load((DEPLOY / "prometheus-adapter" / "values.yaml").read_text())
@@ -25,7 +26,7 @@ def by_kind(objects: list[dict]) -> dict[str, dict]:
 @pytest.mark.parametrize("target", ["cpu", "gpu"])
 def test_cpu_and_gpu_values_render_and_validate(target):
     values = REQUIRED if target == "cpu" else {
-        **gpu_values(), "adminKey": {"secretName": "admin"},
+        **gpu_values(), "adminKey": {"secretName": "admin"}, "apiKeys": {"allowAnonymous": True},
         "modelRepository": {"source": "pvc", "pvc": {"claimName": "models"}},
     }  # fmt: skip
     objects = render(values)
@@ -42,6 +43,17 @@ def test_cpu_and_gpu_values_render_and_validate(target):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert server["securityContext"]["allowPrivilegeEscalation"] is False
     assert server["readinessProbe"]["exec"]["command"][1:3] == ["-m", "resnet_triton.serving.probe"]
+    # /v2/health/ready needs a key behind the fence: startup is the probe, which sends the
+    # container's own healthcheck key; liveness stays on the always-open /v2/health/live.
+    startup = server["startupProbe"]
+    assert "httpGet" not in startup
+    assert startup["exec"]["command"][1:5] == [
+        "-m", "resnet_triton.serving.probe", "--url", "localhost:8000"
+    ]  # fmt: skip
+    assert startup["timeoutSeconds"] > float(startup["exec"]["command"][-1])  # the probe's own
+    assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    env = {e["name"]: e.get("value") for e in server["env"]}
+    assert env["TRITON_BIND_ADDRESS"] == "0.0.0.0"  # a Service is reachable by the cluster
     mounts = {m["mountPath"]: m for m in server["volumeMounts"]}
     assert mounts["/workspace/model_repository"]["readOnly"] is True
     shm = next(v for v in pod["volumes"] if v["name"] == "shm")
@@ -82,6 +94,75 @@ def test_the_gcs_store_and_fixed_replicas():
     assert deployment["template"]["spec"]["serviceAccountName"] == "store-reader"  # its identity
 
 
+OPEN = {"adminKey": REQUIRED["adminKey"], "modelRepository": REQUIRED["modelRepository"]}
+KEYS_FILE = "/run/secrets/resnet-triton/api-keys"
+
+
+def serving(values: dict) -> tuple[dict, dict, dict]:
+    """The pod spec, its serving container and that container's env (name -> value)."""
+    pod = by_kind(render(values))["Deployment"]["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    return pod, server, {e["name"]: e.get("value") for e in server["env"]}
+
+
+def test_the_keys_secret_is_mounted_where_the_fence_reads_it():
+    """apiKeys.secretName: the Secret's keys file, read-only, named by the env the CPU
+    image's fence reads; the rate limit travels as its env too."""
+    pod, server, env = serving(REQUIRED)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["api-keys"]["secret"] == {
+        "secretName": REQUIRED["apiKeys"]["secretName"], "defaultMode": 0o440,
+        "items": [{"key": "api-keys", "path": "api-keys"}], "optional": False,
+    }  # fmt: skip
+    mounts = {m["name"]: m for m in server["volumeMounts"]}
+    assert mounts["api-keys"] == {"name": "api-keys", "mountPath": "/run/secrets/resnet-triton",
+                                  "readOnly": True}  # fmt: skip
+    assert env["RESNET_TRITON_API_KEYS_FILE"] == KEYS_FILE
+    assert "RESNET_TRITON_ALLOW_ANONYMOUS" not in env
+    assert env["TRITON_BIND_ADDRESS"] == "0.0.0.0"
+    assert (env["RESNET_TRITON_RATE_LIMIT"], env["RESNET_TRITON_RATE_BURST"]) == ("100", "200")
+    other = {
+        "apiKeys": {"secretKey": "keys.txt"},
+        "rateLimit": {"requestsPerSecond": 0, "burst": 5},
+    }
+    pod, _, env = serving(merge(REQUIRED, other))
+    assert (env["RESNET_TRITON_RATE_LIMIT"], env["RESNET_TRITON_RATE_BURST"]) == ("0", "5")
+    (keys,) = [v for v in pod["volumes"] if v["name"] == "api-keys"]
+    assert keys["secret"]["items"] == [{"key": "keys.txt", "path": "api-keys"}]
+
+
+def test_publishing_without_keys_needs_the_explicit_opt_out():
+    with pytest.raises(helm_python.HelmError) as error:
+        render(OPEN)
+    assert "apiKeys.secretName" in str(error.value)
+    assert "apiKeys.allowAnonymous=true" in str(error.value)
+    pod, server, env = serving(merge(OPEN, {"apiKeys": {"allowAnonymous": True}}))
+    assert env["RESNET_TRITON_ALLOW_ANONYMOUS"] == "1"
+    assert env["TRITON_BIND_ADDRESS"] == "0.0.0.0"
+    assert "RESNET_TRITON_API_KEYS_FILE" not in env
+    assert "api-keys" not in {v["name"] for v in pod["volumes"]}
+    with pytest.raises(helm_python.HelmError, match="and apiKeys.allowAnonymous=true contradict"):
+        render(merge(REQUIRED, {"apiKeys": {"allowAnonymous": True}}))  # which one is meant?
+
+
+def test_the_gpu_target_has_no_proxy_to_check_keys():
+    """NVIDIA's image runs no nginx: keys there would be a promise nothing keeps, so the
+    chart refuses them, and publishes the GPU pods only with the explicit opt-out."""
+    gpu = {**gpu_values(), **OPEN}
+    with pytest.raises(helm_python.HelmError) as error:
+        render({**gpu, "apiKeys": REQUIRED["apiKeys"]})
+    assert "target gpu" in str(error.value) and "apiKeys.secretName" in str(error.value)
+    with pytest.raises(helm_python.HelmError, match="apiKeys.allowAnonymous=true"):
+        render(gpu)
+    _, server, env = serving({**gpu, "apiKeys": {"allowAnonymous": True}})
+    assert env["TRITON_BIND_ADDRESS"] == "0.0.0.0"
+    # serve, published with no proxy in front, starts only with the opt-out said to it
+    # (fence.check_unfenced); no fence is there to read the rate limits.
+    assert {n: v for n, v in env.items() if n.startswith("RESNET_TRITON_")} == {
+        "RESNET_TRITON_ALLOW_ANONYMOUS": "1"}  # fmt: skip
+    check_unfenced(env, "0.0.0.0")  # the pod's environment passes serve's check
+
+
 def documented_upgrades() -> list[str]:
     """Every `helm upgrade` command deploy/README.md and values.yaml show, as written."""
     readme = [line for line in (DEPLOY / "README.md").read_text().splitlines()
@@ -89,6 +170,27 @@ def documented_upgrades() -> list[str]:
     comments = re.findall(r"`(helm upgrade [^`]+)`", (CHART / "values.yaml").read_text())
     assert readme and comments, "the rollout command is documented in both"
     return readme + comments
+
+
+def documented_installs() -> list[str]:
+    """Every `helm install` of the chart in deploy/README.md, its continuation lines joined."""
+    commands = re.findall(r"^helm install \S+ deploy/helm/resnet-triton(?:.*\\\n)*.*$",
+                          (DEPLOY / "README.md").read_text(), flags=re.MULTILINE)  # fmt: skip
+    assert len(commands) >= 2, "the CPU and the GPU install are documented"
+    return [command.replace("\\\n", " ") for command in commands]
+
+
+@pytest.mark.parametrize("command", documented_installs())
+def test_the_documented_installs_render(command):
+    """As written: its -f files and --set flags (Helm's own parser) over values.yaml."""
+    values: dict = {}
+    words = shlex.split(command)
+    for flag, argument in zip(words, words[1:], strict=False):
+        if flag in ("-f", "--values"):
+            values = merge(values, yaml.safe_load((DEPLOY.parent / argument).read_text()))
+    values = set_values(command, values)
+    for obj in render(values):
+        validate(obj)
 
 
 def set_values(command: str, reused: dict) -> dict:
@@ -161,6 +263,15 @@ def test_a_model_version_is_the_rollout(command):
          "at '/modelRepository/pvc/claimName': minLength"),
         ({**REQUIRED, "autoscaling": {"minReplicas": 0}}, "at '/autoscaling/minReplicas': minimum"),
         ({**REQUIRED, "replica": 2}, "additional properties 'replica' not allowed"),
+        ({**REQUIRED, "apiKeys": {"secretName": "k", "allowAnonymous": "yes"}},
+         "at '/apiKeys/allowAnonymous': got string, want boolean"),
+        ({**REQUIRED, "apiKeys": {"secretName": "k", "secretKey": ""}},
+         "at '/apiKeys/secretKey': minLength"),
+        ({**REQUIRED, "apiKeys": {"secretName": "k", "keys": "inline"}},
+         "additional properties 'keys' not allowed"),
+        ({**REQUIRED, "rateLimit": {"requestsPerSecond": -1}},
+         "at '/rateLimit/requestsPerSecond': minimum: got -1, want 0"),
+        ({**REQUIRED, "rateLimit": {"burst": 2.5}}, "at '/rateLimit/burst': got number, want"),
     ],
 )  # fmt: skip
 def test_bad_values_fail_with_the_value_named(values, message):

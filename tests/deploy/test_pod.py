@@ -14,7 +14,13 @@ kubelet, the test does what the kubelet would, and says so:
   are created with `podman secret create` in the form it reads (key -> base64 value);
 - an emptyDir is a named volume that copies the image's directory (owner and mode) onto
   it, so the test names the volumes for itself and creates /dev/shm's as the kubelet
-  would for medium Memory: an empty tmpfs, mode 1777, of the chart's sizeLimit.
+  would for medium Memory: an empty tmpfs, mode 1777, of the chart's sizeLimit;
+- a Secret volume reads the secret as a Secret object whose `data` values it writes as
+  they are (not base64-decoded), ignores `items` and `defaultMode` (each data key is a
+  file of that name, mode 0644) and leaves a named volume of the secret's name behind;
+  so the inference keys Secret is created as `{"data": {"api-keys": <the file>}}`, the
+  chart's file name, and its volume removed with the pod. (Without `optional` set it
+  panics; the chart says `optional: false`, Kubernetes' default.)
 The chart's rollout settings (maxUnavailable, the model.version annotation) are checked
 by rendering (test_chart.py)."""
 
@@ -27,6 +33,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -153,8 +160,12 @@ class PlayedPod:
             f"{prefix}-store": {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint},
         }  # fmt: skip
+        # The inference keys file the fence reads (one named key), as a Secret volume.
+        self.api_key = uuid.uuid4().hex
+        self.keys_secret = f"{prefix}-keys"
         values = {
             "adminKey": {"secretName": f"{prefix}-admin"},
+            "apiKeys": {"secretName": self.keys_secret, "secretKey": "api-keys"},
             "modelRepository": {
                 "storeUri": f"s3://{BUCKET}/store",
                 "syncImage": {"s3": f"localhost/{AWS_IMAGE}"},
@@ -178,7 +189,7 @@ class PlayedPod:
         self.name = f"{prefix}-pod"
         metadata = {**template["metadata"], "name": self.name}
         self.pod = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
-        self.volumes = [v["name"] for v in spec["volumes"]]
+        self.volumes = [v["name"] for v in spec["volumes"]] + [self.keys_secret]
         self.server = f"{self.name}-{spec['containers'][0]['name']}"
 
     def play(self, tmp_path) -> str:
@@ -189,6 +200,10 @@ class PlayedPod:
             secret.write_text(json.dumps(encoded))
             must(podman("secret", "create", name, str(secret)))
             secret.unlink()
+        keys = tmp_path / f"{self.keys_secret}.json"
+        keys.write_text(json.dumps({"data": {"api-keys": f"pod-test {self.api_key}\n"}}))
+        must(podman("secret", "create", self.keys_secret, str(keys)))
+        keys.unlink()
         (shm,) = [v for v in self.pod["spec"]["volumes"] if v["name"] == f"{self.prefix}-shm"]
         blocks = mebibytes(shm["emptyDir"]["sizeLimit"]) * 256  # 4 KiB pages
         must(podman("volume", "create", "--opt=type=tmpfs", "--opt=device=tmpfs",
@@ -205,14 +220,16 @@ class PlayedPod:
     def remove(self) -> None:
         podman("pod", "rm", "--force", "--time=5", self.name)
         podman("volume", "rm", "--force", *self.volumes)
-        podman("secret", "rm", *self.secrets)
+        podman("secret", "rm", *self.secrets, self.keys_secret)
 
 
 def wait_ready(url: str, pod: PlayedPod, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
+    ready = urllib.request.Request(f"{url}/v2/health/ready",
+                                   headers={"Authorization": f"Bearer {pod.api_key}"})  # fmt: skip
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=5) as response:
+            with urllib.request.urlopen(ready, timeout=5) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -229,6 +246,10 @@ def test_the_charts_pod_copies_a_store_version_and_serves_it(s3_store, digits, t
         try:
             address = pod.play(tmp_path)
             wait_ready(f"http://{address}:8000", pod)
+            # The fence is on: the keys Secret was read, and no key is no answer.
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"http://{address}:8000/v2/health/ready", timeout=5)
+            assert refused.value.code == 401
             server = pod.deployment["spec"]["template"]["spec"]["containers"][0]
             # The chart's own readiness probe, as the kubelet would run it.
             probe = podman("exec", pod.server, *server["readinessProbe"]["exec"]["command"])
@@ -237,7 +258,7 @@ def test_the_charts_pod_copies_a_store_version_and_serves_it(s3_store, digits, t
             assert must(podman("exec", pod.server, "id", "-u")) == "1000\n"
             writes = podman("exec", pod.server, "touch", "/workspace/x")
             assert writes.returncode != 0 and "Read-only file system" in writes.stderr
-            with Classifier(f"{address}:8001", "grpc") as classifier:
+            with Classifier(f"{address}:8001", "grpc", api_key=pod.api_key) as classifier:
                 results = classifier.classify(paths)
             assert all(r.ok for r in results) and len(results) == 40
             assert (
