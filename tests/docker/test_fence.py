@@ -280,15 +280,20 @@ def test_errors_never_name_the_python_backends_shared_memory_region(door):
     assert_ready(door)
 
 
-def test_a_form_body_that_crashes_2_51_is_refused(door):
+def test_a_form_body_that_crashes_2_51_reaches_it_as_binary(door):
     """Found replaying the vectors: 2.51 dies (SIGSEGV) on a 10 MB inference body sent as
-    application/x-www-form-urlencoded, curl --data-binary's default."""
+    application/x-www-form-urlencoded, the default of curl -d and urllib. The fence
+    passes it on as application/octet-stream, which Triton answers."""
     image = httpclient.InferInput(NAMES.image, [1, 1], "BYTES")
     image.set_data_from_numpy(np.array([[b"\xff" * 10_000_000]], dtype=np.object_))
     body, header_length = httpclient.InferenceServerClient.generate_request_body([image])
-    headers = {**bearer("carol"), "Content-Type": "application/x-www-form-urlencoded",
-               "Inference-Header-Content-Length": str(header_length)}  # fmt: skip
-    status, _, answer = send(door.http, "POST", f"/v2/models/{NAMES.ensemble}/infer", headers, body)
+    url = f"/v2/models/{NAMES.ensemble}/infer"
+    form = {**bearer("carol"), "Content-Type": "application/x-www-form-urlencoded",
+            "Inference-Header-Content-Length": str(header_length)}  # fmt: skip
+    status, _, answer = send(door.http, "POST", url, form, body)
+    assert status == 400 and b"image payload of 10,000,000 bytes exceeds the limit" in answer
+    other = {**form, "Content-Type": "multipart/form-data; boundary=x"}
+    status, _, answer = send(door.http, "POST", url, other, body)
     assert status == 415 and b"unsupported Content-Type" in answer
     assert_ready(door)
 

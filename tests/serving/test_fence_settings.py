@@ -25,9 +25,14 @@ def test_keys_file_is_read_with_comments_and_blank_lines(tmp_path):
             "bob bob-key-0123456789abcd\n")  # fmt: skip
     fence = Fence.from_environment(environment(tmp_path, text))
     assert fence.keys == {"alice": "alice-key-0123456789ab", "bob": "bob-key-0123456789abcd"}
-    assert (fence.rate, fence.burst) == (100, 200)
-    assert fence.describe() == ("fence: 2 named inference keys; 100/s per client, burst 200; "
+    assert (fence.rate, fence.burst) == (0, 200)  # loopback: the machine's own clients
+    assert fence.describe() == ("fence: 2 named inference keys; no rate limit; "
                                 "restricted APIs need the admin key")  # fmt: skip
+    published = Fence.from_environment(environment(tmp_path, text, TRITON_BIND_ADDRESS="0.0.0.0"))
+    assert (published.rate, published.burst) == (100, 200)
+    assert "100/s per client, burst 200" in published.describe()
+    explicit = environment(tmp_path, text, RESNET_TRITON_RATE_LIMIT="5")
+    assert Fence.from_environment(explicit).rate == 5
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,8 @@ Settings come from the environment, so that Docker and Kubernetes secrets plug i
   TRITON_BIND_ADDRESS          where the ports are published (default 127.0.0.1)
   RESNET_TRITON_ALLOW_ANONYMOUS=1  publish beyond loopback without keys anyway
   RESNET_TRITON_RATE_LIMIT     requests per second per key (per address without
-                               keys); 0 turns the limit off (default 100)
+                               keys); 0 turns the limit off (default: 100 when
+                               published beyond loopback, none on loopback)
   RESNET_TRITON_RATE_BURST     requests above the rate served at once (default 200)
 A bad setting stops the container at start, naming the variable.
 """
@@ -59,8 +60,9 @@ class Fence:
             )
         keys_file = env.get("RESNET_TRITON_API_KEYS_FILE")
         keys = read_keys(Path(keys_file)) if keys_file else {}
-        check_exposure(env.get("TRITON_BIND_ADDRESS") or "127.0.0.1", keys, env)
-        rate = whole_number(env, "RESNET_TRITON_RATE_LIMIT", 100)
+        published = not check_exposure(env.get("TRITON_BIND_ADDRESS") or "127.0.0.1", keys, env)
+        # On loopback the clients are this machine's own (load tests among them).
+        rate = whole_number(env, "RESNET_TRITON_RATE_LIMIT", 100 if published else 0)
         burst = whole_number(env, "RESNET_TRITON_RATE_BURST", 200)
         return cls(admin_key, keys, rate, burst)
 
@@ -116,14 +118,14 @@ def read_keys(path: Path) -> dict[str, str]:
 
 def check_exposure(
     address: str, keys: dict[str, str], env: dict[str, str], what: str = "TRITON_BIND_ADDRESS"
-) -> None:
-    """Publishing beyond loopback without inference keys needs an explicit opt-out."""
+) -> bool:
+    """Whether `address` is loopback; beyond it, no inference keys need an explicit opt-out."""
     try:
         loopback = ipaddress.ip_address(address).is_loopback
     except ValueError:
         loopback = address == "localhost"
     if loopback or keys or env.get("RESNET_TRITON_ALLOW_ANONYMOUS") == "1":
-        return
+        return loopback
     raise FenceError(
         f"{what}={address} publishes the server beyond this machine, and "
         "RESNET_TRITON_API_KEYS_FILE names no inference keys: anyone who reaches the port "
