@@ -16,3 +16,5 @@ METRICS_PORT = 8002
 # health, metadata, model config, statistics and metrics stay open.
 RESTRICTED_APIS = "model-repository,shared-memory,logging,trace"
 ADMIN_HEADER = "admin-key"
+# Where clients find the inference key the proxy in front asks for (SECURITY.md).
+API_KEY_ENV = "RESNET_TRITON_API_KEY"

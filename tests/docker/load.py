@@ -1,12 +1,15 @@
-"""Clients sending images one per request while something happens to the server."""
+"""Clients sending images one per request while something happens to the server, and
+a body of one-byte chunks (CVE-2025-23310/23311) sent as an attacker would."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
 
 from resnet_triton.client import Classifier, ClientError
+from resnet_triton.spec import Names
 
 
 def send_under_load(classifier: Classifier, images: list[bytes], after: int, action: Callable,
@@ -79,3 +82,18 @@ def send_during(classifier: Classifier, images: list[bytes], action: Callable,
         for thread in threads:
             thread.join()
     return sent, result
+
+
+def chunked_post(port: int, chunks: int, headers: str = "") -> bytes:
+    """A request body of `chunks` one-byte chunks, with extra header lines ("Name: value\r\n"
+    each); the start of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as connection:
+        connection.sendall(
+            f"POST /v2/models/{Names().ensemble}/infer HTTP/1.1\r\nHost: localhost\r\n{headers}"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        block = b"1\r\nA\r\n" * 100_000
+        for _ in range(chunks // 100_000):
+            connection.sendall(block)
+        connection.sendall(b"0\r\n\r\n")
+        return connection.recv(4096)

@@ -18,6 +18,7 @@ from conftest import (
     run,
     series,
 )
+from load import chunked_post
 from tritonclient.utils import InferenceServerException
 
 from resnet_triton.client import Classifier
@@ -149,20 +150,6 @@ def test_ports_are_published_on_loopback_only(service):
     for port in (8000, 8001, 8002):
         published = service("port", "tritonserver", str(port)).stdout.strip()
         assert published.startswith("127.0.0.1:"), published
-
-
-def chunked_post(port: int, chunks: int) -> bytes:
-    """A request body of `chunks` one-byte chunks; the start of the answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=120) as connection:
-        connection.sendall(
-            f"POST /v2/models/{NAMES.ensemble}/infer HTTP/1.1\r\nHost: localhost\r\n"
-            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
-        )
-        block = b"1\r\nA\r\n" * 100_000
-        for _ in range(chunks // 100_000):
-            connection.sendall(block)
-        connection.sendall(b"0\r\n\r\n")
-        return connection.recv(4096)
 
 
 def test_a_body_of_one_byte_chunks_does_not_reach_triton(service, demo_run):

@@ -19,6 +19,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import ADMIN_KEY, NAMES, ComposeProject, run
+from load import chunked_post
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
@@ -300,19 +301,7 @@ def test_a_form_body_that_crashes_2_51_reaches_it_as_binary(door):
 
 def test_a_chunked_flood_does_not_reach_triton(door):
     """CVE-2025-23310/23311: 30 MB of one-byte chunks, read whole by nginx first."""
-    import socket
-
-    with socket.create_connection(("127.0.0.1", door.http), timeout=120) as connection:
-        connection.sendall(
-            f"POST /v2/models/{NAMES.ensemble}/infer HTTP/1.1\r\nHost: localhost\r\n"
-            f"Authorization: Bearer {KEYS['carol']}\r\nContent-Type: application/json\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n".encode()
-        )
-        block = b"1\r\nA\r\n" * 100_000
-        for _ in range(300):
-            connection.sendall(block)
-        connection.sendall(b"0\r\n\r\n")
-        answer = connection.recv(4096)
+    answer = chunked_post(door.http, 30_000_000, f"Authorization: Bearer {KEYS['carol']}\r\n")
     assert answer.startswith(b"HTTP/1.1 ") and b"failed to parse the request JSON" in answer
     assert_ready(door)
 

@@ -11,9 +11,10 @@ import re
 import aiohttp
 from tritonclient.utils import InferenceServerException
 
-# The inference key's default: the proxy in front of Triton (docker/nginx) asks for
-# `Authorization: Bearer <key>` when keys are on.
-API_KEY_ENV = "RESNET_TRITON_API_KEY"
+from resnet_triton.endpoints import API_KEY_ENV
+
+# The inference key's default (API_KEY_ENV): the proxy in front of Triton (docker/nginx)
+# asks for `Authorization: Bearer <key>` when keys are on.
 HOW_TO_PASS_A_KEY = f"the key comes from --api-key or ${API_KEY_ENV} (api_key= in the library)"
 # The proxy's 429 and RESOURCE_EXHAUSTED say how long to wait: "... retry after 2 s".
 RETRY_AFTER = re.compile(r"retry after (\d+) s")

@@ -73,10 +73,16 @@ class Capture:
         self._random = random.Random(seed)
         self._queue: queue.Queue[Captured | None] = queue.Queue(config.queue_items)
         self._kept: list[tuple[int, Path, int]] = []  # (time ns, stem, bytes), oldest first
+        self._bytes = 0  # the sum of _kept's sizes: the folder's size
         self._thread = None
         if config.directory is not None:
             config.directory.mkdir(parents=True, exist_ok=True)
-            self._kept = sorted(self._scan(config.directory))
+            self._kept = sorted(
+                (int(image.stem.split("-", 1)[0]), image.with_suffix(""),
+                 record.stat().st_size + image.stat().st_size)
+                for record, image in whole_captures(config.directory)
+            )  # fmt: skip
+            self._bytes = sum(size for _, _, size in self._kept)
             self._thread = threading.Thread(target=self._write_all, daemon=True,
                                             name="capture-writer")  # fmt: skip
             self._thread.start()
@@ -124,35 +130,30 @@ class Capture:
         stem.with_suffix(IMAGE).write_bytes(item.image)
         stem.with_suffix(RECORD).write_bytes(record)  # last: a record means a whole capture
         self._kept.append((item.time_ns, stem, size))
+        self._bytes += size
 
     def _evict(self, now_ns: int, room: int) -> None:
         """Oldest first: what is past retention, then until `room` more bytes fit the cap."""
         oldest_kept = now_ns - int(self.config.retention_s * 1e9)
-        total = sum(size for _, _, size in self._kept)
         while self._kept and (
-            self._kept[0][0] < oldest_kept or total + room > self.config.cap_bytes
+            self._kept[0][0] < oldest_kept or self._bytes + room > self.config.cap_bytes
         ):
             _, stem, size = self._kept.pop(0)
             stem.with_suffix(RECORD).unlink(missing_ok=True)
             stem.with_suffix(IMAGE).unlink(missing_ok=True)
-            total -= size
+            self._bytes -= size
 
-    @staticmethod
-    def _scan(directory: Path):
-        """What an earlier run kept: whole captures (a record and its image) only."""
-        for record in directory.glob(f"*{RECORD}"):
-            image = record.with_suffix(IMAGE)
-            if image.exists():
-                stem = record.with_suffix("")
-                when = int(stem.name.split("-", 1)[0])
-                yield when, stem, record.stat().st_size + image.stat().st_size
+
+def whole_captures(directory: Path):
+    """(record, image) of every whole capture in `directory`: a record and its image (an
+    interrupted write leaves an image alone, which is not one)."""
+    for record in directory.glob(f"*{RECORD}"):
+        image = record.with_suffix(IMAGE)
+        if image.exists():
+            yield record, image
 
 
 def captured(directory: Path) -> list[tuple[dict, Path]]:
     """Every whole capture in `directory`, oldest first: (record, image path)."""
-    found = []
-    for record in sorted(directory.glob(f"*{RECORD}")):
-        image = record.with_suffix(IMAGE)
-        if image.exists():
-            found.append((json.loads(record.read_text()), image))
+    found = [(json.loads(r.read_text()), image) for r, image in whole_captures(directory)]
     return sorted(found, key=lambda pair: pair[0]["time_ns"])

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnet_triton.errors import UserError
+from resnet_triton.serving.probe import HEALTHCHECK_KEY_FILE
 
 # Characters that need no quoting inside an nginx string: a key can be pasted into the
 # generated map as it is, and nothing in it can end the string or start a variable.
 KEY = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
 NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 HEALTHCHECK = "healthcheck"  # the container's own probe (serving/probe.py reads its key)
-HEALTHCHECK_KEY_FILE = Path("/tmp/nginx/healthcheck.key")
 
 
 class FenceError(UserError, ValueError):
@@ -163,7 +163,7 @@ def keys_conf(keys: dict[str, str], admin_key: str) -> str:
     Authorization header earns ($key_refusal: 401 none, 403 unknown, empty when let in);
     whether the admin key came ($refuse_admin_key, and the gRPC header's). Keys match
     as case-sensitive regexes: nginx compares a map's plain strings ignoring case."""
-    bearer = {name: f'"~^Bearer {exact(key)}$"' for name, key in keys.items()}
+    bearer = {name: f'"~^Bearer {re.escape(key)}$"' for name, key in keys.items()}
     lines = ["map $http_authorization $api_key_name {", '    default "";']
     lines += [f'    {pattern} "{name}";' for name, pattern in bearer.items()]
     lines += ["}", "map $http_authorization $key_refusal {"]
@@ -175,13 +175,8 @@ def keys_conf(keys: dict[str, str], admin_key: str) -> str:
     lines += ["}"]
     for header in ("$http_admin_key", "$http_triton_grpc_protocol_admin_key"):
         lines += [f"map {header} {header.replace('$http_', '$refuse_')} {{",
-                  "    default 403;", f'    "~^{exact(admin_key)}$" "";', "}"]  # fmt: skip
+                  "    default 403;", f'    "~^{re.escape(admin_key)}$" "";', "}"]  # fmt: skip
     return "\n".join(lines) + "\n"
-
-
-def exact(key: str) -> str:
-    """A PCRE matching `key` alone (KEY's characters need no nginx quoting)."""
-    return re.escape(key)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

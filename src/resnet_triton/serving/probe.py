@@ -32,13 +32,12 @@ import urllib.request
 from importlib import resources
 from pathlib import Path
 
+from resnet_triton.endpoints import API_KEY_ENV
 from resnet_triton.spec import Names
 
-# The key the container writes for its own probe at start (serving/fence.py), and the
-# variable every client reads (client/protocol.py's API_KEY_ENV: this module stays
-# standard library only, so the name is repeated, and tests/serving/test_probe.py pins it).
+# The key the container writes for its own probe at start (serving/fence.py writes it
+# here); with no such file, the variable every client reads (API_KEY_ENV).
 HEALTHCHECK_KEY_FILE = Path("/tmp/nginx/healthcheck.key")
-API_KEY_ENV = "RESNET_TRITON_API_KEY"
 
 
 def warmup_image() -> bytes:

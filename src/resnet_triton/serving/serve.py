@@ -169,7 +169,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    if os.environ.get("RESNET_TRITON_FENCE") != "nginx":
+    fenced = os.environ.get("RESNET_TRITON_FENCE") == "nginx"  # the CPU image's serve-cpu
+    if not fenced:
         check_unfenced(dict(os.environ), args.address)
     ensembles = preflight(args.repository)
     check_shm(args.repository)
@@ -193,7 +194,6 @@ def main(args: argparse.Namespace) -> int:
             f"supervising {len(supervisor.stubs)} Python-backend stubs; Ctrl-C stops",
             flush=True,
         )
-        fenced = os.environ.get("RESNET_TRITON_FENCE") == "nginx"  # the CPU image's serve-cpu
         print("fence: nginx in front (docker/nginx/)" if fenced else BARE_SERVER, flush=True)
         if not args.admin_key:
             print(f"restricted APIs ({RESTRICTED_APIS}) need header {ADMIN_HEADER}: "

@@ -213,6 +213,7 @@ class TritonServer:
         self.admin_key = admin_key or secrets.token_urlsafe(16)
         # Unique shared-memory names, so a killed run's leftovers are ours to remove
         # and never collide with another server on the machine.
+        # docker/nginx/ scrubs region names of this shape from errors (SECURITY.md).
         self.shm_prefix = f"resnet_triton_{uuid.uuid4().hex[:8]}_"
         # Triton reports this in its server metadata: readiness counts only from our
         # own process, never from another server that answers on the same port.
