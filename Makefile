@@ -43,7 +43,7 @@ OS_PACKAGES := libb64-0d wrk prometheus libjemalloc2
 export DOCKER_CONFIG := $(CURDIR)/.docker
 COMPOSE_BINARY = $(shell $(BIN)/python -c "import compose, pathlib; print(pathlib.Path(compose.__file__).parent / 'docker-compose')")
 
-.PHONY: setup demo ui browser build pipeline rollout rollback test lint serve docker docker-tools docker-stop base-image bench bench-peers bench-sweep bench-train bench-precision bench-batching bench-dali bench-distill bench-diet soak clean
+.PHONY: setup demo ui browser build pipeline rollout rollback test lint serve docker docker-tools docker-stop base-image bench bench-peers bench-sweep bench-train bench-precision bench-batching bench-dali bench-capture bench-distill bench-diet soak clean
 
 setup: $(STAMP)
 
@@ -177,6 +177,11 @@ bench-batching: setup
 
 bench-dali: setup
 	$(BIN)/python perf/dali_preprocessing.py
+
+# Capture of live traffic off, at its default share and at share 1, in both layouts
+# (perf/capture_bench.py; needs make demo): throughput ratios; artifacts/bench/capture.json.
+bench-capture: setup
+	$(BIN)/python perf/capture_bench.py
 
 # Minutes of saturating traffic with bad images mixed in (needs make demo): answers,
 # errors by kind, memory growth of tritonserver and each stub (deploy/README.md).

@@ -45,6 +45,9 @@ COPY docker/serve-cpu.sh /usr/local/bin/serve-cpu
 # KServe mounts the model repository at /mnt/models: the models' EXECUTION_ENV_PATH
 # ($$TRITON_MODEL_DIRECTORY/../../.venv) then names /mnt/.venv (deploy/kserve/).
 RUN ln -s /workspace/.venv /mnt/.venv
+# Captured live traffic (serving/capture.py), when switched on: a volume mounted here
+# starts with this owner and mode, so only the server's user (and root) reads it.
+RUN install -d -o 1000 -g 1000 -m 0750 /captures
 ENV PATH=/workspace/.venv/bin:$PATH
 WORKDIR /workspace
 USER 1000

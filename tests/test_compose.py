@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_triton.serving import serve
+from resnet_triton.serving import capture, serve
 from resnet_triton.serving.repository import DEFAULT_ENV_PATH
 from resnet_triton.spec import Names
 
@@ -87,11 +87,25 @@ def test_ports_bind_loopback_unless_asked(files):
 @pytest.mark.parametrize("files", [("docker-compose.yml",), GPU])
 def test_repository_is_mounted_read_only(files, tmp_path):
     server = services(files, MODEL_REPOSITORY=str(tmp_path))["tritonserver"]
-    (volume,) = server["volumes"]
-    assert (volume["source"], volume["target"]) == (str(tmp_path), "/workspace/model_repository")
-    assert volume["read_only"] is True
+    volume = next(v for v in server["volumes"] if v["target"] == "/workspace/model_repository")
+    assert volume["source"] == str(tmp_path) and volume["read_only"] is True
     # serving/resources.py's size for the committed repository (tests/serving/test_resources.py)
     assert server["shm_size"] == str(768 * 1024 * 1024)
+
+
+def test_capture_is_off_unless_asked_and_kept_in_its_own_volume():
+    server = services()["tritonserver"]
+    assert server["environment"]["RESNET_TRITON_CAPTURE_DIR"] == ""  # off
+    (captures,) = [v for v in server["volumes"] if v["target"] == "/captures"]
+    assert (captures["type"], captures["source"]) == ("volume", "captures")
+    assert "read_only" not in captures  # the one place the read-only container writes
+    on = services(RESNET_TRITON_CAPTURE="1", RESNET_TRITON_CAPTURE_SHARE="0.1")["tritonserver"]
+    settings = capture.from_environment(on["environment"], "w", writers=2)
+    assert settings.directory == Path("/captures/w") and settings.share == 0.1
+    assert settings.cap_bytes == 512 * 2**20 and settings.retention_s == 7 * 24 * 3600
+    dockerfile = (ROOT / "docker" / "cpu.Dockerfile").read_text()
+    assert "RUN install -d -o 1000 -g 1000 -m 0750 /captures\n" in dockerfile  # a new
+    # volume starts with the image's owner and mode: the server's user alone reads it
 
 
 @pytest.mark.parametrize("files", [("docker-compose.yml",), GPU])

@@ -153,6 +153,8 @@ REJECT_RATE = "reject_rate"
 # each reads and the one it writes (serving/triton_models.py finds them by these).
 INPUT_NAME = "input_name"
 OUTPUT_NAME = "output_name"
+# The classifier's optional input of encoded images, which only its capture reads.
+CAPTURE_INPUT = "capture_input"
 
 
 @dataclass(frozen=True)

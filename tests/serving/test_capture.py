@@ -1,11 +1,15 @@
 """The capture store (serving/capture.py): what it keeps, and its bounds under a flood."""
 
 import contextlib
+import json
 import os
+import re
 import threading
 
+import numpy as np
 import pytest
 
+from resnet_triton.serving import capture
 from resnet_triton.serving.capture import Capture, CaptureConfig, CaptureError, captured
 
 
@@ -34,7 +38,7 @@ def test_every_unknown_and_a_share_of_the_rest(tmp_path):
     assert 70 <= len(known) <= 130  # a quarter of 400, give or take sampling
     record, image = kept[-1]
     assert record == {"answer": "dog", "score": 0.1, "unknown": True, "version": "3",
-                      "time_ns": record["time_ns"]}  # fmt: skip
+                      "time_ns": record["time_ns"], "capture": image.stem}  # fmt: skip
     assert image.read_bytes() == b"odd9"
     assert (
         Capture(CaptureConfig(tmp_path / "none", share=0.0)).offer(b"x", "cat", 0.9, False, "3")
@@ -113,3 +117,61 @@ def test_retention_and_what_a_restart_finds(tmp_path):
 def test_bad_settings_are_named(tmp_path, field, value, message):
     with pytest.raises(CaptureError, match=message):
         CaptureConfig(tmp_path, **{field: value})
+
+
+@pytest.mark.parametrize(
+    "environ, message",
+    [
+        ({capture.DIR_ENV: "captures"}, "RESNET_TRITON_CAPTURE_DIR must be an absolute path"),
+        ({capture.SHARE_ENV: "1.5"}, "CAPTURE_SHARE must be a number in 0..1, got '1.5'"),
+        ({capture.SHARE_ENV: "nan"}, "CAPTURE_SHARE must be a number in 0..1, got 'nan'"),
+        ({capture.MAX_MB_ENV: "lots"}, "CAPTURE_MAX_MB must be a number in 0.001..inf, got"),
+        ({capture.RETENTION_ENV: "0"}, "RESNET_TRITON_CAPTURE_RETENTION_HOURS must be a number"),
+    ],
+)  # fmt: skip
+def test_a_bad_setting_fails_naming_its_variable(environ, message):
+    with pytest.raises(CaptureError, match=re.escape(message)):
+        capture.from_environment(environ)
+
+
+def test_the_environment_switches_it_on_and_splits_the_cap_between_writers(tmp_path):
+    assert capture.from_environment({}) == CaptureConfig()  # off
+    assert "capture: off" in capture.describe(capture.from_environment({}))
+    environ = capture.environment(tmp_path, share=0.5, max_mb=3)
+    assert environ == {capture.DIR_ENV: str(tmp_path), capture.SHARE_ENV: "0.5",
+                       capture.MAX_MB_ENV: "3"}  # fmt: skip
+    config = capture.from_environment(environ, "host-classifier_0_1", writers=3)
+    assert config == CaptureConfig(tmp_path / "host-classifier_0_1", share=0.5,
+                                   cap_bytes=2**20, retention_s=7 * 24 * 3600)  # fmt: skip
+    assert capture.describe(config) == (
+        f"capture: on, in {tmp_path}/host-classifier_0_1 (every unknown answer, 50.0% of the "
+        "rest; at most 1 MiB, kept 168 h)"
+    )
+
+
+def test_answers_are_kept_with_their_top_label_and_the_probe_never(tmp_path):
+    answers = capture.AnswerCapture(CaptureConfig(tmp_path, share=0.0), ["cat", "dog"], "4",
+                                    reject_below=0.7, probe=b"probe photo")  # fmt: skip
+    scores = np.array([[0.9, 0.1], [0.35, 0.65], [0.2, 0.8], [0.5, 0.5]], np.float32)
+    answers.offer(np.array([b"sure", b"unsure", b"sure dog", b"probe photo"], object), scores)
+    answers.close()
+    kept = [(record["answer"], record["unknown"], record["version"], image.read_bytes())
+            for record, image in captured(tmp_path)]  # fmt: skip
+    assert kept == [("dog", True, "4", b"unsure")]  # the probe's 0.5 is below 0.7 too
+    assert captured(tmp_path)[0][0]["score"] == pytest.approx(0.65)
+    with pytest.raises(CaptureError, match="no capture folder"):
+        captured(tmp_path / "missing")
+
+
+def test_review_labels_latest_decision_wins_and_a_bad_line_is_named(tmp_path):
+    assert capture.labels_of(tmp_path) == {}
+    log = tmp_path / capture.LABELS_LOG
+    lines = [{"capture": "1-a", "label": "cat", "by": "ann", "time": "t1"},
+             {"capture": "2-b", "label": capture.NOT_OURS, "by": "bo", "time": "t2"},
+             {"capture": "1-a", "label": "dog", "by": "bo", "time": "t3"}]  # fmt: skip
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    decisions = capture.labels_of(tmp_path)
+    assert {k: v["label"] for k, v in decisions.items()} == {"1-a": "dog", "2-b": "not-ours"}
+    log.write_text(log.read_text() + "{not json\n")
+    with pytest.raises(CaptureError, match="labels.jsonl line 4 is not a review decision"):
+        capture.labels_of(tmp_path)

@@ -4,6 +4,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet_triton.build.manifest import Manifest
 from resnet_triton.digits import demo_spec
@@ -103,11 +105,21 @@ def test_gpu_target_serves_tensorrt_plans_by_compute_capability(tmp_path):
     assert config.output[0].label_filename == "labels.txt"
     assert (tmp_path / "classifier" / "labels.txt").read_text() == "cat\ndog\n"
     assert not (tmp_path / "classifier" / "1" / "model.py").exists()
-    # The ensemble and the preprocess model are the same for both targets.
+    # The preprocess model is the same for both targets; the ensemble differs only in that
+    # the CPU classifier (Python) also gets the encoded images, for capture.
     cpu = rendered_files(spec, "/opt/venv", "cpu")
     gpu = rendered_files(spec, "/opt/venv", "gpu", plans)
-    shared = [k for k in cpu if not k.startswith("classifier/")]
-    assert all(cpu[k] == gpu[k] for k in shared) and len(shared) == 6
+    shared = [k for k in cpu if not k.startswith(("classifier/", "resnet_ensemble/config"))]
+    assert all(cpu[k] == gpu[k] for k in shared) and len(shared) == 5
+    steps = {
+        target: text_format.Parse(
+            files["resnet_ensemble/config.pbtxt"], mc.ModelConfig()
+        ).ensemble_scheduling.step
+        for target, files in (("cpu", cpu), ("gpu", gpu))
+    }
+    assert dict(steps["cpu"][1].input_map) == {"PIXELS": "pixels", "IMAGE": "IMAGE"}
+    assert dict(steps["gpu"][1].input_map) == {"PIXELS": "pixels"}
+    assert [i.name for i in config.input] == ["PIXELS"]  # TensorRT takes pixels only
 
 
 def publish_plan(repo: Path, tmp_path: Path, capability: str, **flags) -> str:

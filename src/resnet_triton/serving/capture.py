@@ -13,13 +13,24 @@ under `cap_bytes` by deleting the oldest captures first, before each write, so t
 folder never holds more than the cap, however fast items arrive, and deletes captures
 older than `retention_s`. An item larger than the cap is dropped.
 
-Layout: <dir>/<time ns>-<id>.bin and .json. A capture stays on the host that served it
-(the container's volume, the chart's): nothing here sends it anywhere.
+Switched on for a server by its environment (`from_environment`: the compose files and
+the chart set it, `resnet-triton serve --capture DIR` too), so that capturing never
+changes the repository a model version is served from.
+
+Layout: <dir>/<writer>/<time ns>-<id>.bin and .json, one <writer> folder per model
+instance (host and instance name), each with an even share of the cap; the stem
+"<time ns>-<id>" is the capture's id. A capture stays on the host that served it (the
+container's volume, the chart's): nothing here sends it anywhere.
+
+Review (the web page's review view) records labels in <labelled>/labels.jsonl, one JSON
+line per decision: {"capture": id, "label": class or NOT_OURS, "by": who, "time": ISO
+8601}; the latest line for a capture wins (`labels_of`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import queue
 import random
 import threading
@@ -52,6 +63,63 @@ class CaptureConfig:
         for name in ("cap_bytes", "retention_s", "queue_items"):
             if getattr(self, name) <= 0:
                 raise CaptureError(f"capture {name} must be > 0, got {getattr(self, name)}")
+
+
+# The server's environment switches capture on: a folder, and optionally the rest.
+DIR_ENV = "RESNET_TRITON_CAPTURE_DIR"
+SHARE_ENV = "RESNET_TRITON_CAPTURE_SHARE"
+MAX_MB_ENV = "RESNET_TRITON_CAPTURE_MAX_MB"  # the whole folder's cap, every writer's together
+RETENTION_ENV = "RESNET_TRITON_CAPTURE_RETENTION_HOURS"
+DEFAULT_MAX_MB = 1024.0
+DEFAULT_RETENTION_HOURS = 7 * 24.0
+
+
+def _number(environ, name: str, default: float, least: float, most: float) -> float:
+    text = environ.get(name, "").strip()
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = math.nan
+    if not least <= value <= most:  # NaN fails too
+        raise CaptureError(f"{name} must be a number in {least:g}..{most:g}, got {text!r}")
+    return value
+
+
+def from_environment(environ, writer: str = "", writers: int = 1) -> CaptureConfig:
+    """The capture one of a server's `writers` (model instances) keeps: off unless
+    DIR_ENV names a folder; then in <folder>/<writer>, with 1/writers of the cap."""
+    folder = environ.get(DIR_ENV, "").strip()
+    share = _number(environ, SHARE_ENV, CaptureConfig.share, 0.0, 1.0)
+    max_mb = _number(environ, MAX_MB_ENV, DEFAULT_MAX_MB, 1e-3, math.inf)
+    hours = _number(environ, RETENTION_ENV, DEFAULT_RETENTION_HOURS, 1e-3, math.inf)
+    if not folder:
+        return CaptureConfig()
+    if not Path(folder).is_absolute():
+        raise CaptureError(f"{DIR_ENV} must be an absolute path, got {folder!r}")
+    return CaptureConfig(
+        Path(folder) / writer, share, cap_bytes=max(int(max_mb * 2**20 / writers), 1),
+        retention_s=hours * 3600,
+    )  # fmt: skip
+
+
+def environment(folder: Path | None, share: float | None = None,
+                max_mb: float | None = None) -> dict[str, str]:  # fmt: skip
+    """The variables that switch a server's capture on (`folder`) with these settings."""
+    if folder is None:
+        return {}
+    values = {DIR_ENV: str(Path(folder).resolve()), SHARE_ENV: share, MAX_MB_ENV: max_mb}
+    return {name: str(value) for name, value in values.items() if value is not None}
+
+
+def describe(config: CaptureConfig) -> str:
+    """One line for a server's banner: whether and how it captures."""
+    if config.directory is None:
+        return f"capture: off (${DIR_ENV} or serve --capture DIR switches it on)"
+    return (
+        f"capture: on, in {config.directory} (every unknown answer, {config.share:.1%} of "
+        f"the rest; at most {config.cap_bytes / 2**20:g} MiB, kept "
+        f"{config.retention_s / 3600:g} h)"
+    )
 
 
 @dataclass(frozen=True)
@@ -144,16 +212,71 @@ class Capture:
             self._bytes -= size
 
 
+class AnswerCapture:
+    """What a serving model instance offers its Capture: each answered image's bytes with
+    the top-1 label and score, "unknown" when that score is below `reject_below`. The
+    `probe` image (the health probe's and warm-up's photo, sent every few seconds) is not
+    traffic and never kept."""
+
+    def __init__(self, config: CaptureConfig, labels: list[str], version: str,
+                 reject_below: float | None, probe: bytes = b""):  # fmt: skip
+        self.capture = Capture(config)
+        self.labels, self.version, self.reject_below = labels, version, reject_below
+        self.probe = probe
+
+    @property
+    def enabled(self) -> bool:
+        return self.capture.enabled
+
+    def offer(self, images, scores) -> None:
+        """`images`: a request's encoded images (bytes, n); `scores`: its (n, classes)."""
+        for image, row in zip(images, scores, strict=True):
+            if image == self.probe:
+                continue
+            top = int(row.argmax())
+            score = float(row[top])
+            unknown = self.reject_below is not None and score < self.reject_below
+            self.capture.offer(bytes(image), self.labels[top], score, unknown, self.version)
+
+    def close(self) -> None:
+        self.capture.close()
+
+
 def whole_captures(directory: Path):
-    """(record, image) of every whole capture in `directory`: a record and its image (an
-    interrupted write leaves an image alone, which is not one)."""
-    for record in directory.glob(f"*{RECORD}"):
+    """(record, image) of every whole capture under `directory`, in any writer's folder: a
+    record and its image (an interrupted write leaves an image alone, which is not one)."""
+    for record in directory.rglob(f"*{RECORD}"):
         image = record.with_suffix(IMAGE)
         if image.exists():
             yield record, image
 
 
 def captured(directory: Path) -> list[tuple[dict, Path]]:
-    """Every whole capture in `directory`, oldest first: (record, image path)."""
-    found = [(json.loads(r.read_text()), image) for r, image in whole_captures(directory)]
-    return sorted(found, key=lambda pair: pair[0]["time_ns"])
+    """Every whole capture under `directory`, oldest first: (record, image path); each
+    record also carries its "capture" id (the files' stem)."""
+    if not directory.is_dir():
+        raise CaptureError(f"no capture folder {directory}")
+    found = [
+        ({**json.loads(r.read_text()), "capture": r.stem}, image)
+        for r, image in whole_captures(directory)
+    ]
+    return sorted(found, key=lambda pair: (pair[0]["time_ns"], pair[0]["capture"]))
+
+
+LABELS_LOG = "labels.jsonl"
+NOT_OURS = "not-ours"  # the review's label for an image of none of the model's classes
+
+
+def labels_of(labelled: Path) -> dict[str, dict]:
+    """Each reviewed capture's latest decision in <labelled>/labels.jsonl, by capture id."""
+    log = labelled / LABELS_LOG
+    if not log.is_file():
+        return {}
+    decisions = {}
+    for number, line in enumerate(log.read_text().splitlines(), 1):
+        try:
+            decision = json.loads(line)
+            decisions[decision["capture"]] = decision
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CaptureError(f"{log} line {number} is not a review decision: {exc}") from None
+    return decisions

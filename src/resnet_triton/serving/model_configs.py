@@ -9,7 +9,14 @@ from tritonclient.grpc import model_config_pb2 as mc
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.plans import Plans
 from resnet_triton.serving.probe import warmup_image
-from resnet_triton.spec import INPUT_NAME, OUTPUT_NAME, REJECT_BELOW, REJECT_RATE, ModelSpec
+from resnet_triton.spec import (
+    CAPTURE_INPUT,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    REJECT_BELOW,
+    REJECT_RATE,
+    ModelSpec,
+)
 
 DEFAULTS = ServingConfig()
 ONNX_FILE = "model.onnx"
@@ -148,12 +155,23 @@ def classifier_config(
     }
     name, instances = spec.names.classifier, serving.classifier_instances
     delay = serving.classifier_queue_delay_us
+    if captures(serving, "cpu"):
+        params[CAPTURE_INPUT] = spec.names.image
     config = _python_model(spec, serving, name, env_path, params, instances, delay)
     config.input.append(_pixels(spec, mc.ModelInput))
+    if captures(serving, "cpu"):  # optional: clients that send pixels alone have no image
+        config.input.append(_encoded(spec))
+        config.input[-1].optional = True
     config.output.append(_scores(spec))
     if serving.warmup:
         config.model_warmup.extend(_classifier_warmup(spec))
     return config
+
+
+def captures(serving: ServingConfig, target: str) -> bool:
+    """Whether the classifier sees the encoded images too, for capturing live traffic
+    (serving/capture.py): where it is the Python backend's, and they are bytes (not DALI's)."""
+    return target == "cpu" and serving.preprocess_backend == "python"
 
 
 def fused_config(
@@ -166,6 +184,7 @@ def fused_config(
         **_onnx_params(spec, serving),
         INPUT_NAME: names.image,
         OUTPUT_NAME: names.scores,
+        CAPTURE_INPUT: names.image,
         LAYOUT_PARAM: "fused",
     }
     instances, delay = serving.fused_instances, serving.classifier_queue_delay_us
@@ -203,7 +222,9 @@ def tensorrt_classifier_config(
     return config
 
 
-def ensemble_config(spec: ModelSpec, serving: ServingConfig = DEFAULTS) -> mc.ModelConfig:
+def ensemble_config(
+    spec: ModelSpec, serving: ServingConfig = DEFAULTS, target: str = "cpu"
+) -> mc.ModelConfig:
     names = spec.names
     encoded = (
         mc.ModelInput(name=names.image, data_type=mc.TYPE_UINT8, dims=[-1])
@@ -224,6 +245,8 @@ def ensemble_config(spec: ModelSpec, serving: ServingConfig = DEFAULTS) -> mc.Mo
             output_map={names.scores: names.scores},
         ),
     ]
+    if captures(serving, target):
+        steps[1].input_map[names.image] = names.image
     config = mc.ModelConfig(
         name=names.ensemble,
         platform="ensemble",

@@ -208,7 +208,7 @@ def rendered_files(
     files = {
         **{f"{names.preprocess}/{path}": content for path, content in preprocess.items()},
         f"{names.classifier}/{LABELS_FILE}": labels,
-        f"{names.ensemble}/config.pbtxt": _pbtxt(ensemble_config(spec, serving)),
+        f"{names.ensemble}/config.pbtxt": _pbtxt(ensemble_config(spec, serving, target)),
         f"{names.ensemble}/{LABELS_FILE}": labels,
         f"{names.ensemble}/{VERSION}/.gitkeep": "",
     }

@@ -29,8 +29,10 @@ from pathlib import Path
 import tritonclient.http as httpclient
 
 from resnet_triton.endpoints import ADMIN_HEADER, LOOPBACK, RESTRICTED_APIS
+from resnet_triton.serving import capture
 from resnet_triton.serving.fence import check_unfenced
 from resnet_triton.serving.probe import probe
+from resnet_triton.serving.repository import read_config
 from resnet_triton.serving.resources import check_shm
 from resnet_triton.serving.server import (
     ALLOCATORS,
@@ -40,6 +42,7 @@ from resnet_triton.serving.server import (
     ensemble_names,
     preflight,
 )
+from resnet_triton.spec import CAPTURE_INPUT
 
 STUB = "triton_python_backend_stub"
 
@@ -125,6 +128,14 @@ class Supervisor:
         self.client.close()
 
 
+def capturing_models(repository: Path) -> list[str]:
+    """The models of `repository` that can capture live traffic (model_configs.captures)."""
+    return sorted(
+        path.parent.name for path in repository.glob("*/config.pbtxt")
+        if CAPTURE_INPUT in read_config(path).parameters
+    )  # fmt: skip
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resnet-triton serve",
@@ -160,6 +171,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--probe-interval", type=float, default=10.0, help="seconds between inference probes"
     )
     parser.add_argument(
+        "--capture", type=Path, metavar="DIR",
+        help="keep a bounded sample of live traffic in DIR (every unknown answer and a share "
+        f"of the rest: serving/capture.py); default: ${capture.DIR_ENV}, else off",
+    )  # fmt: skip
+    parser.add_argument("--capture-share", type=float, help="of the answers not unknown (0.01)")
+    parser.add_argument("--capture-max-mb", type=float, help="the capture folder's cap (1024)")
+    parser.add_argument(
         "--admin-key",
         default=os.environ.get("TRITON_ADMIN_KEY"),
         help=f"value of the {ADMIN_HEADER} header that the restricted APIs ({RESTRICTED_APIS}) "
@@ -178,9 +196,17 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    capturing = capture.environment(args.capture, args.capture_share, args.capture_max_mb)
+    settings = capture.from_environment({**os.environ, **capturing})  # fails here, not in a stub
+    if settings.directory is not None and not capturing_models(args.repository):
+        raise ServerError(
+            f"capture is on ({settings.directory}) but no model of {args.repository} captures: "
+            "the gpu target's TensorRT classifier and DALI preprocessing see no encoded "
+            "images (serving/capture.py); unset it or serve the cpu target"
+        )
     server = TritonServer(
         args.repository, ports, admin_key=args.admin_key, address=args.address,
-        binary=args.tritonserver, allocator=args.allocator,
+        binary=args.tritonserver, allocator=args.allocator, extra_environment=capturing,
     )  # fmt: skip
     server.start()
     failure = None
@@ -195,6 +221,7 @@ def main(args: argparse.Namespace) -> int:
             flush=True,
         )
         print("fence: nginx in front (docker/nginx/)" if fenced else BARE_SERVER, flush=True)
+        print(capture.describe(settings), flush=True)
         if not args.admin_key:
             print(f"restricted APIs ({RESTRICTED_APIS}) need header {ADMIN_HEADER}: "
                   f"{server.admin_key}", flush=True)  # fmt: skip

@@ -202,8 +202,10 @@ class TritonServer:
         address: str = LOOPBACK,
         binary: Path | None = None,
         allocator: str = "glibc",
+        extra_environment: Mapping[str, str] | None = None,
     ):
         self.repository = Path(repository).resolve()
+        self.extra_environment = dict(extra_environment or {})  # e.g. capture's (capture.py)
         self.allocator = allocator
         self.binary = binary  # None: the nvidia-pytriton wheel's tritonserver
         self.ports = ports
@@ -251,7 +253,10 @@ class TritonServer:
 
     def environment(self) -> dict[str, str]:
         environment = server_environment() if self.binary is None else dict(os.environ)
-        return {**environment, **allocator_environment(self.allocator, environment)}
+        return {
+            **environment, **allocator_environment(self.allocator, environment),
+            **self.extra_environment,
+        }  # fmt: skip
 
     def start(self) -> TritonServer:
         if not self.repository.is_dir():

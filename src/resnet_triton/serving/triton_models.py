@@ -10,11 +10,8 @@ dtype from the tensor's config, as python_backend's own examples do.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,9 +21,19 @@ import triton_python_backend_utils as pb_utils
 
 from resnet_triton.build.reference_outputs import check_on_this_cpu
 from resnet_triton.preprocess import ImageDecodeError, pixels_from_bytes
+from resnet_triton.serving.busy import Busy
+from resnet_triton.serving.capture import AnswerCapture, from_environment
 from resnet_triton.serving.model_metrics import AnswerMetrics, PreprocessMetrics
+from resnet_triton.serving.probe import warmup_image
 from resnet_triton.serving.resources import cpu_limit, onnx_threads
-from resnet_triton.spec import INPUT_NAME, OUTPUT_NAME, REJECT_BELOW, REJECT_RATE, Preprocessing
+from resnet_triton.spec import (
+    CAPTURE_INPUT,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    REJECT_BELOW,
+    REJECT_RATE,
+    Preprocessing,
+)
 
 
 def _config(args: dict) -> tuple[dict, dict[str, str]]:
@@ -165,11 +172,15 @@ class OnnxClassifierModel:
         self.output_name = scores["name"]
         self.output_dtype = pb_utils.triton_string_to_numpy(scores["data_type"])
         labels = (Path(args["model_repository"]) / scores["label_filename"]).read_text()
+        reject_below, reject_rate = (
+            float(params[k]) if k in params else None for k in (REJECT_BELOW, REJECT_RATE)
+        )
         self.metrics = AnswerMetrics(
-            self.name, args["model_version"], labels.splitlines(),
-            *(float(params[k]) if k in params else None for k in (REJECT_BELOW, REJECT_RATE)),
-        )  # fmt: skip
+            self.name, args["model_version"], labels.splitlines(), reject_below, reject_rate
+        )
         self.warmup = Warmup(config)
+        self.capture = _answer_capture(args, config, labels.splitlines(), reject_below)
+        self.capture_input = params.get(CAPTURE_INPUT)  # the encoded images, where sent
         expected = "tensor(uint8)"
         (model_input,) = self.session.get_inputs()
         self.onnx_input = model_input.name
@@ -203,13 +214,24 @@ class OnnxClassifierModel:
             pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests
         ]
         results = self._scores(batches)
-        self._count(results[self.warmup.skip(len(requests)) :])
+        warmup = self.warmup.skip(len(requests))
+        self._count(results[warmup:])
+        self._capture(requests[warmup:], results[warmup:])
         return [self._response(result) for result in results]
 
     def _count(self, results: list) -> None:
         answered = [r for r in results if isinstance(r, np.ndarray)]
         if answered:
             self.metrics.answered(np.concatenate(answered))
+
+    def _capture(self, requests: list, results: list) -> None:
+        """Offer each answered request's images and scores to the capture, when it is on."""
+        if not self.capture.enabled or self.capture_input is None:
+            return
+        for request, result in zip(requests, results, strict=True):
+            images = pb_utils.get_input_tensor_by_name(request, self.capture_input)
+            if images is not None and isinstance(result, np.ndarray):  # pixels alone: no image
+                self.capture.offer(images.as_numpy().reshape(-1), result)
 
     def _scores(self, batches: list[np.ndarray], session=None) -> list[np.ndarray | Exception]:
         """Each request's scores, or the error running it raised."""
@@ -238,6 +260,7 @@ class OnnxClassifierModel:
 
     def finalize(self):
         self.metrics.close()
+        self.capture.close()  # writes what is queued
         self.session = None  # the last reference: ONNX Runtime frees the model and its threads
         pb_utils.Logger.log_info(f"{self.name}: ONNX Runtime session released")
 
@@ -259,7 +282,7 @@ class FusedModel(OnnxClassifierModel):
         self._load(args, config, params, image, scores, threads=1)
         self.alone = _session(self.path, params)
         self.decode = Decoder(self.name, args["model_version"], params, image["name"])
-        self.busy = Busy(self.name)
+        self.busy = Busy(self.name, pb_utils.Logger.log_warn)
         self.single_runs = {  # what tells whether the all-cores session is used, and when
             session: self.metrics.counter(
                 "single_image_runs_total", "Runs on one image, by the session that scored "
@@ -275,6 +298,7 @@ class FusedModel(OnnxClassifierModel):
             results = [self.decode(r, counted=n >= warmup) for n, r in enumerate(requests)]
             self._score_decoded(results, counted=warmup == 0)
         self._count(results[warmup:])
+        self._capture(requests[warmup:], results[warmup:])
         return [self._response(result) for result in results]
 
     def _score_decoded(self, results: list, counted: bool) -> None:
@@ -304,63 +328,22 @@ class FusedModel(OnnxClassifierModel):
         super().finalize()
 
 
-class Busy:
-    """Whether another instance of a model in this server is at work (FusedModel's).
-
-    Each instance holds a shared flock on one lock file while at work; "alone" is an
-    exclusive one that does not block. The file is this server's own: in /dev/shm
-    (memory, and each container's own), named after the model and the tritonserver
-    process that started the stubs (their parent), so replicas that mount one model
-    folder never see each other's locks. A lock that cannot be taken, whatever the
-    OSError, means "not alone": the instance's one-thread session is always safe to use.
-    """
-
-    def __init__(self, model: str):
-        shm = Path("/dev/shm")
-        folder = shm if shm.is_dir() else Path(tempfile.gettempdir())
-        self.path = folder / f"resnet-triton-{os.getppid()}-{model}.lock"
-        try:
-            self.fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            self.fd = None
-            pb_utils.Logger.log_warn(
-                f"{model}: no lock file ({exc}); single images are scored with one thread"
-            )
-        self.held = False
-
-    def __enter__(self) -> Busy:
-        self.held = self._flock(fcntl.LOCK_SH)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._flock(fcntl.LOCK_UN)
-        self.held = False
-
-    def alone(self) -> bool:
-        """No other instance is at work; the caller keeps its shared lock either way."""
-        if not self.held:
-            return False
-        alone = self._flock(fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self.held = self._flock(fcntl.LOCK_SH)
-        return alone
-
-    def _flock(self, operation: int) -> bool:
-        if self.fd is None:
-            return False
-        try:
-            fcntl.flock(self.fd, operation)
-        except OSError:  # BlockingIOError when another holds it; anything else: unknown
-            return False
-        return True
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        # The first instance to unload removes the name; the others' open files stay
-        # locked together until they close.
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+def _answer_capture(args, config: dict, labels: list[str], reject_below) -> AnswerCapture:
+    """The instance's capture of live traffic: off unless the server's environment says
+    where (serving/capture.py); each instance writes its own folder, with its share of the cap."""
+    instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", []))
+    writer = f"{os.uname().nodename}-{args['model_instance_name']}"
+    capture_config = from_environment(os.environ, writer, max(instances, 1))
+    capture = AnswerCapture(
+        capture_config, labels, args["model_version"], reject_below, probe=warmup_image()
+    )
+    if capture.enabled:
+        pb_utils.Logger.log_info(
+            f"{config['name']}: capturing live traffic in {capture_config.directory} "
+            f"(every unknown answer, {capture_config.share:.1%} of the rest, at most "
+            f"{capture_config.cap_bytes / 2**20:.1f} MiB)"
+        )
+    return capture
 
 
 def _session(path: Path, params: dict[str, str], threads: int | None = None):
