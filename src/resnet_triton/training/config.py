@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from resnet_triton.data import Augmentation
+from resnet_triton.serving.capture import NOT_OURS
 from resnet_triton.spec import (
     ARCHITECTURES,
     ModelSpec,
@@ -44,6 +45,9 @@ class TrainConfig:
     on_bad_image: str = "fail"
     workers: int = 2
     seed: int = 0
+    # labelled folders added to the base data (extra_data.py): their classes by name
+    extra: tuple[str, ...] = ()
+    extra_holdout: float = 0.2
     # model
     arch: str = ModelSpec.arch
     weights: str = "imagenet"
@@ -135,6 +139,8 @@ class TrainConfig:
                 f"that leave epochs for the last stage (all layers): got "
                 f"{list(self.stage_epochs)} with --epochs {self.epochs}"
             )
+        if not 0.0 <= self.extra_holdout < 1.0:
+            raise SpecError(f"--extra-holdout must lie in [0, 1), got {self.extra_holdout}")
         if not 0.0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1.0:
             raise SpecError(f"--rrc-scale needs 0 < min <= max <= 1, got {list(self.rrc_scale)}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -164,7 +170,8 @@ class TrainConfig:
         """The resolved config as the checkpoint records it: the data folder absolute, so
         that build and calibrate find the same images from any working folder."""
         data = str(Path(self.data).resolve()) if self.data else self.data
-        return {**dataclasses.asdict(self), "data": data}
+        extra = tuple(str(Path(folder).resolve()) for folder in self.extra)
+        return {**dataclasses.asdict(self), "data": data, "extra": extra}
 
 
 def _flag(name: str) -> str:
@@ -228,6 +235,11 @@ OPTIONS = {
         ("on_bad_image", f"images that fail to decode: {' or '.join(ON_BAD_IMAGE)}", {}),
         ("workers", "data loader processes", INT),
         ("seed", "seed for initialisation, shuffling, augmentation and splits", INT),
+        ("extra", "a labelled ImageFolder added to the data, repeatable: its class folders "
+         f"by name onto the data's classes, {NOT_OURS}/ skipped (train/README.md)",
+         {"action": "append", "metavar": "DIR"}),
+        ("extra_holdout", "share of each --extra folder held out (by file name hash) for "
+         "validation and the gates, written to <out>/holdout/", FLOAT),
     ],
     "model": [
         ("arch", f"one of {', '.join(ARCHITECTURES)}", {}),
@@ -325,7 +337,7 @@ def get_args_parser(
         for name, text, kwargs in options:
             default = getattr(defaults, name)
             shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-            shown = "unset" if default is None else shown
+            shown = "unset" if default is None or default == () else shown
             flags = [f"--{_flag(name)}"] + ([f"--{aliases[name]}"] if name in aliases else [])
             group.add_argument(*flags, help=f"{text} (default: {shown})", **kwargs)
     return parser

@@ -33,7 +33,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from resnet_triton.data import load_splits
 from resnet_triton.resnet import (
     CheckpointError,
     build_model,
@@ -44,6 +43,7 @@ from resnet_triton.resnet import (
 from resnet_triton.spec import ModelSpec, Preprocessing, SpecError
 from resnet_triton.training import (
     distributed,
+    extra_data,
     gallery,
     precision,
     pruning,
@@ -88,9 +88,7 @@ class Trainer:
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         prep = Preprocessing(resize_size=cfg.resize_size, crop_size=cfg.crop_size)
-        self.splits = load_splits(
-            Path(cfg.data), prep, cfg.augmentation, cfg.val_split, cfg.seed, cfg.on_bad_image
-        )
+        self.splits, self.extra = extra_data.run_splits(cfg, prep, ctx.is_main, self.log)
         self.spec = ModelSpec(
             labels=tuple(self.splits.classes),
             arch=cfg.arch,
@@ -363,6 +361,7 @@ class Trainer:
         result = report.classification_report(targets, probs.argmax(1), list(self.spec.labels))
         result["split"], result["precision"] = split, self.precision.name  # fp32, bf16, fp16
         val_probs = probs if split == "val" else self._probabilities(model, self.splits.val)
+        result.update(extra_data.holdout_report(self.extra, self.splits, val_probs, self.log))
         result["error_analysis"] = gallery.error_analysis(
             model, self.spec, self.splits.val.samples, val_probs, self.out
         )
