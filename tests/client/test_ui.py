@@ -66,6 +66,7 @@ def test_the_page_in_a_browser(page_url, grpc_url, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1000, "height": 900})
     page.goto(page_url)
     expect(page.locator("#model")).to_contain_text("at " + grpc_url + " (grpc), top 3, Grad-CAM")
+    expect(page.locator("#tabs")).to_be_hidden()  # no --review: no Review tab
 
     page.set_input_files("#files", [str(photos[0]), str(bad)])
     page.wait_for_selector(".card[data-state=done]")

@@ -131,6 +131,15 @@ def test_long_lists_are_split_into_requests_of_max_batch_size(triton, digits):
     assert images_after - images_before == 70
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_top_k_beyond_the_classes_gives_every_class(triton, digits, protocol):
+    paths, _ = val_paths(digits, 1)
+    with Classifier(url(triton, protocol), protocol) as classifier:
+        assert classifier.info.classes == 10
+        [row] = classifier.classify_bytes([Path(paths[0]).read_bytes()], top_k=50)
+    assert sorted(p.index for p in row) == list(range(10))  # was: cannot reshape 10 into (1,50)
+
+
 def test_a_bad_image_fails_alone_and_is_named(triton, digits, tmp_path):
     paths, _ = val_paths(digits, 10)
     broken = tmp_path / "broken.png"

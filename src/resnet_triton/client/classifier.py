@@ -117,6 +117,7 @@ class Classifier(_Protocol):
     def _infer(self, payloads: list[bytes], top_k: int) -> Reply:
         """One request, sent again while the server is unavailable (protocol.Failure);
         raises ClientError."""
+        top_k = min(top_k, self.info.classes or top_k)  # Triton answers at most every class
         for attempt in range(self.retries + 1):
             try:
                 result = self._send(payloads, top_k)

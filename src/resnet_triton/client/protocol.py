@@ -93,6 +93,7 @@ class ModelInfo:
     # encoded bytes as a row of uint8, zero-padded to the longest (the DALI model).
     input_datatype: str = "BYTES"
     reject_below: float | None = None  # the ensemble's config parameter, when calibrated
+    classes: int | None = None  # the output's last dimension: how many labels the model has
 
 
 @dataclass
@@ -237,6 +238,7 @@ class _Protocol:
                 config.config.max_batch_size,
                 metadata.inputs[0].datatype,
                 self._threshold(parameter.string_value if parameter else None),
+                int(metadata.outputs[0].shape[-1]),
             )
         parameter = config.get("parameters", {}).get(REJECT_BELOW)
         return ModelInfo(
@@ -246,6 +248,7 @@ class _Protocol:
             config["max_batch_size"],
             metadata["inputs"][0]["datatype"],
             self._threshold(parameter["string_value"] if parameter else None),
+            int(metadata["outputs"][0]["shape"][-1]),
         )
 
     def _threshold(self, text: str | None) -> float | None:

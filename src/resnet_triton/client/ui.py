@@ -9,6 +9,11 @@ error in its card; the page and every other image go on.
 
     resnet-triton ui --url localhost:8001 --checkpoint artifacts/demo/train/checkpoint.pt
 
+With --review CAPTURES --labelled DIR the page also has a Review tab over the captured
+traffic (client/review.py): disagreements of a --compare report first, then "unknown"
+answers, one click or key assigns a class or "not one of ours", and the image lands in
+DIR/<class>/ with a line in DIR/labels.jsonl naming the reviewer.
+
 Behind a proxy with inference keys, --api-key (or $RESNET_TRITON_API_KEY) is sent with
 every request this process makes; the page never sees the key.
 
@@ -19,12 +24,23 @@ The page (assets/ui.html) needs nothing from the internet, and without
 
 import argparse
 import base64
+import getpass
+import json
+import os
 import threading
 import time
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resnet_triton.client import API_KEY_ENV, PROTOCOLS, Classifier
+from resnet_triton.client.review import (
+    Review,
+    ReviewError,
+    UnknownCapture,
+    read_compared,
+    served_labels,
+)
 from resnet_triton.errors import UserError
 from resnet_triton.spec import Names
 
@@ -32,10 +48,12 @@ if TYPE_CHECKING:
     from resnet_triton.explain import Explainer
 
 MAX_UPLOAD_BYTES = 32 * 2**20
+MAX_DECISION_BYTES = 4096  # {"label": ..., "by": ...}
 NEEDS_EXTRA = "resnet-triton ui needs the ui extra: pip install 'resnet-triton[ui]'"
 
 
-def create_app(classifier: Classifier, explainer: "Explainer | None" = None, top_k: int = 5):
+def create_app(classifier: Classifier, explainer: "Explainer | None" = None, top_k: int = 5,
+               review: Review | None = None):  # fmt: skip
     try:
         from fastapi import FastAPI, UploadFile
         from fastapi.responses import HTMLResponse, JSONResponse
@@ -56,7 +74,8 @@ def create_app(classifier: Classifier, explainer: "Explainer | None" = None, top
     def model() -> dict:
         return {"model": classifier.model, "url": classifier.url, "protocol": classifier.protocol,
                 "top_k": top_k, "explains": explainer is not None,
-                "reject_below": classifier.info.reject_below}  # fmt: skip
+                "reject_below": classifier.info.reject_below,
+                "review": review is not None}  # fmt: skip
 
     @app.post("/api/classify")
     def classify(image: UploadFile):
@@ -88,7 +107,76 @@ def create_app(classifier: Classifier, explainer: "Explainer | None" = None, top
                 answer["overlay_error"] = f"no Grad-CAM overlay: {exc}"
         return answer
 
+    if review is not None:
+        add_review_routes(app, review)
     return app
+
+
+def refused(exc: UserError):
+    """A review error as JSON: 404 for a capture that is not there, 422 for a decision
+    that cannot be taken, 500 for a folder that cannot be read."""
+    from fastapi.responses import JSONResponse
+
+    status = 500
+    if isinstance(exc, UnknownCapture):
+        status = 404
+    elif isinstance(exc, ReviewError):
+        status = 422
+    return JSONResponse({"error": str(exc)}, status_code=status)
+
+
+def decision_of(body: bytes) -> dict:
+    """The POSTed decision, {"label": ..., "by"?: ...}; a ValueError names what is wrong."""
+    if len(body) > MAX_DECISION_BYTES:
+        raise ValueError(f"a decision is at most {MAX_DECISION_BYTES} bytes, got {len(body)}")
+    try:
+        decision = json.loads(body)
+    except ValueError:
+        raise ValueError(f'the body must be JSON, {{"label": ...}}, got {body[:80]!r}') from None
+    if not isinstance(decision, dict) or "label" not in decision:
+        raise ValueError(f'a decision is a JSON object with a "label", got {decision!r:.80}')
+    extra = sorted(set(decision) - {"label", "by"})
+    if extra:
+        raise ValueError(f'unknown fields {extra}: a decision has "label" and "by"')
+    return decision
+
+
+def add_review_routes(app, review: Review) -> None:
+    from fastapi import Request, Response
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    @app.get("/api/review")
+    def queue():
+        try:
+            return review.state()
+        except UserError as exc:
+            return refused(exc)
+
+    @app.get("/api/review/{capture}/image")
+    def image(capture: str):
+        try:
+            path = review.image(capture)
+            media_type = review.media_type(path)
+            data = path.read_bytes()
+        except UserError as exc:
+            return refused(exc)
+        except OSError:  # evicted since it was found
+            return JSONResponse({"error": f"capture {capture} is gone"}, status_code=404)
+        return Response(data, media_type=media_type, headers={"Cache-Control": "no-store"})
+
+    @app.post("/api/review/{capture}")
+    async def decide(capture: str, request: Request):
+        try:
+            decision = decision_of(await request.body())
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        try:  # files and the log off the event loop
+            return await run_in_threadpool(
+                review.decide, capture, decision["label"], decision.get("by")
+            )
+        except UserError as exc:
+            return refused(exc)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -110,7 +198,40 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes the page")
     parser.add_argument("--port", type=int, default=7860)
+    review = parser.add_argument_group("review (label captured traffic)")
+    review.add_argument("--review", metavar="CAPTURES",
+                        help="a capture folder: adds the Review tab")  # fmt: skip
+    review.add_argument("--labelled", metavar="DIR", help="where labelled images go (--review)")
+    review.add_argument("--compare", metavar="REPORT_JSON", help="report.json of `resnet-triton "
+                        "compare`: its disagreements first")  # fmt: skip
+    review.add_argument("--reviewer", help="the name recorded when the page gives none "
+                        "(default: the OS user)")  # fmt: skip
     return parser
+
+
+def os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container's bare uid)
+        return f"uid {os.getuid()}"
+
+
+def check_review_flags(args: argparse.Namespace) -> None:
+    if args.review is None:
+        given = [f for f in ("labelled", "compare", "reviewer") if getattr(args, f) is not None]
+        if given:
+            raise UserError(f"--{given[0]} needs --review CAPTURES")
+    elif args.labelled is None:
+        raise UserError("--review needs --labelled DIR: where the labelled images go")
+
+
+def review_of(args: argparse.Namespace, classifier: Classifier) -> Review | None:
+    """The review that --review asks for (the served model's labels its classes), or None."""
+    if args.review is None:
+        return None
+    compared = read_compared(Path(args.compare)) if args.compare else None
+    return Review(Path(args.review), Path(args.labelled), served_labels(classifier),
+                  args.reviewer or os_user(), compared)  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
@@ -120,6 +241,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(NEEDS_EXTRA) from None
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, not {args.top_k}")
+    check_review_flags(args)
     explainer = None
     if args.checkpoint:  # PyTorch only for the overlays: without them the page needs none
         from resnet_triton.explain import Explainer
@@ -127,7 +249,7 @@ def main(args: argparse.Namespace) -> int:
         explainer = Explainer.from_checkpoint(args.checkpoint, args.method)
     # Fails if not served, or if the proxy refuses the key.
     with Classifier(args.url, args.protocol, args.model, api_key=args.api_key) as classifier:
-        app = create_app(classifier, explainer, args.top_k)
+        app = create_app(classifier, explainer, args.top_k, review_of(args, classifier))
         print(f"the page: http://{args.host}:{args.port}/ ({args.model} at {classifier.url}, "
               f"{args.protocol})", flush=True)  # fmt: skip
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
