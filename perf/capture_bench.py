@@ -1,7 +1,8 @@
 """`make bench-capture`: what capturing live traffic (serving/capture.py) costs the server.
 
-For each layout (ensemble, fused), renders a copy of the published repository with it,
-and runs perf_analyzer against the ensemble with the package's real photos at client
+For each layout (ensemble, fused), renders a copy of the published repository with it
+(the ensemble with serving.capture where capture is on, as a capturing deployment would
+render it), and runs perf_analyzer against the ensemble with the package's real photos at client
 concurrency 1 and 4, with capture off, on at its default share (every "unknown" answer
 and 1% of the rest) and on at share 1 (every answer written: the worst case, a slow disk's
 load); the same server settings otherwise, one server per row, in one run. Prints a table
@@ -30,7 +31,7 @@ SETTINGS = {"off": None, "on, share 0.01": 0.01, "on, share 1": 1.0}
 
 
 def measure(onnx_path, spec, layout, share, args, input_data) -> dict:
-    serving = ServingConfig(layout=layout)
+    serving = ServingConfig(layout=layout, capture=layout == "ensemble" and share is not None)
     with tempfile.TemporaryDirectory() as tmp:
         repo, folder = Path(tmp) / "repo", Path(tmp) / "captures"
         render(spec, repo, env_path_for(repo), serving=serving)

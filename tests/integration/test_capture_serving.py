@@ -1,5 +1,6 @@
 """Capture of live traffic on the real server (serving/capture.py, wired in
-serving/triton_models.py): both layouts, switched on by the server's environment.
+serving/triton_models.py): both layouts (the ensemble rendered with serving.capture),
+switched on by the server's environment.
 
 The calibrated digits model answers "unknown" for some photos and digits, so what is kept
 at share 0 is exactly what the client was told was unknown; the health probe's photo and
@@ -49,7 +50,8 @@ def digit_images(digits: Path, count: int) -> list[bytes]:
 def test_ensemble_keeps_every_unknown_answer_and_nothing_else_at_share_0(
     calibrated_server, digits, tmp_path
 ):
-    _, repo = calibrated_server
+    _, published = calibrated_server
+    repo = rerendered(published, tmp_path, ServingConfig(capture=True))
     images = digit_images(digits, 40) + [p.read_bytes() for p in OUTSIDE]
     folder = tmp_path / "captures"
     with capturing(repo, tmp_path, folder, share=0.0) as server:

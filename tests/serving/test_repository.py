@@ -4,8 +4,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from resnet_triton.build.manifest import Manifest
 from resnet_triton.digits import demo_spec
@@ -27,8 +25,10 @@ from resnet_triton.serving.repository import (
     renumber,
     served_version,
 )
+from resnet_triton.serving.resources import shm_needs
+from resnet_triton.serving.serve import capturing_models
 from resnet_triton.serving.server import TritonServer
-from resnet_triton.spec import ModelSpec, Preprocessing, SpecError
+from resnet_triton.spec import CAPTURE_INPUT, ModelSpec, Preprocessing, SpecError
 
 COMMITTED = Path(__file__).parents[2] / "model_repository"
 
@@ -105,21 +105,40 @@ def test_gpu_target_serves_tensorrt_plans_by_compute_capability(tmp_path):
     assert config.output[0].label_filename == "labels.txt"
     assert (tmp_path / "classifier" / "labels.txt").read_text() == "cat\ndog\n"
     assert not (tmp_path / "classifier" / "1" / "model.py").exists()
-    # The preprocess model is the same for both targets; the ensemble differs only in that
-    # the CPU classifier (Python) also gets the encoded images, for capture.
+    # The ensemble and the preprocess model are the same for both targets.
     cpu = rendered_files(spec, "/opt/venv", "cpu")
     gpu = rendered_files(spec, "/opt/venv", "gpu", plans)
-    shared = [k for k in cpu if not k.startswith(("classifier/", "resnet_ensemble/config"))]
-    assert all(cpu[k] == gpu[k] for k in shared) and len(shared) == 5
-    steps = {
-        target: text_format.Parse(
-            files["resnet_ensemble/config.pbtxt"], mc.ModelConfig()
-        ).ensemble_scheduling.step
-        for target, files in (("cpu", cpu), ("gpu", gpu))
-    }
-    assert dict(steps["cpu"][1].input_map) == {"PIXELS": "pixels", "IMAGE": "IMAGE"}
-    assert dict(steps["gpu"][1].input_map) == {"PIXELS": "pixels"}
-    assert [i.name for i in config.input] == ["PIXELS"]  # TensorRT takes pixels only
+    shared = [k for k in cpu if not k.startswith("classifier/")]
+    assert all(cpu[k] == gpu[k] for k in shared) and len(shared) == 6
+    with pytest.raises(SpecError, match="the gpu target's TensorRT classifier takes pixels"):
+        rendered_files(spec, "/opt/venv", "gpu", plans, ServingConfig(capture=True))
+
+
+def test_capture_passes_the_classifier_the_encoded_images_at_a_cost_in_shm(tmp_path):
+    spec = ModelSpec(labels=("cat", "dog"))
+    render(spec, tmp_path / "off")
+    render(spec, tmp_path / "on", serving=ServingConfig(capture=True))
+    steps = read_config(tmp_path / "on" / "resnet_ensemble" / "config.pbtxt")
+    assert dict(steps.ensemble_scheduling.step[1].input_map) == {
+        "PIXELS": "pixels", "IMAGE": "IMAGE",
+    }  # fmt: skip
+    classifier = read_config(tmp_path / "on" / "classifier" / "config.pbtxt")
+    image = classifier.input[1]
+    assert (image.name, image.optional, list(image.dims)) == ("IMAGE", True, [1])
+    assert classifier.parameters[CAPTURE_INPUT].string_value == "IMAGE"
+    assert capturing_models(tmp_path / "on") == ["classifier"]
+    assert capturing_models(tmp_path / "off") == []
+    off = read_config(tmp_path / "off" / "classifier" / "config.pbtxt")
+    assert [i.name for i in off.input] == ["PIXELS"] and CAPTURE_INPUT not in off.parameters
+    # The classifier's largest batch of images joins the /dev/shm it needs.
+    extra = shm_needs(tmp_path / "on")["classifier"] - shm_needs(tmp_path / "off")["classifier"]
+    assert extra == spec.max_batch_size * (4 + spec.preprocessing.max_bytes)
+    with pytest.raises(SpecError, match="serving.capture: the classifier captures"):
+        ServingConfig(capture=True, preprocess_backend="dali").validate(spec)
+    fused = rendered_files(spec, serving=ServingConfig(layout="fused"))[
+        "resnet_ensemble/config.pbtxt"
+    ]
+    assert 'key: "capture_input"' in fused  # the fused model has the images: no setting
 
 
 def publish_plan(repo: Path, tmp_path: Path, capability: str, **flags) -> str:

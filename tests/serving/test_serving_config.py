@@ -48,6 +48,7 @@ def test_yaml_round_trip(tmp_path):
          "serving.preprocess_backend 'dali'"),
         ({"layout": "fused", "fused_instances": 0},
          "serving.fused_instances must be an integer >= 1, got 0"),
+        ({"capture": "yes"}, "serving.capture must be true or false, got 'yes'"),
         ({"fused_preferred_batch_sizes": (0, 2)},
          "serving.fused_preferred_batch_sizes [0] lie outside 1..max_batch_size (16)"),
     ],

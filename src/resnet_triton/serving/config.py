@@ -66,6 +66,12 @@ class ServingConfig:
     # its queue delay is classifier_queue_delay_us, its lone-image threads intra_op_threads.
     fused_instances: int = 2
     fused_preferred_batch_sizes: tuple[int, ...] = (2,)
+    # layout ensemble, cpu target: the ensemble passes the encoded images to the classifier
+    # too, so that it can capture live traffic when the server's environment switches
+    # capture on (serving/capture.py). Off by default: it costs /dev/shm, the classifier's
+    # largest batch of encoded images (serving/resources.py). The fused model has the
+    # images already and needs no setting.
+    capture: bool = False
 
     def validate(self, spec: ModelSpec) -> None:
         """Errors name the field; batch sizes are checked against the model's limit."""
@@ -108,7 +114,12 @@ class ServingConfig:
                 f"serving.preprocess_backend: dali resizes as Pillow does for bilinear only; this "
                 f"model's preprocessing.interpolation is {interpolation!r} (serving/dali.py)"
             )
-        for name in ("allow_spinning", "warmup"):
+        if self.capture is True and self.preprocess_backend != "python":
+            raise SpecError(
+                "serving.capture: the classifier captures the encoded images the Python "
+                f"preprocess model takes, not preprocess_backend {self.preprocess_backend!r}'s"
+            )
+        for name in ("allow_spinning", "warmup", "capture"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(
                     f"serving.{name} must be true or false, got {getattr(self, name)!r}"

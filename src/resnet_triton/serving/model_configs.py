@@ -155,11 +155,12 @@ def classifier_config(
     }
     name, instances = spec.names.classifier, serving.classifier_instances
     delay = serving.classifier_queue_delay_us
-    if captures(serving, "cpu"):
+    if serving.capture:  # the encoded images' size, for /dev/shm (serving/resources.py)
         params[CAPTURE_INPUT] = spec.names.image
+        params["max_bytes"] = str(spec.preprocessing.max_bytes)
     config = _python_model(spec, serving, name, env_path, params, instances, delay)
     config.input.append(_pixels(spec, mc.ModelInput))
-    if captures(serving, "cpu"):  # optional: clients that send pixels alone have no image
+    if serving.capture:  # optional: clients that send pixels alone have no image
         config.input.append(_encoded(spec))
         config.input[-1].optional = True
     config.output.append(_scores(spec))
@@ -169,9 +170,9 @@ def classifier_config(
 
 
 def captures(serving: ServingConfig, target: str) -> bool:
-    """Whether the classifier sees the encoded images too, for capturing live traffic
-    (serving/capture.py): where it is the Python backend's, and they are bytes (not DALI's)."""
-    return target == "cpu" and serving.preprocess_backend == "python"
+    """Whether the ensemble passes the classifier the encoded images too, for capturing
+    live traffic (serving.capture): where the classifier is the Python backend's."""
+    return serving.capture and target == "cpu"
 
 
 def fused_config(

@@ -212,6 +212,11 @@ def rendered_files(
         f"{names.ensemble}/{LABELS_FILE}": labels,
         f"{names.ensemble}/{VERSION}/.gitkeep": "",
     }
+    if target == "gpu" and serving.capture:
+        raise SpecError(
+            "serving.capture: the gpu target's TensorRT classifier takes pixels only; capture "
+            "live traffic on the cpu target"
+        )
     if target == "gpu":
         files[f"{names.classifier}/config.pbtxt"] = _pbtxt(
             tensorrt_classifier_config(spec, plans or Plans(), serving)

@@ -201,8 +201,9 @@ def main(args: argparse.Namespace) -> int:
     if settings.directory is not None and not capturing_models(args.repository):
         raise ServerError(
             f"capture is on ({settings.directory}) but no model of {args.repository} captures: "
-            "the gpu target's TensorRT classifier and DALI preprocessing see no encoded "
-            "images (serving/capture.py); unset it or serve the cpu target"
+            "render it with serving.capture: true (the ensemble then passes the classifier "
+            "the encoded images) or serving.layout: fused, on the cpu target "
+            "(serving/capture.py); or switch capture off"
         )
     server = TritonServer(
         args.repository, ports, admin_key=args.admin_key, address=args.address,
