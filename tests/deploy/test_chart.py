@@ -280,6 +280,78 @@ def test_bad_values_fail_with_the_value_named(values, message):
     assert message in str(error.value)
 
 
+CANARY = {"enabled": True, "version": 4, "weight": 10, "gateway": {"name": "gw"}}
+
+
+def documented_canary() -> str:
+    """deploy/README.md's command that starts a canary, as written."""
+    (command,) = re.findall(r"^ +(helm upgrade .*--set canary\.enabled=true.*)$",
+                            (DEPLOY / "README.md").read_text(), flags=re.MULTILINE)  # fmt: skip
+    return command
+
+
+def test_a_canary_is_a_second_deployment_weighted_by_gateway_routes():
+    """`canary`, as documented: its own Deployment (store version 5, one pod, no
+    autoscaler) whose pods no stable selector picks, its Service and NetworkPolicy, and an
+    HTTPRoute and a GRPCRoute sending 10% of the requests to it and 90% to the stable
+    Service (version 3); with the Gateway's namespace where one is given."""
+    objects = render(set_values(documented_canary(), merge(REQUIRED, {"model": {"version": 3}})))
+    named = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    for obj in objects:
+        if not obj["kind"].endswith("Route"):  # Gateway API: no vendored CRD schema
+            validate(obj)
+    stable, canary = (
+        named["Deployment", "demo-resnet-triton"],
+        named["Deployment", "demo-resnet-triton-canary"],
+    )
+    versions = [d["spec"]["template"]["metadata"]["annotations"]["resnet-triton/model-version"]
+                for d in (stable, canary)]  # fmt: skip
+    assert versions == ["3", "5"]
+    (sync,) = canary["spec"]["template"]["spec"]["initContainers"]
+    assert sync["command"][-2] == "s3://models/store/versions/cpu/5"
+    assert canary["spec"]["replicas"] == 1
+    assert [o["spec"]["scaleTargetRef"]["name"] for o in objects
+            if o["kind"] == "HorizontalPodAutoscaler"] == ["demo-resnet-triton"]  # fmt: skip
+    pods = canary["spec"]["template"]["metadata"]["labels"]
+    budget = named["PodDisruptionBudget", "demo-resnet-triton"]["spec"]["selector"]
+    for selector in (named["Service", "demo-resnet-triton"]["spec"]["selector"],
+                     stable["spec"]["selector"]["matchLabels"], budget["matchLabels"]):  # fmt: skip
+        assert not selector.items() <= pods.items()  # no stable selector picks a canary pod
+    service = named["Service", "demo-resnet-triton-canary"]
+    assert service["spec"]["selector"].items() <= pods.items()
+    assert named["NetworkPolicy", "demo-resnet-triton-canary"]["spec"]["podSelector"][
+        "matchLabels"] == canary["spec"]["selector"]["matchLabels"]  # fmt: skip
+    monitor = named["ServiceMonitor", "demo-resnet-triton"]["spec"]["selector"]["matchLabels"]
+    assert monitor.items() <= service["metadata"]["labels"].items()  # scraped for the analysis
+    for kind, port in (("HTTPRoute", 8000), ("GRPCRoute", 8001)):
+        route = named[kind, "demo-resnet-triton"]
+        assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+        assert route["spec"]["parentRefs"] == [{"name": "edge"}]
+        (rule,) = route["spec"]["rules"]
+        assert rule["backendRefs"] == [
+            {"name": "demo-resnet-triton", "port": port, "weight": 90},
+            {"name": "demo-resnet-triton-canary", "port": port, "weight": 10},
+        ]
+    gateway = {"name": "gw", "namespace": "edge"}
+    elsewhere = render(merge(REQUIRED, {"canary": {**CANARY, "gateway": gateway}}))
+    routes = [o["spec"]["parentRefs"] for o in elsewhere if o["kind"].endswith("Route")]
+    assert routes == [[gateway]] * 2
+
+
+@pytest.mark.parametrize(
+    ("canary", "message"),
+    [
+        ({**CANARY, "version": ""}, "canary.enabled needs canary.version"),
+        ({**CANARY, "gateway": {"name": ""}}, "canary.enabled needs canary.gateway.name"),
+        ({**CANARY, "weight": 100}, "at '/canary/weight': maximum"),
+    ],
+)
+def test_a_canary_without_its_version_or_gateway_is_refused(canary, message):
+    with pytest.raises(helm_python.HelmError) as error:
+        render({**REQUIRED, "canary": canary})
+    assert message in str(error.value)
+
+
 def test_the_chart_lints():
     report = helm_python.lint(str(CHART), REQUIRED, strict=True, kube_version="v1.30.0")
     assert report["errors"] == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -59,14 +60,30 @@ class Balancer:
                               '< $p/cmdline 2>/dev/null)"; done')  # fmt: skip
         return {line.split()[0] for line in listing.splitlines() if "nginx: worker" in line}
 
-    def point(self, names: list[str]) -> None:
-        """The upstream lists: `names`, checked by nginx, then a graceful reload."""
+    def point(self, names: list[str], weights: dict[str, int] | None = None) -> None:
+        """The upstream lists: `names` (with nginx `weight=`s where given: a canary's
+        share), checked by nginx, then a graceful reload."""
+        weights = weights or {}
         for file, port in UPSTREAMS.items():
-            lines = "".join(f"server {n}:{port} max_fails=1 fail_timeout=10s;\n" for n in names)
+            lines = "".join(
+                f"server {n}:{port}{f' weight={weights[n]}' if n in weights else ''} "
+                f"max_fails=1 fail_timeout=10s;\n" for n in names
+            )  # fmt: skip
             self.docker("exec", "--interactive", self.name, "sh", "-c",
                         f"cat > /tmp/nginx/upstreams/{file}", stdin=lines)  # fmt: skip
         self.docker("exec", self.name, "nginx", "-c", LB_CONF, "-t")
         self.docker("exec", self.name, "nginx", "-c", LB_CONF, "-s", "reload")
+
+    def drain(self, workers: set[str], timeout_s: float, where: str) -> None:
+        """Wait until the nginx `workers` from before a reload have finished and exited."""
+        deadline = time.monotonic() + timeout_s
+        while workers & self.workers():
+            if time.monotonic() > deadline:
+                raise RolloutError(
+                    f"{where}: the balancer's old workers did not finish within "
+                    f"{timeout_s:g} s; the old replica is still running"
+                )
+            time.sleep(0.5)
 
 
 def switch(balancer: Balancer, new: Candidate, old: str, live: list[str], where: str) -> list[str]:
@@ -74,10 +91,22 @@ def switch(balancer: Balancer, new: Candidate, old: str, live: list[str], where:
     in place of `old`; returns that list. On a failure anywhere in it, the balancer's lists
     are put back to `live` and the candidate removed (undo), and the error says so."""
     after = [new.name if name == old else name for name in live]
+    join(balancer, new, after, live, where)
+    return after
+
+
+def admit(balancer: Balancer, new: Candidate, live: list[str], weights: dict[str, int],
+          where: str) -> None:  # fmt: skip
+    """A canary: `new` beside `live`, each with its nginx weight; undone as switch's is."""
+    join(balancer, new, [*live, new.name], live, where, weights)
+
+
+def join(balancer: Balancer, new: Candidate, after: list[str], live: list[str], where: str,
+         weights: dict[str, int] | None = None) -> None:  # fmt: skip
     try:
         balancer.docker("network", "disconnect", new.network, new.name)
         balancer.docker("network", "connect", "--alias=replica", new.network, new.name)
-        balancer.point(after)
+        balancer.point(after, weights)
     except BaseException as exc:
         failure = f"{where}: pointing balancer {balancer.name} at candidate {new.name} failed"
         error = undo(balancer, new.name, live, f"{failure} ({one_line(exc)})")
@@ -85,7 +114,6 @@ def switch(balancer: Balancer, new: Candidate, old: str, live: list[str], where:
             raise error from exc
         print(f"interrupted: {error}", file=sys.stderr)  # undone all the same
         raise
-    return after
 
 
 def undo(balancer: Balancer, candidate: str, live: list[str], failure: str) -> RolloutError:
@@ -110,3 +138,14 @@ def undo(balancer: Balancer, candidate: str, live: list[str], failure: str) -> R
         )
     return RolloutError(f"{failure}; {restored}; {removed}; {', '.join(live)} serve on; "
                         f"not rolled out")  # fmt: skip
+
+
+def withdraw(balancer: Balancer, name: str, live: list[str], timeout_s: float, where: str) -> None:
+    """Candidate `name` out of the lists (back to `live`), the requests it holds finished,
+    then stopped and removed: a canary rolled back without losing a request."""
+    workers = balancer.workers()
+    balancer.point(live)
+    balancer.drain(workers, timeout_s, where)
+    balancer.docker("stop", name)
+    balancer.docker("rm", name)
+    print(f"{where}: canary {name} left the balancer, drained, stopped and removed")

@@ -14,6 +14,11 @@ For each replica that serves another model:
      this fail, the balancer gets its lists back and the candidate is removed;
   4. once every old worker has exited, stop the old replica and remove it.
 
+With --canary PERCENT, the first candidate joins the lists beside the replicas with
+nginx weights that send it PERCENT of the requests for --analysis, and its live figures
+are held against theirs (pipeline/canary.py). Promoted, it takes its replica's place
+and the rollout goes on; rolled back, it is drained and removed, the rule named.
+
 Every replica rollout starts carries labels naming its repository and the one it
 replaced; `resnet-triton rollback` rolls out that previous repository again.
 """
@@ -34,7 +39,15 @@ from pathlib import Path
 
 from resnet_triton.build.manifest import Manifest
 from resnet_triton.endpoints import GRPC_PORT
-from resnet_triton.pipeline.balancer import Balancer, RolloutError, docker, switch
+from resnet_triton.pipeline import canary
+from resnet_triton.pipeline.balancer import (
+    Balancer,
+    RolloutError,
+    admit,
+    docker,
+    switch,
+    withdraw,
+)
 from resnet_triton.pipeline.steps import classify_holdout
 from resnet_triton.pipeline.store import published_versions, versions_dir
 from resnet_triton.serving.repository import served_version
@@ -163,6 +176,8 @@ class Rollout:
     model: str = Names().ensemble
     ready_timeout_s: float = 300
     drain_timeout_s: float = 120
+    canary_percent: int | None = None  # --canary: the first candidate's share of requests
+    analysis: canary.Analysis = canary.Analysis()
 
     def to(self, repository: Path) -> list[str]:
         """Every replica serving `repository`; returns the replicas' names. One rollout
@@ -189,6 +204,7 @@ class Rollout:
         target = describe(repository)  # a repository that is not one fails here
         replicas, balancer = running(self.project)
         live = [r.name for r in replicas]
+        stable = [r for r in replicas if r.repository != repository]  # the canary's peers
         for number, old in enumerate(replicas, 1):
             where = f"replica {number}/{len(replicas)} ({old.name}, {served_model(old.repository)})"
             if old.repository == repository:
@@ -196,8 +212,11 @@ class Rollout:
                 continue
             new = self.candidate(old, repository, number, where)
             workers = balancer.workers()
-            live = switch(balancer, new, old.name, live, where)
-            self.drain(balancer, workers, where)
+            if self.canary_percent and old == stable[0]:
+                live, workers = self.trial(balancer, new, old.name, live, stable, where)
+            else:
+                live = switch(balancer, new, old.name, live, where)
+            balancer.drain(workers, self.drain_timeout_s, where)
             docker("stop", old.name)
             docker("rm", old.name)
             print(f"{where}: replaced by {new.name}; the old replica drained and stopped")
@@ -268,16 +287,36 @@ class Rollout:
         if check.versions != {version}:
             raise RolloutError(f"{line}, not {version} as {repository} says; not rolled out")
 
-    def drain(self, balancer: Balancer, workers: set[str], where: str) -> None:
-        """Wait until the nginx workers from before the reload have finished and exited."""
-        deadline = time.monotonic() + self.drain_timeout_s
-        while workers & balancer.workers():
-            if time.monotonic() > deadline:
-                raise RolloutError(
-                    f"{where}: the balancer's old workers did not finish within "
-                    f"{self.drain_timeout_s:g} s; the old replica is still running"
-                )
-            time.sleep(0.5)
+    def trial(self, balancer: Balancer, new: Replica, old: str, live: list[str],
+              stable: list[Replica], where: str) -> tuple[list[str], set[str]]:  # fmt: skip
+        """The canary: `new` beside `live` with --canary percent of the requests, watched
+        for --analysis beside the `stable` replicas. Promoted, it takes `old`'s place:
+        returns the lists and the balancer's workers before that reload. Else it is
+        drained and removed, and the error names the rule that decided."""
+        own, each = canary.weights(self.canary_percent, len(live))
+        admit(balancer, new, live, {new.name: own} | dict.fromkeys(live, each), where)
+        print(
+            f"{where}: canary {new.name} takes {self.canary_percent}% of the requests (nginx "
+            f"weight {own}, each of {len(live)} replicas {each}): {self.analysis.warmup_s:g} s "
+            f"warm-up, then {self.analysis.seconds:g} s counted"
+        )
+        try:
+            (found,) = json.loads(docker("inspect", new.name))  # its address on the alias
+            verdict = canary.watch(Replica(new.name, found).address,
+                                   [r.address for r in stable], self.model,
+                                   self.analysis)  # fmt: skip
+            print(f"{where}: canary analysis: {verdict.decided_by}\n{verdict.table()}")
+            if verdict.promote:
+                workers = balancer.workers()
+                after = [new.name if name == old else name for name in live]
+                balancer.point(after)
+                return after, workers
+        except BaseException:
+            withdraw(balancer, new.name, live, self.drain_timeout_s, where)
+            raise
+        withdraw(balancer, new.name, live, self.drain_timeout_s, where)
+        raise RolloutError(f"{where}: canary {new.name} rolled back, {verdict.decided_by}; "
+                           f"{', '.join(live)} serve on; not rolled out")  # fmt: skip
 
 
 def store_version(store: Path, repository: str, version: str) -> Path:
@@ -341,11 +380,16 @@ def get_args_parser(back: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--smoke-images", type=int, default=100, help="how many to classify")
     parser.add_argument("--min-top1", type=float, default=0.9, help="a candidate's least top-1")
     parser.add_argument("--model", default=Names().ensemble, help="the model clients call")
+    if not back:
+        canary.add_arguments(parser)
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    rollout = Rollout(args.project, args.images, args.smoke_images, args.min_top1, args.model)
+    trial = {} if args.back else {"canary_percent": args.canary,
+                                  "analysis": canary.analysis(args)}  # fmt: skip
+    rollout = Rollout(args.project, args.images, args.smoke_images, args.min_top1, args.model,
+                      **trial)  # fmt: skip
     if args.back:
         rollback(rollout)
     elif args.store is not None:
