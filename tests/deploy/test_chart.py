@@ -4,12 +4,14 @@ Helm's own library and validated offline against Kubernetes' and the CRDs' schem
 import json
 import re
 import shlex
+from pathlib import Path
 
 import helm_python
 import pytest
 import yaml
 from manifests import CHART, DEPLOY, REQUIRED, gpu_values, render, unknown_fields, validate
 
+from resnet_triton.serving import capture
 from resnet_triton.serving.fence import check_unfenced
 from resnet_triton.spec import Names
 
@@ -129,6 +131,30 @@ def test_the_keys_secret_is_mounted_where_the_fence_reads_it():
     assert (env["RESNET_TRITON_RATE_LIMIT"], env["RESNET_TRITON_RATE_BURST"]) == ("0", "5")
     (keys,) = [v for v in pod["volumes"] if v["name"] == "api-keys"]
     assert keys["secret"]["items"] == [{"key": "keys.txt", "path": "api-keys"}]
+
+
+def test_capture_is_off_unless_asked_and_kept_in_its_own_volume():
+    """capture.enabled: the env that switches the server's capture on (serving/capture.py
+    reads it as the container will) and /captures, an emptyDir sized past the cap, or a
+    claim; the gpu target, whose TensorRT classifier sees pixels only, is refused."""
+    pod, server, env = serving(REQUIRED)
+    assert "RESNET_TRITON_CAPTURE_DIR" not in env
+    assert "captures" not in {v["name"] for v in pod["volumes"]}
+    on = merge(REQUIRED, {"capture": {"enabled": True, "share": 0.05, "maxMB": 512}})
+    pod, server, env = serving(on)
+    settings = capture.from_environment(env, "pod-classifier_0_0")
+    assert settings.directory == Path("/captures/pod-classifier_0_0")
+    assert (settings.share, settings.cap_bytes) == (0.05, 512 * 2**20)
+    assert settings.retention_s == 168 * 3600
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["captures"] == {"name": "captures", "emptyDir": {"sizeLimit": "576Mi"}}
+    assert {"name": "captures", "mountPath": "/captures"} in server["volumeMounts"]
+    pod, _, _ = serving(merge(on, {"capture": {"pvc": "captures-claim"}}))
+    (claim,) = [v for v in pod["volumes"] if v["name"] == "captures"]
+    assert claim["persistentVolumeClaim"] == {"claimName": "captures-claim"}
+    gpu = {**gpu_values(), **OPEN, "apiKeys": {"allowAnonymous": True}}
+    with pytest.raises(helm_python.HelmError, match="capture.enabled: the gpu target's TensorRT"):
+        render(merge(gpu, {"capture": {"enabled": True}}))
 
 
 def test_publishing_without_keys_needs_the_explicit_opt_out():
@@ -272,6 +298,7 @@ def test_a_model_version_is_the_rollout(command):
         ({**REQUIRED, "rateLimit": {"requestsPerSecond": -1}},
          "at '/rateLimit/requestsPerSecond': minimum: got -1, want 0"),
         ({**REQUIRED, "rateLimit": {"burst": 2.5}}, "at '/rateLimit/burst': got number, want"),
+        ({**REQUIRED, "capture": {"enabled": True, "share": 2}}, "at '/capture/share': maximum"),
     ],
 )  # fmt: skip
 def test_bad_values_fail_with_the_value_named(values, message):
