@@ -29,6 +29,7 @@ COMMANDS = {
         "a store version onto the running replicas, one at a time, smoke-tested",
     ),
     "rollback": ("resnet_triton.pipeline.rollback", "the replicas back to the previous model"),
+    "compare": ("resnet_triton.pipeline.compare", "two store versions on captured traffic"),
     "demo": ("resnet_triton.demo", "the whole pipeline on scikit-learn's digits"),
 }
 
