@@ -260,7 +260,11 @@ class OnnxClassifierModel:
 
     def finalize(self):
         self.metrics.close()
-        self.capture.close()  # writes what is queued
+        if self.capture.enabled:
+            self.capture.close()  # writes what is queued
+            dropped = self.capture.capture.dropped
+            pb_utils.Logger.log_info(f"{self.name}: capture closed; {dropped} dropped (its "
+                                     "queue was full, or larger than the cap)")  # fmt: skip
         self.session = None  # the last reference: ONNX Runtime frees the model and its threads
         pb_utils.Logger.log_info(f"{self.name}: ONNX Runtime session released")
 
