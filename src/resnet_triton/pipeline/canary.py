@@ -30,6 +30,7 @@ import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from prometheus_client.parser import text_string_to_metric_families
 from scipy.stats import chi2_contingency
 
 from resnet_triton.endpoints import METRICS_PORT
@@ -37,11 +38,7 @@ from resnet_triton.pipeline.balancer import RolloutError
 
 SUCCESS, FAILURE = "nv_inference_request_success", "nv_inference_request_failure"
 DURATION, SUMMARY = "nv_inference_request_duration_us", "nv_inference_request_summary_us"
-ANSWERS, UNKNOWN = "resnet_triton_answers_total", "resnet_triton_unknown_answers_total"
-# One sample line of the text format: name, optional {labels}, value (a timestamp after
-# it is allowed and ignored).
-SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\S+)?$")
-LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+ANSWERS, UNKNOWN = "resnet_triton_answers", "resnet_triton_unknown_answers"  # counters
 UNITS = {"s": 1, "m": 60}
 
 
@@ -49,16 +46,14 @@ class Metrics:
     """One scrape of a metrics endpoint: the samples of Prometheus' text format."""
 
     def __init__(self, text: str):
-        self.samples: dict[tuple[str, frozenset], float] = {}
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip() or line.startswith("#"):
-                continue
-            match = SAMPLE.match(line.strip())
-            if not match:
-                raise ValueError(f"line {number} is no Prometheus sample: {line!r}")
-            name, labels, value = match.groups()
-            pairs = frozenset((k, v.replace('\\"', '"')) for k, v in LABEL.findall(labels or ""))
-            self.samples[name, pairs] = float(value)
+        # A counter's samples by its family's name: prometheus_client reads them with
+        # a "_total" suffix whether or not the text has one.
+        self.samples: dict[tuple[str, frozenset], float] = {
+            (family.name if sample.name == f"{family.name}_total" else sample.name,
+             frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }  # fmt: skip
 
     def series(self, name: str, **labels: str) -> dict[frozenset, float]:
         """The series of `name` that carry `labels` (and any others): labels -> value."""
