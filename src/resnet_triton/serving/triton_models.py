@@ -22,7 +22,7 @@ import triton_python_backend_utils as pb_utils
 from resnet_triton.build.reference_outputs import check_on_this_cpu
 from resnet_triton.preprocess import ImageDecodeError, pixels_from_bytes
 from resnet_triton.serving.busy import Busy
-from resnet_triton.serving.capture import AnswerCapture, from_environment
+from resnet_triton.serving.capture import AnswerCapture, describe, from_environment
 from resnet_triton.serving.model_metrics import AnswerMetrics, PreprocessMetrics
 from resnet_triton.serving.probe import warmup_image
 from resnet_triton.serving.resources import cpu_limit, onnx_threads
@@ -342,11 +342,7 @@ def _answer_capture(args, config: dict, labels: list[str], reject_below) -> Answ
         capture_config, labels, args["model_version"], reject_below, probe=warmup_image()
     )
     if capture.enabled:
-        pb_utils.Logger.log_info(
-            f"{config['name']}: capturing live traffic in {capture_config.directory} "
-            f"(every unknown answer, {capture_config.share:.1%} of the rest, at most "
-            f"{capture_config.cap_bytes / 2**20:.1f} MiB)"
-        )
+        pb_utils.Logger.log_info(f"{config['name']}: {describe(capture_config)}")
     return capture
 
 
