@@ -24,7 +24,7 @@ from perf_tools import ensemble_input, published_model, run_perf_analyzer
 from resnet_triton.data import package_photos
 from resnet_triton.serving import capture
 from resnet_triton.serving.config import ServingConfig
-from resnet_triton.serving.repository import env_path_for, model_home, render
+from resnet_triton.serving.repository import VERSION, env_path_for, model_home, render
 from resnet_triton.serving.server import Ports, TritonServer
 
 SETTINGS = {"off": None, "on, share 0.01": 0.01, "on, share 1": 1.0}
@@ -35,7 +35,7 @@ def measure(onnx_path, spec, layout, share, args, input_data) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         repo, folder = Path(tmp) / "repo", Path(tmp) / "captures"
         render(spec, repo, env_path_for(repo), serving=serving)
-        shutil.copy(onnx_path, repo / model_home(spec, serving) / "1" / onnx_path.name)
+        shutil.copy(onnx_path, repo / model_home(spec, serving) / VERSION / onnx_path.name)
         environment = {} if share is None else capture.environment(folder, share, args.cap_mb)
         with TritonServer(repo, Ports.free(), log_path=Path(tmp) / "log",
                           extra_environment=environment) as server:  # fmt: skip

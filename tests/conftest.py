@@ -113,9 +113,11 @@ def rerendered(repository: Path, root: Path, serving) -> Path:
 
 
 @contextlib.contextmanager
-def served(repo: Path, root: Path):
-    """The real Triton server on `repo`, ready to classify, stopped on leaving."""
-    server = TritonServer(repo, Ports.free(), log_path=root / "triton.log", exit_timeout_s=3)
+def served(repo: Path, root: Path, environment: dict[str, str] | None = None):
+    """The real Triton server on `repo`, ready to classify, stopped on leaving; with
+    `environment` added to its own (capture's, say)."""
+    server = TritonServer(repo, Ports.free(), log_path=root / "triton.log", exit_timeout_s=3,
+                          extra_environment=environment)  # fmt: skip
     server.start()
     try:
         server.wait_ready([NAMES.ensemble], timeout=180)

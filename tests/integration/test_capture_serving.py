@@ -17,30 +17,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from conftest import NAMES, OUTSIDE, rerendered
+from conftest import NAMES, OUTSIDE, rerendered, served
 
 from resnet_triton.client import Classifier
 from resnet_triton.serving import capture
 from resnet_triton.serving.config import ServingConfig
 from resnet_triton.serving.probe import warmup_image
 from resnet_triton.serving.repository import read_config
-from resnet_triton.serving.server import Ports, TritonServer
 
 pytestmark = pytest.mark.integration
 
 
-@contextlib.contextmanager
 def capturing(repo: Path, root: Path, folder: Path, **settings):
     """The server on `repo` capturing into `folder`; stopping it writes what is queued."""
-    environment = capture.environment(folder, **settings)
-    server = TritonServer(repo, Ports.free(), log_path=root / "triton.log", exit_timeout_s=3,
-                          extra_environment=environment)  # fmt: skip
-    server.start()
-    try:
-        server.wait_ready([NAMES.ensemble], timeout=180)
-        yield server
-    finally:
-        server.stop()
+    return served(repo, root, capture.environment(folder, **settings))
 
 
 def digit_images(digits: Path, count: int) -> list[bytes]:

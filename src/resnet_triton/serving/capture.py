@@ -228,6 +228,10 @@ class AnswerCapture:
     def enabled(self) -> bool:
         return self.capture.enabled
 
+    @property
+    def dropped(self) -> int:
+        return self.capture.dropped
+
     def offer(self, images, scores) -> None:
         """`images`: a request's encoded images (bytes, n); `scores`: its (n, classes)."""
         for image, row in zip(images, scores, strict=True):

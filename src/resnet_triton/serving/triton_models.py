@@ -262,7 +262,7 @@ class OnnxClassifierModel:
         self.metrics.close()
         if self.capture.enabled:
             self.capture.close()  # writes what is queued
-            dropped = self.capture.capture.dropped
+            dropped = self.capture.dropped
             pb_utils.Logger.log_info(f"{self.name}: capture closed; {dropped} dropped (its "
                                      "queue was full, or larger than the cap)")  # fmt: skip
         self.session = None  # the last reference: ONNX Runtime frees the model and its threads
