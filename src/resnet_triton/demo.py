@@ -28,6 +28,7 @@ from resnet_triton.digits import DEMO_ARCH, write_digits
 from resnet_triton.errors import UserError
 from resnet_triton.resnet import load_checkpoint
 from resnet_triton.serving.server import Ports, TritonServer
+from resnet_triton.spec import Preprocessing
 from resnet_triton.training import TrainConfig, predict
 from resnet_triton.training import run as train
 
@@ -39,6 +40,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--concurrency", type=int, default=8, help="client requests in flight")
+    sizes = "the model's input; smaller trains and serves faster (the digits are 8x8 px)"
+    parser.add_argument("--crop-size", type=int, default=Preprocessing.crop_size, help=sizes)
+    parser.add_argument("--resize-size", type=int, default=Preprocessing.resize_size,
+                        help="the shorter side before the centre crop")  # fmt: skip
     return parser
 
 
@@ -73,7 +78,15 @@ def served_answers(repository: Path, spec, paths: list[Path], out: Path, concurr
                 server.stop()
 
 
-def run(out: Path, repository: Path, epochs: int = 5, lr: float = 2e-3, concurrency: int = 8):
+def run(
+    out: Path,
+    repository: Path,
+    epochs: int = 5,
+    lr: float = 2e-3,
+    concurrency: int = 8,
+    resize_size: int = Preprocessing.resize_size,
+    crop_size: int = Preprocessing.crop_size,
+):
     stage = Stages()
     data = out / "digits"
     with stage("data"):
@@ -84,6 +97,7 @@ def run(out: Path, repository: Path, epochs: int = 5, lr: float = 2e-3, concurre
         config = TrainConfig(
             data=str(data), out=str(out / "train"), arch=DEMO_ARCH, weights="none",
             epochs=epochs, lr=lr, hflip=False,  # a mirrored digit is another glyph
+            resize_size=resize_size, crop_size=crop_size,
         )  # fmt: skip
         evaluation = train(config)["evaluation"]
     checkpoint = out / "train" / "checkpoint.pt"
@@ -135,5 +149,6 @@ def write_report(report: dict, path: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    run(args.out, args.repository, args.epochs, args.lr, args.concurrency)
+    run(args.out, args.repository, args.epochs, args.lr, args.concurrency, args.resize_size,
+        args.crop_size)  # fmt: skip
     return 0

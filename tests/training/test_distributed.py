@@ -29,13 +29,13 @@ step's by far.
 """
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import FEW_TRAIN
 from torch.utils.data import DistributedSampler
 
 RUN = Path(__file__).parent / "ddp_run.py"
@@ -46,17 +46,6 @@ FLAGS = [
     # augmentation draws the same pixels in any process.
     "--rrc-scale", "1", "1", "--no-hflip",
 ]  # fmt: skip
-TRAIN_PER_CLASS, VAL_PER_CLASS = 13, 4
-
-
-def small_digits(digits: Path, root: Path) -> Path:
-    """The first 13 training and 4 validation digits of each class."""
-    for split, count in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS)):
-        for folder in sorted((digits / split).iterdir()):
-            (root / split / folder.name).mkdir(parents=True)
-            for image in sorted(folder.iterdir())[:count]:
-                shutil.copy(image, root / split / folder.name / image.name)
-    return root
 
 
 def train(command: list[str], out: Path) -> tuple[subprocess.CompletedProcess, list[dict]]:
@@ -80,9 +69,9 @@ PRECISIONS = {"fp32": ("--no-amp", 0.25, 0.05), "bf16": ("--amp", 1e-4, 1e-5)}
 
 
 @pytest.fixture(scope="module", params=list(PRECISIONS))
-def runs(digits, tmp_path_factory, request):
+def runs(few_digits, tmp_path_factory, request):
     root = tmp_path_factory.mktemp(f"ddp-{request.param}")
-    data = small_digits(digits, root / "data")
+    data = few_digits  # 13 training and 4 validation digits of each class
     flag = PRECISIONS[request.param][0]
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2"]
     ddp = train([*torchrun, str(RUN), f"--data={data}", "--batch-size=32", "--accumulate=2",
@@ -105,7 +94,7 @@ def test_each_rank_reads_its_own_share_of_every_epoch(runs):
     set_epoch as the loop sets them), cut to whole micro-batches: disjoint, the two
     together every training image once but those the shards and batches leave over."""
     _, (_, ranks), (_, [one]) = runs
-    images = 10 * TRAIN_PER_CLASS  # 130: 65 a rank, 4 micro-batches of 16 (1 left over)
+    images = 10 * FEW_TRAIN  # 130: 65 a rank, 4 micro-batches of 16 (1 left over)
     for epoch in (1, 2):
         seen = [rank["seen"][epoch] for rank in ranks]
         for rank, read in enumerate(seen):

@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 import yaml
-from test_distributed import small_digits
 
 from resnet_triton.training import TrainConfig, get_args_parser, precision
 from resnet_triton.training.config import config_from_args, resolve
@@ -24,11 +23,6 @@ EMULATED = (
     "precision: fp32 (this CPU has no bfloat16 kernels in oneDNN (AVX-512, AVX-NE-CONVERT or "
     "AMX): bf16 autocast would be emulated, about 14x slower; --amp forces it)"
 )
-
-
-@pytest.fixture(scope="module")
-def few_digits(digits, tmp_path_factory):
-    return small_digits(digits, tmp_path_factory.mktemp("precision") / "data")
 
 
 @pytest.mark.parametrize(

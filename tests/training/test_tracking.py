@@ -16,7 +16,6 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_distributed import small_digits
 
 from resnet_triton.serving.server import Ports
 from resnet_triton.training import TrainConfig, run
@@ -76,18 +75,18 @@ def check_tensorboard(out: Path, epochs: int = 2) -> None:
     assert "arch: resnet18" in config.tensor_proto.string_val[0].decode()
 
 
-def test_tensorboard_and_an_mlflow_file_store_hold_the_run(digits, tmp_path):
+def test_tensorboard_and_an_mlflow_file_store_hold_the_run(few_digits, tmp_path):
     out, store = tmp_path / "run-a", tmp_path / "mlruns"  # a folder, as --mlflow mlruns
-    run(TrainConfig(data=str(digits), out=str(out), mlflow=str(store), **TINY))
+    run(TrainConfig(data=str(few_digits), out=str(out), mlflow=str(store), **TINY))
     check_tensorboard(out)
     client, found = logged_run(f"sqlite:///{store / 'mlflow.db'}", out)  # what it holds
     check_mlflow_run(client, found, out, tmp_path / "download")
     assert (store / "artifacts" / found.info.run_id / "artifacts" / "checkpoint.pt").is_file()
 
 
-def test_a_resumed_run_goes_on_in_the_same_mlflow_run(digits, tmp_path):
+def test_a_resumed_run_goes_on_in_the_same_mlflow_run(few_digits, tmp_path):
     out, store = tmp_path / "run-b", f"sqlite:///{tmp_path / 'runs.db'}"  # artifacts beside
-    base = {"data": str(digits), "out": str(out), "mlflow": store, **TINY}
+    base = {"data": str(few_digits), "out": str(out), "mlflow": store, **TINY}
     run(TrainConfig(stop_after=1, **base))
     client, found = logged_run(store, out)
     assert found.info.status == "RUNNING"  # its time slot ended; the run goes on later
@@ -136,10 +135,10 @@ def mlflow_server(tmp_path):
         yield url
 
 
-def test_an_mlflow_tracking_server_receives_the_run(digits, tmp_path, mlflow_server):
+def test_an_mlflow_tracking_server_receives_the_run(few_digits, tmp_path, mlflow_server):
     out = tmp_path / "run-c"
-    config = TrainConfig(data=str(digits), out=str(out), mlflow=mlflow_server, tensorboard=False,
-                         **TINY)  # fmt: skip
+    config = TrainConfig(data=str(few_digits), out=str(out), mlflow=mlflow_server,
+                         tensorboard=False, **TINY)  # fmt: skip
     run(config)
     assert list(out.glob("events.out.tfevents.*")) == []  # --no-tensorboard
     client, found = logged_run(mlflow_server, out)
@@ -147,15 +146,14 @@ def test_an_mlflow_tracking_server_receives_the_run(digits, tmp_path, mlflow_ser
     assert found.info.artifact_uri.startswith("mlflow-artifacts:")  # uploaded via the server
 
 
-def test_a_tracking_server_that_goes_away_does_not_stop_training(digits, tmp_path):
+def test_a_tracking_server_that_goes_away_does_not_stop_training(few_digits, tmp_path):
     """Two processes under torchrun log to a real `mlflow server`, killed (SIGKILL, its
     whole process group) once the first epoch is written: the run finishes on both ranks
     with its checkpoint and evaluation, and says so once."""
-    data = small_digits(digits, tmp_path / "data")
     out = tmp_path / "run-d"
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone",
                 "--nproc_per_node=2", "-m", "resnet_triton", "train"]  # fmt: skip
-    flags = [f"--data={data}", f"--out={out}", "--arch=resnet18", "--weights=none",
+    flags = [f"--data={few_digits}", f"--out={out}", "--arch=resnet18", "--weights=none",
              "--epochs=3", "--resize-size=36", "--crop-size=32", "--workers=0",
              "--no-hflip", "--batch-size=32"]  # fmt: skip
     with serving_mlflow(tmp_path) as (url, server):
@@ -184,14 +182,13 @@ def test_a_tracking_server_that_goes_away_does_not_stop_training(digits, tmp_pat
     check_tensorboard(out, epochs=3)  # the other sink went on
 
 
-def test_training_goes_on_without_tensorboard_installed(digits, tmp_path):
+def test_training_goes_on_without_tensorboard_installed(few_digits, tmp_path):
     """A client-side install without the tracking extra: no event files, one warning."""
-    data = small_digits(digits, tmp_path / "data")
     out = tmp_path / "run-e"
     blocked = ("import sys; sys.modules['tensorboard'] = None; "  # as if not installed
                "from resnet_triton import cli; sys.exit(cli.main())")  # fmt: skip
     result = subprocess.run(
-        [sys.executable, "-c", blocked, "train", f"--data={data}", f"--out={out}",
+        [sys.executable, "-c", blocked, "train", f"--data={few_digits}", f"--out={out}",
          "--arch=resnet18", "--weights=none", "--epochs=1", "--resize-size=36",
          "--crop-size=32", "--workers=0"],
         capture_output=True, text=True, timeout=600,

@@ -54,7 +54,9 @@ class Classifier(_Protocol):
         self._clients = []  # (thread, its client), to close them all
         self._pool = None  # classify()'s threads, started on first use
         self._lock = threading.Lock()
-        self._shm = ShmPool(self._client, self._admin_headers(admin_key)) if shared_memory else None
+        timeout = {"client_timeout": timeout_s} if self.grpc else {}
+        headers = self._admin_headers(admin_key)
+        self._shm = ShmPool(self._client, headers, timeout) if shared_memory else None
         client = self._client()
         try:
             ready = client.is_model_ready(model, headers=self.headers)

@@ -69,12 +69,16 @@ class ShmPool:
     """Shared-memory regions for one client's requests; safe to share between threads.
 
     client: returns the calling thread's tritonclient client (registration is a call);
-    headers: the restricted API's admin-key header (with the API key, where there is one).
+    headers: the restricted API's admin-key header (with the API key, where there is one);
+    timeout: tritonclient's per-call timeout for (un)registering, gRPC's client_timeout
+    ({} over HTTP, whose client has its own): without one, gRPC waits for ever.
     """
 
-    def __init__(self, client: Callable[[], object], headers: dict[str, str] | None):
+    def __init__(self, client: Callable[[], object], headers: dict[str, str] | None,
+                 timeout: dict[str, float]):  # fmt: skip
         self._client = client
         self._headers = headers
+        self._timeout = timeout
         self._prefix = f"resnet_triton_client_{uuid.uuid4().hex[:12]}"
         self._regions: list[Region] = []
         self._free: list[Region] = []
@@ -125,7 +129,9 @@ class ShmPool:
         the system raised, leaving the region unregistered or as it was."""
         key = f"/{region.name}"
         if region.handle is not None:
-            self._client().unregister_system_shared_memory(region.name, headers=self._headers)
+            self._client().unregister_system_shared_memory(
+                region.name, headers=self._headers, **self._timeout
+            )
             region.byte_size = 0
             handle, region.handle = region.handle, None
             shm.destroy_shared_memory_region(handle)
@@ -144,7 +150,7 @@ class ShmPool:
         """Register the region's `byte_size` bytes with the server under its name."""
         region.byte_size = 0  # until the server says it knows it
         self._client().register_system_shared_memory(
-            region.name, f"/{region.name}", byte_size, headers=self._headers
+            region.name, f"/{region.name}", byte_size, headers=self._headers, **self._timeout
         )
         region.byte_size = byte_size
 
@@ -157,7 +163,7 @@ class ShmPool:
             try:
                 if region.byte_size:
                     self._client().unregister_system_shared_memory(
-                        region.name, headers=self._headers
+                        region.name, headers=self._headers, **self._timeout
                     )
             except REQUEST_ERRORS:
                 pass  # closing must not fail for a server that stopped first (and dropped them)
