@@ -371,12 +371,14 @@ def test_a_flooded_key_is_limited_and_another_is_still_served(door, demo_run):
     images = sorted(demo_run.val.glob("*/*.png"))[:8]
     url = f"localhost:{door.http}"
     path = f"/v2/models/{NAMES.ensemble}/ready"
-    with ThreadPoolExecutor(1) as background:
+    with (
+        Classifier(url, "http", api_key=KEYS["alice"], retries=5, backoff_s=0.2) as client,
+        ThreadPoolExecutor(1) as background,
+    ):
         flooded = background.submit(flood, lambda: send(door.http, "GET", path, bearer("alice")), 2)
         time.sleep(0.5)  # the bucket is empty: the library, throttled, backs off
         # (Retry-After) within its retries and is answered once the flood ends
-        with Classifier(url, "http", api_key=KEYS["alice"], retries=5, backoff_s=0.2) as client:
-            results = client.classify(images)
+        results = client.classify(images)
         answers = flooded.result()
     statuses = [status for status, _, _ in answers]
     assert 200 in statuses and statuses.count(429) >= BURST // 2, statuses
