@@ -12,11 +12,13 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 import zlib
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -351,31 +353,80 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, **kwargs)
 
 
+class DockerPrebuild:
+    """The Docker engine and the CPU serving image, started in the background as soon as
+    the session knows it has docker tests, which pytest_collection_modifyitems puts last:
+    on a clean machine (CI) the image is minutes of downloads, spent meanwhile instead of
+    in the first docker test."""
+
+    def __init__(self):
+        os.environ["DOCKER_CONFIG"] = str(ROOT / ".docker")
+        self.engine = Future()
+        self.image = Future()
+        threading.Thread(target=self._make, name="docker-prebuild", daemon=True).start()
+
+    def _make(self) -> None:
+        for future, step in ((self.engine, self._start), (self.image, self._build)):
+            try:
+                future.set_result(step())
+            except BaseException as exc:  # said by the fixture that waits for it
+                future.set_exception(exc)
+
+    def _start(self) -> subprocess.CompletedProcess:
+        return run(["docker/engine.sh", "start"], timeout=120)
+
+    def _build(self) -> str:
+        """The image's name, or an AssertionError naming the step that failed."""
+        if self.engine.result().returncode != 0:
+            return ""  # docker_engine says why
+        for command in (["docker/base-image.sh"], ["docker", "compose", "build", "tritonserver"]):
+            result = run(command, env={**os.environ, "TRITON_ADMIN_KEY": "unused"}, timeout=900)
+            said = result.stdout[-2000:] + result.stderr[-3000:]
+            assert result.returncode == 0, f"{command}: {said}"
+        return "resnet-triton/tritonserver-cpu:latest"
+
+    def stop(self) -> None:
+        """Stop the engine if this session started it (by its pid, docker/engine.sh); a
+        build still going fails with it."""
+        with contextlib.suppress(Exception):  # one that did not start has nothing to stop
+            if self.engine.result(timeout=150).stdout.startswith("started dockerd"):
+                run(["docker/engine.sh", "stop"])
+
+
+PREBUILD: list[DockerPrebuild] = []  # one a session, once it has docker tests
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected
+def pytest_collection_modifyitems(config, items):
+    """Docker tests last, their engine and image made meanwhile (DockerPrebuild)."""
+    items.sort(key=lambda item: item.get_closest_marker("docker") is not None)  # stable
+    if items and items[-1].get_closest_marker("docker") and not config.option.collectonly:
+        PREBUILD.append(DockerPrebuild())
+
+
+def pytest_sessionfinish(session):
+    for prebuild in PREBUILD:
+        prebuild.stop()
+
+
 @pytest.fixture(scope="session")
 def docker_engine():
-    """A Docker daemon, started for the session when none answers and then stopped;
-    Compose v2 from this checkout's DOCKER_CONFIG (`make docker-tools`)."""
-    os.environ["DOCKER_CONFIG"] = str(ROOT / ".docker")
+    """A Docker daemon, started for the session when none answers (and stopped when it
+    ends); Compose v2 from this checkout's DOCKER_CONFIG (`make docker-tools`)."""
     if not (ROOT / ".docker" / "cli-plugins" / "docker-compose").exists():
         pytest.fail("Compose v2 is not in .docker/cli-plugins: run `make docker-tools`")
-    started = run(["docker/engine.sh", "start"])
+    if not PREBUILD:  # a docker test that collection did not see as one
+        PREBUILD.append(DockerPrebuild())
+    started = PREBUILD[0].engine.result()
     if started.returncode != 0:
         pytest.fail(f"no Docker engine: {started.stderr.strip()}")
-    try:
-        yield
-    finally:
-        if started.stdout.startswith("started dockerd"):
-            run(["docker/engine.sh", "stop"])
 
 
 @pytest.fixture(scope="session")
 def cpu_image(docker_engine) -> str:
     """The CPU serving image, built by compose as `docker compose up --build` would: on
     the public Python base, or where it cannot be pulled on the local equivalent."""
-    for command in (["docker/base-image.sh"], ["docker", "compose", "build", "tritonserver"]):
-        result = run(command, env={**os.environ, "TRITON_ADMIN_KEY": "unused"}, timeout=900)
-        assert result.returncode == 0, f"{command}: {result.stdout[-2000:]}{result.stderr[-3000:]}"
-    return "resnet-triton/tritonserver-cpu:latest"
+    return PREBUILD[0].image.result()
 
 
 def compose_leftovers() -> list[tuple[str, str]]:
