@@ -29,6 +29,7 @@ import skimage
 import sklearn
 import tritonclient.grpc as grpcclient
 from onnx import numpy_helper
+from playwright.sync_api import sync_playwright
 
 from resnet_triton import demo
 from resnet_triton.build import command as build
@@ -486,6 +487,30 @@ def compose_project():
     yield make
     for project in projects:
         project.down()
+
+
+# The web page's tests drive Debian's chromium through Playwright (no browser download).
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")  # sync Playwright's loop would outlive tests using asyncio
+def browser():
+    assert CHROMIUM.is_file(), "the browser tests drive Debian's chromium: make setup installs it"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def up_replicas(compose_project, repository: Path) -> ComposeProject:
+    """deploy/docker/replicas.yml's two replicas and their balancer on `repository`,
+    healthy (`docker compose up --wait`); taken down after the test."""
+    project = compose_project(repository, files=("deploy/docker/replicas.yml",))
+    started = project("up", "--detach", "--wait", "--wait-timeout=240")
+    assert started.returncode == 0, started.stderr + project("logs").stdout[-3000:]
+    return project
 
 
 @contextlib.contextmanager

@@ -78,15 +78,9 @@ def served_answers(repository: Path, spec, paths: list[Path], out: Path, concurr
                 server.stop()
 
 
-def run(
-    out: Path,
-    repository: Path,
-    epochs: int = 5,
-    lr: float = 2e-3,
-    concurrency: int = 8,
-    resize_size: int = Preprocessing.resize_size,
-    crop_size: int = Preprocessing.crop_size,
-):
+def run(out: Path, repository: Path, epochs: int = 5, lr: float = 2e-3, concurrency: int = 8,
+        resize_size: int = Preprocessing.resize_size,
+        crop_size: int = Preprocessing.crop_size):  # fmt: skip
     stage = Stages()
     data = out / "digits"
     with stage("data"):

@@ -11,8 +11,7 @@ import urllib.request
 
 import pytest
 from conftest import PHOTOS, ROOT, start_ui
-from playwright.sync_api import expect, sync_playwright
-from test_ui import CHROMIUM, FLAGS
+from playwright.sync_api import expect
 
 from resnet_triton.serving.capture import LABELS_LOG, NOT_OURS, Capture, CaptureConfig, captured
 from resnet_triton.serving.capture import labels_of as decisions
@@ -55,15 +54,6 @@ def review_url(triton, captures, tmp_path_factory):
              "--compare", str(root / "report.json"), "--reviewer", "night-shift"]  # fmt: skip
     with start_ui(f"localhost:{triton.ports.grpc}", root / "ui.log", *flags) as url:
         yield url, root / "labelled"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert CHROMIUM.is_file(), "the browser tests drive Debian's chromium: make setup installs it"
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        yield chromium
-        chromium.close()
 
 
 def call(url: str, body: bytes | None = None) -> tuple[int, str, bytes]:

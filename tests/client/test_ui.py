@@ -3,19 +3,14 @@ Playwright (no browser download): the top-1 on the page is the client library's
 answer for the same bytes, a non-image shows its named error and the page goes on.
 The screenshot is saved as artifacts/ui/page.png."""
 
-from pathlib import Path
-
 import pytest
 from conftest import PHOTOS, ROOT, post_image, start_ui
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from resnet_triton.client import Classifier
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 NOT_AN_IMAGE = b"name,score\nthis is a CSV file, not a picture\n"
 
 
@@ -29,15 +24,6 @@ def page_url(grpc_url, checkpoint, tmp_path_factory):
     log = tmp_path_factory.mktemp("ui") / "ui.log"
     with start_ui(grpc_url, log, "--checkpoint", str(checkpoint), "--top-k", "3") as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert CHROMIUM.is_file(), "the browser tests drive Debian's chromium: make setup installs it"
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        yield chromium
-        chromium.close()
 
 
 def test_the_api_answers_as_the_client_library(page_url, grpc_url):

@@ -6,6 +6,7 @@ import re
 from collections import Counter
 
 import pytest
+from conftest import up_replicas
 from test_rollout import replicas, report, rollout_under_load
 
 from resnet_triton.pipeline.store import versions_dir
@@ -21,9 +22,7 @@ def test_a_canary_is_promoted_or_rolled_back_by_its_live_figures(
 ):
     store = model_store
     kept = versions_dir(store, "cpu")
-    project = compose_project(kept / "1", files=("deploy/docker/replicas.yml",))
-    started = project("up", "--detach", "--wait", "--wait-timeout=240")
-    assert started.returncode == 0, started.stderr + project("logs").stdout[-3000:]
+    project = up_replicas(compose_project, kept / "1")
     # A day's traffic is not spread evenly over the classes: here, three digits. Over an
     # even spread, the mislabelled version's answers (each class under the next one's
     # name) would be spread evenly too, and no distribution of answers could tell.

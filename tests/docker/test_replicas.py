@@ -6,7 +6,7 @@ from collections import Counter
 from functools import partial
 
 import pytest
-from conftest import run
+from conftest import run, up_replicas
 from load import send_under_load
 
 from resnet_triton.client import Classifier
@@ -23,9 +23,7 @@ ATTEMPTS = re.compile(
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_a_killed_replica_loses_no_request(protocol, cpu_image, demo_run, compose_project):
-    project = compose_project(demo_run.repository, files=("deploy/docker/replicas.yml",))
-    started = project("up", "--detach", "--wait", "--wait-timeout=240")
-    assert started.returncode == 0, started.stderr + project("logs").stdout[-3000:]
+    project = up_replicas(compose_project, demo_run.repository)
     replicas = project("ps", "--quiet", "replica").stdout.split()
     assert len(replicas) == 2
     address = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"

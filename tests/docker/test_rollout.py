@@ -8,7 +8,7 @@ import uuid
 from collections import Counter
 
 import pytest
-from conftest import run
+from conftest import run, up_replicas
 from load import send_during
 
 from resnet_triton import cli
@@ -54,9 +54,7 @@ def test_rollout_and_rollback_under_load_lose_no_request(
 ):
     store = model_store
     kept = versions_dir(store, "cpu")
-    project = compose_project(kept / "1", files=("deploy/docker/replicas.yml",))
-    started = project("up", "--detach", "--wait", "--wait-timeout=240")
-    assert started.returncode == 0, started.stderr + project("logs").stdout[-3000:]
+    project = up_replicas(compose_project, kept / "1")
     images = [p.read_bytes() for p in sorted((digits / "val").glob("*/*.png"))]
     val = f"--images={digits / 'val'}"
 

@@ -169,6 +169,10 @@ def test_what_cannot_be_compared_is_refused_in_one_line(small_store, tmp_path, c
         f"error: the capture folder {empty} holds no capture"
     )
     ids = capture_images(empty, [b"a", b"b"])
+    binary = tmp_path / "tritonserver"
+    assert refusal(capsys, "--versions", "1", "2", *base, "--tritonserver", str(binary)) == (
+        f"error: --tritonserver {binary} is not an executable file"
+    )
     labelled = tmp_path / "labelled"
     write_labels(labelled, {ids[b"a"]: "cat", ids[b"b"]: "horse"})
     assert refusal(capsys, "--versions", "1", "2", *base, "--labelled", str(labelled)) == (

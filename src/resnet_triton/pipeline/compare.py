@@ -132,11 +132,15 @@ def ask(classifier: Classifier, image: bytes) -> Answer:
     return Answer(top1.label, top1.score, result.unknown, None, latency_ms)
 
 
-def replay(kept: Path, images: list[Path], protocol: str, work: Path) -> list[Answer]:
-    """Serve the kept version alone, send it every image (as captured), stop it."""
+def replay(
+    kept: Path, images: list[Path], protocol: str, work: Path, binary: Path | None = None
+) -> list[Answer]:
+    """Serve the kept version alone (on `binary`, or the wheel's tritonserver), send it
+    every image (as captured), stop it."""
     repository = local_copy(kept, work)
     (ensemble, *_) = preflight(repository)
-    server = TritonServer(repository, Ports.free(), log_path=work / "triton.log", exit_timeout_s=5)
+    server = TritonServer(repository, Ports.free(), log_path=work / "triton.log",
+                          exit_timeout_s=5, binary=binary)  # fmt: skip
     with server:
         server.wait_ready([ensemble], timeout=300)
         port = server.ports.grpc if protocol == "grpc" else server.ports.http
@@ -165,6 +169,8 @@ def snapshot(found: list[tuple[dict, Path]], into: Path) -> list[tuple[str, Path
 
 def compare(args: argparse.Namespace, work: Path) -> Comparison:
     """Both versions' answers to the captures; the images stay in `work`."""
+    if args.tritonserver is not None and not os.access(args.tritonserver, os.X_OK):
+        raise CompareError(f"--tritonserver {args.tritonserver} is not an executable file")
     kept = resolve_versions(args.store, args.repository, args.versions)
     found = snapshot(read_captures(args.captured, args.limit), work / "captures")
     ids, images = [i for i, _ in found], [image for _, image in found]
@@ -175,7 +181,8 @@ def compare(args: argparse.Namespace, work: Path) -> Comparison:
         print(f"version {folder.name}: serving {folder}, sending {len(images)} captures",
               flush=True)  # fmt: skip
         (work / folder.name).mkdir()
-        answers[folder.name] = replay(folder, images, args.protocol, work / folder.name)
+        answers[folder.name] = replay(folder, images, args.protocol, work / folder.name,
+                                      args.tritonserver)  # fmt: skip
     return Comparison(
         [folder.name for folder in kept], ids, answers, labels, images,
         source={"captured": str(args.captured), "store": str(args.store),
@@ -202,6 +209,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--limit", type=int, help="replay only the newest N captures")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument(
+        "--tritonserver",
+        type=Path,
+        help="the tritonserver binary to serve both versions with, as `serve --tritonserver` "
+        "(a GPU version's TensorRT plans need NVIDIA's image; default: the wheel's, CPU only)",
+    )
     return parser
 
 
