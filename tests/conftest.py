@@ -504,10 +504,12 @@ def browser():
         chromium.close()
 
 
-def up_replicas(compose_project, repository: Path) -> ComposeProject:
-    """deploy/docker/replicas.yml's two replicas and their balancer on `repository`,
-    healthy (`docker compose up --wait`); taken down after the test."""
+def up_replicas(compose_project, repository: Path, **env: str) -> ComposeProject:
+    """deploy/docker/replicas.yml's two replicas and their balancer on `repository`, with
+    `env` added to compose's, healthy (`docker compose up --wait`); taken down after the
+    test."""
     project = compose_project(repository, files=("deploy/docker/replicas.yml",))
+    project.env.update(env)
     started = project("up", "--detach", "--wait", "--wait-timeout=240")
     assert started.returncode == 0, started.stderr + project("logs").stdout[-3000:]
     return project

@@ -91,6 +91,9 @@ def test_repository_is_mounted_read_only(files, tmp_path):
     assert volume["source"] == str(tmp_path) and volume["read_only"] is True
     # serving/resources.py's size for the committed repository (tests/serving/test_resources.py)
     assert server["shm_size"] == str(768 * 1024 * 1024)
+    # and more for one rendered with capture (tests/docker/test_learning_loop.py)
+    bigger = services(files, RESNET_TRITON_SHM_SIZE="1536m")["tritonserver"]
+    assert bigger["shm_size"] == str(1536 * 1024 * 1024)
 
 
 def test_capture_is_off_unless_asked_and_kept_in_its_own_volume():
