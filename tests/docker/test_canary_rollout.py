@@ -13,8 +13,12 @@ from resnet_triton.pipeline.store import versions_dir
 
 pytestmark = pytest.mark.docker
 
-# Short enough for a test; the defaults are 30 s and 5 min (deploy/README.md).
-CANARY = ["--canary=25", "--warmup=5s", "--analysis=15s", "--min-requests=20"]
+# Short enough for a test; the defaults are 30 s and 5 min (deploy/README.md). The latency
+# limit is loosened: on 2 shared cores a fresh replica's mean ran 1.71x stable's in one CI
+# run (0.6x to 1.2x in others); the rule itself is checked on fixed figures in
+# tests/pipeline/test_canary.py.
+CANARY = ["--canary=25", "--warmup=5s", "--analysis=15s", "--min-requests=20",
+          "--max-latency-ratio=3"]  # fmt: skip
 
 
 def test_a_canary_is_promoted_or_rolled_back_by_its_live_figures(
