@@ -20,7 +20,7 @@ import shutil
 import time
 
 import pytest
-from conftest import FRR, OUTSIDE, start_ui, up_replicas
+from conftest import FRR, OUTSIDE, SMALL, start_ui, up_replicas
 from playwright.sync_api import expect
 from test_canary_rollout import CANARY
 from test_rollout import replicas, rollout_under_load
@@ -39,8 +39,15 @@ SHARE = 0.25  # of the answers that are not "unknown"
 SHM = {"RESNET_TRITON_SHM_SIZE": "1536m"}
 # version 2: version 1's weights trained on, with the reviewed images (the test model's
 # size: conftest.SMALL)
-TRAIN = ["--arch=resnet18", "--epochs=2", "--lr=1e-3", "--resize-size=72", "--crop-size=64",
-         "--no-hflip", "--workers=0", "--no-tensorboard"]  # fmt: skip
+TRAIN = [
+    "--arch=resnet18",
+    "--epochs=2",
+    "--lr=1e-3",
+    "--no-hflip",
+    "--workers=0",
+    "--no-tensorboard",
+    *(f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()),
+]
 
 
 def publish(store, checkpoint, images, serving, work) -> int:
