@@ -167,7 +167,10 @@ def test_the_loop_from_live_traffic_to_a_promoted_model(
 
     # 7: version 2 as a canary on the replicas, promoted by the analysis, nothing lost.
     fleet = up_replicas(compose_project, kept / "1", **SHM)
-    images = [p.read_bytes() for p in sorted((digits / "val").glob("[012]/*.png"))]
+    # every class, the mix each version's threshold was calibrated on: the "unknown" rule
+    # compares rates, and one class's rate moves with retraining (v2 11.7% against v1 6.3%
+    # on classes 0-2 alone in one CI run)
+    images = [p.read_bytes() for p in sorted((digits / "val").glob("*/*.png"))]
     sent, code, out, err = rollout_under_load(
         capsys, fleet, "grpc", images, "rollout", f"--store={store}", "--version=2",
         f"--images={v2 / 'holdout'}", *CANARY,
