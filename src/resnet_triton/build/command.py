@@ -1,12 +1,17 @@
 """Build stage: checkpoint -> ONNX -> (INT8 | TensorRT plan) -> gates -> model repository.
 
 Targets:
-  cpu  ONNX Runtime in Triton's Python backend: FP32, or INT8 by static
-       quantization (QDQ) calibrated on real training images.
-  gpu  TensorRT plans (FP32 with TF32 off, FP16, INT8 calibrated the same
-       way), one per GPU compute capability, served as `tensorrt_plan`.
-  auto gpu where TensorRT and a CUDA GPU are present, cpu otherwise; the
-       build says which and why.
+  cpu      ONNX Runtime in Triton's Python backend: FP32, or INT8 by static
+           quantization (QDQ) calibrated on real training images.
+  gpu      TensorRT plans (FP32 with TF32 off, FP16, INT8 calibrated the same
+           way), one per GPU compute capability, served as `tensorrt_plan`.
+  pytorch  TorchScript (model.pt, FP32) in Triton's PyTorch backend on the CPU, for
+           hosts whose Triton has that backend (the PyPI server here has not).
+  auto     gpu where TensorRT and a CUDA GPU are present, cpu otherwise; the
+           build says which and why.
+
+--torchscript and --torch-export also write model.pt and model.pt2 (a torch.export
+program) into the work folder, each gated against the checkpoint (torch_artifacts.py).
 
 Artifacts are written to the work folder first. Only when every accuracy
 gate passes (verify.py has the table) are the model file and its manifest
@@ -24,35 +29,31 @@ classes; INT8 calibrates on its training split.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
 import onnxruntime as ort
-from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-from torch import nn
 
-from resnet_triton.build import engine, export
-from resnet_triton.build.export import copy_metadata, export_onnx, fold_if_equal, spec_from_onnx
-from resnet_triton.build.images import GateImages, calibration_set, held_out_set, pixel_batches
+from resnet_triton.build import engine, export, torch_artifacts
+from resnet_triton.build.export import export_onnx, fold_if_equal, spec_from_onnx
+from resnet_triton.build.gating import GateFailed, gate_step
+from resnet_triton.build.images import GateImages, calibration_set, held_out_set
 from resnet_triton.build.manifest import (
     Manifest,
-    content_hash,
     cpu_features,
     cpu_name,
     file_sha256,
     files_sha256,
     is_up_to_date,
 )
-from resnet_triton.build.quantize import U8S7, Quantization, quantize_int8
-from resnet_triton.build.reference_outputs import ReferenceMismatch, check_on_this_cpu
-from resnet_triton.build.verify import GateReport, Reference, TorchRunner, run_gate
+from resnet_triton.build.options import PRECISIONS, TARGETS, BuildOptions, BuildResult, Plan
 from resnet_triton.errors import UserError
 from resnet_triton.resnet import load_checkpoint
 from resnet_triton.serving.config import ServingConfig
+from resnet_triton.serving.model_configs import TORCHSCRIPT_FILE
 from resnet_triton.serving.plans import published_plans
 from resnet_triton.serving.repository import (
     ONNX_FILE,
@@ -62,70 +63,17 @@ from resnet_triton.serving.repository import (
     render,
     version_dir,
 )
-from resnet_triton.spec import ModelSpec, check_choice
+from resnet_triton.spec import check_choice
 
-TARGETS = ("auto", "cpu", "gpu")
-PRECISIONS = {"cpu": ("fp32", "int8"), "gpu": ("fp32", "fp16", "int8")}
-
-
-class GateFailed(UserError):
-    """A candidate model is outside tolerance; nothing was published."""
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    checkpoint: Path
-    repository: Path = Path("model_repository")
-    work_dir: Path = Path("artifacts/build")
-    precision: str = "fp32"
-    target: str = "auto"
-    images: Path | None = None  # held-out images for the gates; default: the run's val split
-    calibration: Path | None = None  # INT8 calibration images; default: the run's train split
-    calibration_images: int = 128
-    gate_images: int = 64
-    agreement_images: int = 1000
-    opt_batch: int | None = None  # TensorRT profile; default from the serving config
-    workspace_gib: float = 4.0
-    hardware_compatible: bool = False
-    version_compatible: bool = False
-    onnx: Path | None = None
-    env_path: str | None = None
-    serving: ServingConfig = ServingConfig()  # rendered into the repository's configs
-    quantization: Quantization = U8S7  # the cpu target's INT8 (ONNX Runtime)
-    force: bool = False
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    skipped: bool  # the published model was built from the same inputs: configs re-rendered
-    content_hash: str
-    published: Path  # the model file in the repository
-    spec: ModelSpec
-    reports: list[GateReport] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What one build will make, resolved before any work: its content hash decides
-    whether there is anything to do."""
-
-    target: str  # cpu or gpu
-    gpu: engine.Gpu | None
-    spec: ModelSpec
-    model: nn.Module
-    payload: dict  # the checkpoint's: the training run's config
-    settings: engine.PlanSettings
-    calibration: list[str]  # INT8 calibration image files
-    inputs: dict  # everything the content hash covers (manifest.py)
-    filename: str  # of the model file in the classifier's version folder
-
-    @property
-    def key(self) -> str:
-        return content_hash(self.inputs)
+# Named by the tests, the pipeline and the demo as `build.<name>`.
+__all__ = ["PRECISIONS", "TARGETS", "BuildOptions", "BuildResult", "GateFailed", "Plan", "run"]
 
 
 def resolve_target(requested: str) -> tuple[str, engine.Gpu | None, str]:
     check_choice("target", requested, TARGETS)
+    if requested == "pytorch":  # never picked by auto: the served Triton needs the backend
+        why = f"TorchScript for Triton's PyTorch backend; torch {version('torch')}"
+        return "pytorch", None, f"pytorch ({why})"
     gpu, why = engine.gpu_status()
     if requested == "gpu" and gpu is None:
         raise UserError(f"--target gpu needs TensorRT and a CUDA GPU: {why}")
@@ -143,6 +91,8 @@ def _check_options(opts: BuildOptions, target: str, gpu: engine.Gpu | None) -> N
         raise UserError(f"{flags}: options of TensorRT plans (--target gpu), not of {target}")
     if opts.hardware_compatible:
         engine.check_hardware_compatible(gpu)
+    if opts.onnx is not None and target == "pytorch":
+        raise UserError("--onnx: the pytorch target traces TorchScript from the checkpoint")
 
 
 def source_inputs(opts: BuildOptions) -> dict:
@@ -151,11 +101,32 @@ def source_inputs(opts: BuildOptions) -> dict:
     if opts.onnx is not None:
         return {"onnx_sha256": file_sha256(opts.onnx)}
     exporter = {
-        "code": file_sha256(Path(export.__file__)),
+        "code": file_sha256(Path(export.__file__)),  # ServedModel's too
         "opset": export.OPSET,
         **{package: version(package) for package in ("torch", "onnx", "polygraphy")},
     }
     return {"checkpoint_sha256": file_sha256(opts.checkpoint), "exporter": exporter}
+
+
+def torch_inputs(formats: tuple[str, ...]) -> dict:
+    """What the PyTorch files are made from, besides the checkpoint: their writer's code,
+    ServedModel's and torch's version."""
+    code = [file_sha256(Path(module.__file__)) for module in (torch_artifacts, export)]
+    return {"formats": list(formats), "code": code, "torch": version("torch")}
+
+
+def _target_inputs(opts: BuildOptions, target: str, gpu, profile, settings) -> tuple[dict, str]:
+    """(what the target's model file depends on besides the source, the file's name)."""
+    if target == "pytorch":
+        return {}, TORCHSCRIPT_FILE
+    if target == "cpu":
+        inputs = {"onnxruntime": ort.__version__}
+        if opts.precision == "int8":
+            inputs["quantization"] = asdict(opts.quantization)  # what quantize_int8 calls
+        return inputs, ONNX_FILE
+    inputs = {"tensorrt": engine.trt_version(), "compute_capability": gpu.compute_capability}
+    inputs |= {"profile": vars(profile), "flags": settings.flags()}
+    return inputs, f"model.{gpu.tag}.plan"
 
 
 def plan_build(opts: BuildOptions) -> Plan:
@@ -179,23 +150,26 @@ def plan_build(opts: BuildOptions) -> Plan:
             f"TensorRT calibrates in batches of the profile's opt size {profile.opt}; "
             f"--calibration-images {len(calibration)} does not fill one"
         )
+    source = source_inputs(opts)
+    if target == "pytorch":
+        source = {"checkpoint_sha256": source["checkpoint_sha256"]}  # no ONNX is made
     inputs = {
-        "source": source_inputs(opts),
+        "source": source,
         "precision": opts.precision,
         "target": target,
         "calibration_sha256": files_sha256(calibration) if calibration else None,
         "calibration_images": len(calibration),
     }
-    if target == "cpu":
-        inputs["onnxruntime"] = ort.__version__
-        if opts.precision == "int8":
-            inputs["quantization"] = asdict(opts.quantization)  # what quantize_int8 calls
-        filename = ONNX_FILE
-    else:
-        inputs |= {"tensorrt": engine.trt_version(), "compute_capability": gpu.compute_capability}
-        inputs |= {"profile": vars(profile), "flags": settings.flags()}
-        filename = f"model.{gpu.tag}.plan"
-    return Plan(target, gpu, spec, model, payload, settings, calibration, inputs, filename)
+    formats = tuple(
+        name for name, asked in (("torchscript", opts.torchscript or target == "pytorch"),
+                                 ("torch-export", opts.torch_export)) if asked
+    )  # fmt: skip
+    if formats:  # absent otherwise: the hash of a build without them stays what it was
+        inputs["torch_files"] = torch_inputs(formats)
+    target_inputs, filename = _target_inputs(opts, target, gpu, profile, settings)
+    inputs |= target_inputs
+    return Plan(target, gpu, spec, model, payload, settings, calibration, inputs, filename,
+                formats)  # fmt: skip
 
 
 def export_step(opts: BuildOptions, plan: Plan, images: GateImages) -> Path:
@@ -209,66 +183,6 @@ def export_step(opts: BuildOptions, plan: Plan, images: GateImages) -> Path:
     fp32 = export_onnx(plan.model, plan.spec, opts.work_dir / "model.fp32.onnx", opts.checkpoint)
     print(f"exported {fp32}; {fold_if_equal(fp32, images.first_pixels)}")
     return fp32
-
-
-def _onnxrt(path: Path, name: str) -> OnnxrtRunner:
-    return OnnxrtRunner(SessionFromOnnx(str(path), providers=["CPUExecutionProvider"]), name)
-
-
-def candidate_step(opts: BuildOptions, plan: Plan, fp32: Path):
-    """The reduced-precision model file and its Polygraphy runner."""
-    spec, work = plan.spec, opts.work_dir
-    pixels = pixel_batches(plan.calibration, spec, 16)
-    if plan.target == "cpu":
-        artifact = work / "model.int8.onnx"
-        quantize_int8(fp32, artifact, spec.names.pixels, pixels, opts.quantization)
-        copy_metadata(fp32, artifact)
-        runner = _onnxrt(artifact, "onnxruntime-int8")
-    else:
-        artifact = work / f"model.{opts.precision}.{plan.gpu.tag}.plan"
-        engine.build_plan(
-            fp32, artifact, spec, plan.settings, calibration=pixels, work_dir=work,
-            cache_key=plan.key[:16],
-        )  # fmt: skip
-        runner = engine.plan_runner(artifact, f"tensorrt-{opts.precision}")
-    print(f"built {artifact}", flush=True)
-    return artifact, runner
-
-
-def gate_step(opts: BuildOptions, plan: Plan, fp32: Path, images: GateImages):
-    """(the artifact, every gate's report): the export gate, then the candidate's."""
-    work = opts.work_dir
-    reference = Reference(_onnxrt(fp32, "onnxruntime-fp32"), file_sha256(fp32), images, work)
-    reports = [run_gate("export", TorchRunner(plan.model, plan.spec), reference, plan.spec, work)]
-    artifact = fp32
-    if reports[0].passed and (plan.target, opts.precision) != ("cpu", "fp32"):
-        artifact, candidate = candidate_step(opts, plan, fp32)
-        reports.append(run_gate(opts.precision, candidate, reference, plan.spec, work))
-    (work / "gates.json").write_text(json.dumps([r.as_dict() for r in reports], indent=2))
-    for report in reports:
-        print(report.summary())
-    failed = [r.gate for r in reports if not r.passed]
-    if failed:
-        raise GateFailed(
-            f"{artifact} failed the {' and '.join(failed)} gate; {opts.repository} left unchanged"
-        )
-    if plan.target == "cpu" and artifact != fp32:
-        reference_step(opts, plan, artifact, reference)
-    return artifact, reports
-
-
-def reference_step(opts: BuildOptions, plan: Plan, artifact: Path, reference: Reference):
-    """INT8 on ONNX Runtime: the reference's outputs, saved beside the model for the
-    server's check at load (build/reference_outputs.py), checked here as it will be."""
-    reference.keep_beside(artifact, opts.precision, plan.spec)
-    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
-    try:
-        got = check_on_this_cpu(
-            artifact, lambda x: session.run(None, {plan.spec.names.pixels: x})[0]
-        )
-    except ReferenceMismatch as exc:
-        raise GateFailed(f"{exc}; {opts.repository} left unchanged") from None
-    print(f"  reference outputs kept for the server's check: {got}")
 
 
 def manifest_for(opts: BuildOptions, plan: Plan, artifact: Path, reports, started: float):
@@ -310,7 +224,7 @@ def run(opts: BuildOptions) -> BuildResult:
     opts.work_dir.mkdir(parents=True, exist_ok=True)
     gate_set = held_out_set(spec, plan.payload, opts.checkpoint, opts.images)
     images = GateImages.load(gate_set, spec, opts.gate_images, opts.agreement_images)
-    fp32 = export_step(opts, plan, images)
+    fp32 = export_step(opts, plan, images) if plan.target != "pytorch" else None
     artifact, reports = gate_step(opts, plan, fp32, images)
     manifest = manifest_for(opts, plan, artifact, reports, started)
     destination = publish(
@@ -333,7 +247,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", default=d.work_dir, type=Path)
     parser.add_argument("--target", default=d.target, help=f"one of {', '.join(TARGETS)}")
     parser.add_argument(
-        "--precision", default=d.precision, help="cpu: fp32 or int8; gpu: fp32, fp16 or int8"
+        "--precision",
+        default=d.precision,
+        help="cpu: fp32 or int8; gpu: fp32, fp16 or int8; pytorch: fp32",
     )
     parser.add_argument(
         "--onnx",
@@ -351,7 +267,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="rebuild even when up to date")
     _image_options(parser.add_argument_group("images the gates and INT8 calibration use"), d)
     _plan_options(parser.add_argument_group("TensorRT plans (--target gpu)"), d)
+    _torch_options(parser.add_argument_group("PyTorch files, gated like the ONNX model"))
     return parser
+
+
+def _torch_options(group) -> None:
+    group.add_argument(
+        "--torchscript",
+        action="store_true",
+        help="also write <work-dir>/model.pt (TorchScript, what Triton's PyTorch backend loads) "
+        "and gate it against the checkpoint (--target pytorch publishes it)",
+    )
+    group.add_argument(
+        "--torch-export",
+        action="store_true",
+        help="also write <work-dir>/model.pt2 (a torch.export program) and gate it against the "
+        "checkpoint",
+    )
 
 
 def _image_options(group, d: BuildOptions) -> None:

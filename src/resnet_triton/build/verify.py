@@ -17,6 +17,8 @@ network never sees), both with Polygraphy's comparator:
 | gate | candidate vs reference | atol | rtol | mean abs | top-1 agreement | acc. drop |
 |---|---|---|---|---|---|---|
 | export | ONNX Runtime FP32 vs PyTorch FP32 | 1e-4 | 1e-3 | | 100% | 0 |
+| torchscript | model.pt (torch.jit.load) vs PyTorch FP32 | 1e-4 | 1e-3 | | 100% | 0 |
+| torch-export | model.pt2 (torch.export.load) vs PyTorch FP32 | 1e-4 | 1e-3 | | 100% | 0 |
 | fp32 | TensorRT FP32 (TF32 off) vs ONNX Runtime FP32 | 1e-4 | 1e-3 | | 100% | 0 |
 | fp16 | TensorRT FP16 vs ONNX Runtime FP32 | 5e-3 | 5e-2 | | >= 99.5% | <= 0.5 pt |
 | int8 | INT8 (ORT QDQ or TensorRT) vs ONNX Runtime FP32 | 5e-2 | 5e-1 | 5e-3 | >= 98% | <= 1 pt |
@@ -104,8 +106,12 @@ class GatePolicy:
         return funcs
 
 
+EXPORT = GatePolicy(Tolerance(atol=1e-4, rtol=1e-3), 1.0, 0.0)
 POLICIES = {
-    "export": GatePolicy(Tolerance(atol=1e-4, rtol=1e-3), 1.0, 0.0),
+    "export": EXPORT,
+    # The PyTorch files (build/torch_artifacts.py), read back, against the checkpoint.
+    "torchscript": EXPORT,
+    "torch-export": EXPORT,
     "fp32": GatePolicy(Tolerance(atol=1e-4, rtol=1e-3), 1.0, 0.0),
     "fp16": GatePolicy(Tolerance(atol=5e-3, rtol=5e-2), 0.995, 0.005),
     "int8": GatePolicy(Tolerance(atol=5e-2, rtol=5e-1), 0.98, 0.01, Tolerance(5e-3, 5e-2)),

@@ -20,6 +20,7 @@ from resnet_triton.spec import (
 
 DEFAULTS = ServingConfig()
 ONNX_FILE = "model.onnx"
+TORCHSCRIPT_FILE = "model.pt"  # the pytorch target's (build/torch_artifacts.py)
 LABELS_FILE = "labels.txt"
 WARMUP_FILE = "image"  # in <model>/warmup/, where Triton looks for input_data_file
 # The fused model's parameter that says what it is: the model clients send images to,
@@ -218,6 +219,28 @@ def tensorrt_classifier_config(
     config.cc_model_filenames.update(plans.by_capability)
     if plans.portable:
         config.default_model_filename = plans.portable
+    if serving.warmup:
+        config.model_warmup.extend(_classifier_warmup(spec))
+    return config
+
+
+def pytorch_classifier_config(spec: ModelSpec, serving: ServingConfig = DEFAULTS) -> mc.ModelConfig:
+    """The pytorch target's classifier: model.pt (TorchScript) in Triton's PyTorch backend.
+
+    CPU instances: the torchscript gate measured the file on the CPU (a GPU instance runs
+    other kernels, TF32 among them, that no gate has seen). The backend binds the input
+    to the TorchScript forward's argument of the same name (build/torch_artifacts.py
+    names it from the spec) and the one output by its position.
+    """
+    config = _model(
+        spec, serving, spec.names.classifier, mc.ModelInstanceGroup.KIND_CPU,
+        serving.classifier_instances, serving.classifier_queue_delay_us,
+    )  # fmt: skip
+    config.backend = "pytorch"
+    config.platform = "pytorch_libtorch"
+    config.default_model_filename = TORCHSCRIPT_FILE
+    config.input.append(_pixels(spec, mc.ModelInput))
+    config.output.append(_scores(spec))
     if serving.warmup:
         config.model_warmup.extend(_classifier_warmup(spec))
     return config

@@ -31,9 +31,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--target",
-        choices=("cpu", "gpu"),
+        choices=("cpu", "gpu", "pytorch"),
         default="cpu",
-        help="cpu: ONNX Runtime classifier; gpu: TensorRT plans published in the repository",
+        help="cpu: ONNX Runtime classifier; gpu: TensorRT plans published in the repository; "
+        "pytorch: model.pt in Triton's PyTorch backend (hosts whose Triton has it)",
     )
     return parser
 

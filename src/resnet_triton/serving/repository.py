@@ -8,10 +8,14 @@ Layout (names from `spec.names`):
                                          1/model.dali; serving/dali.py)
     <repo>/classifier/config.pbtxt       CPU target: Python backend running ONNX Runtime;
                                          GPU target: tensorrt_plan, cc_model_filenames
-                                         (a hardware-compatible plan: default_model_filename)
+                                         (a hardware-compatible plan: default_model_filename);
+                                         pytorch target: pytorch_libtorch, model.pt
     <repo>/classifier/1/model.py         CPU target only
     <repo>/classifier/1/model.onnx       CPU target (FP32 or INT8), placed by `publish`
     <repo>/classifier/1/model.sm90.plan  GPU target, one plan per compute capability
+    <repo>/classifier/1/model.pt         pytorch target: TorchScript for Triton's PyTorch
+                                         backend (platform pytorch_libtorch, CPU instances),
+                                         for hosts whose Triton has it
     <repo>/classifier/1/<file>.manifest.json   how and from what each model file was built
     <repo>/classifier/1/model.onnx.reference.npz   INT8 only: the gate's reference outputs,
                                          checked on the server's CPU at load
@@ -76,6 +80,7 @@ from resnet_triton.serving.model_configs import (
     ensemble_config,
     fused_config,
     preprocess_config,
+    pytorch_classifier_config,
     tensorrt_classifier_config,
 )
 from resnet_triton.serving.plans import Plans, published_plans
@@ -158,8 +163,8 @@ def _fused_files(
     """rendered_files of serving.layout fused: one model under the ensemble's name."""
     if target != "cpu":
         raise SpecError(
-            "serving.layout: fused runs ONNX Runtime on the CPU; the gpu target serves "
-            "TensorRT plans in the ensemble layout"
+            f"serving.layout: fused runs ONNX Runtime on the CPU; the {target} target serves "
+            "its classifier in the ensemble layout"
         )
     name = spec.names.ensemble
     return {
@@ -198,6 +203,7 @@ def rendered_files(
 
     target "cpu": the classifier is ONNX Runtime in the Python backend.
     target "gpu": the classifier is `tensorrt_plan` serving `plans`.
+    target "pytorch": the classifier is model.pt in Triton's PyTorch backend.
     """
     names = spec.names
     serving.validate(spec)
@@ -212,15 +218,18 @@ def rendered_files(
         f"{names.ensemble}/{LABELS_FILE}": labels,
         f"{names.ensemble}/{VERSION}/.gitkeep": "",
     }
-    if target == "gpu" and serving.capture:
+    if target != "cpu" and serving.capture:
+        runtime = {"gpu": "TensorRT", "pytorch": "TorchScript"}.get(target, target)
         raise SpecError(
-            "serving.capture: the gpu target's TensorRT classifier takes pixels only; capture "
-            "live traffic on the cpu target"
+            f"serving.capture: the {target} target's {runtime} classifier takes pixels only; "
+            "capture live traffic on the cpu target"
         )
     if target == "gpu":
         files[f"{names.classifier}/config.pbtxt"] = _pbtxt(
             tensorrt_classifier_config(spec, plans or Plans(), serving)
         )
+    elif target == "pytorch":
+        files[f"{names.classifier}/config.pbtxt"] = _pbtxt(pytorch_classifier_config(spec, serving))
     else:
         files[f"{names.classifier}/config.pbtxt"] = _pbtxt(
             classifier_config(spec, env_path, serving)

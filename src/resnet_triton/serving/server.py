@@ -271,6 +271,13 @@ class TritonServer:
                 "(docker-compose.gpu.yml, or --tritonserver with its binary), or render the "
                 "repository with serving.preprocess_backend: python"
             )
+        torchscript = sorted(self.repository.glob("*/*/model.pt"))
+        if self.binary is None and torchscript:
+            raise ServerError(
+                f"{torchscript[0]} needs Triton's PyTorch backend, which the nvidia-pytriton "
+                "wheel's tritonserver does not have: serve it with a Triton that has it (the NGC "
+                "image, or --tritonserver with its binary), or build --target cpu"
+            )
         taken = self.ports.taken(self.address)
         if taken:
             raise ServerError(
