@@ -2,14 +2,14 @@
 
 Layouts accepted by `load_splits`:
     root/train/<class>/*, root/val/<class>/*  (and optionally root/test/<class>/*)
-    root/<class>/*   split into train and val by ratio: stratified and seeded
+    root/<class>/*   split into train and val (and test) by ratio: stratified and seeded
+    a manifest (.csv, .jsonl), or root/* labelled by a pattern in their names: listing.py
 Every image is decoded once before training: a file that fails is listed by
 path and either stops the run or is skipped, never dropped silently.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -23,13 +23,17 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
-from resnet_triton.errors import UserError
+from resnet_triton.errors import DataError
+from resnet_triton.listing import (
+    is_image_file,
+    is_manifest,
+    manifest_images,
+    manifest_splits,
+    pattern_images,
+    split_by_ratio,
+)
 from resnet_triton.preprocess import ImageDecodeError, load_image, preprocess
 from resnet_triton.spec import Preprocessing
-
-
-class DataError(UserError, ValueError):
-    """A data folder that cannot be trained or evaluated on."""
 
 
 class EvalTransform:
@@ -76,14 +80,6 @@ def train_transform(cfg: Preprocessing, aug: Augmentation) -> transforms.Compose
     return transforms.Compose(steps)
 
 
-def is_image_file(path: str | Path, cfg: Preprocessing) -> bool:
-    """Whether a file in a data folder is an image of `cfg`'s formats: what is trained on,
-    and what is listed as ignored when it is not. A hidden file never is one (macOS copies
-    leave a "._photo.jpg" resource fork beside each photo)."""
-    name = Path(path).name
-    return not name.startswith(".") and Path(name).suffix.lower() in cfg.extensions
-
-
 def image_folder(
     root: Path, cfg: Preprocessing | None = None, evaluate: bool = False
 ) -> ImageFolder:
@@ -122,13 +118,6 @@ class Splits:
     held_out_fingerprint: str  # split_fingerprint(val) as listed, before bad images are left out
 
 
-def _restrict(dataset: ImageFolder, samples: list[tuple[str, int]]) -> ImageFolder:
-    subset = copy.copy(dataset)
-    subset.samples = subset.imgs = samples
-    subset.targets = [target for _, target in samples]
-    return subset
-
-
 def split_fingerprint(dataset: ImageFolder) -> str:
     """SHA-256 of a split's files (relative to its root) and classes: whether a folder,
     listed again, still gives the split a model was validated on."""
@@ -153,25 +142,35 @@ def find_bad_images(paths: list[str], cfg: Preprocessing, workers: int = 4) -> d
 
 
 def list_splits(
-    root: Path, cfg: Preprocessing, val_split: float = 0.2, seed: int = 0
+    root: Path,
+    cfg: Preprocessing,
+    val_split: float = 0.2,
+    seed: int = 0,
+    test_split: float = 0.0,
+    label_pattern: str | None = None,
 ) -> tuple[ImageFolder, ImageFolder, ImageFolder | None]:
-    """(train, val, test or None) of a data folder, listed, nothing decoded: the split
-    `load_splits` trains on, drawn again by the same arguments."""
+    """(train, val, test or None) of a data folder or manifest, listed, nothing decoded:
+    the split `load_splits` trains on, drawn again by the same arguments."""
+    if is_manifest(root):
+        if label_pattern:
+            raise DataError(f"--label-pattern labels a folder's files; {root} is a manifest, "
+                            "whose label column labels them")  # fmt: skip
+        return manifest_splits(root, cfg, val_split, test_split, seed)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
     if not (root / "train").is_dir():
-        from sklearn.model_selection import train_test_split
-
-        full = image_folder(root, cfg)
-        counts = np.bincount(full.targets, minlength=len(full.classes))
-        if counts.min() < 2:
-            few = [c for c, n in zip(full.classes, counts, strict=True) if n < 2]
-            raise DataError(f"classes {few} have fewer than 2 images; cannot split by ratio")
-        train_idx, val_idx = train_test_split(
-            np.arange(len(full)), test_size=val_split, stratify=full.targets, random_state=seed
+        full = (
+            pattern_images(root, label_pattern, cfg) if label_pattern else image_folder(root, cfg)
         )
-        train = _restrict(full, [full.samples[i] for i in sorted(train_idx)])
-        return train, _restrict(full, [full.samples[i] for i in sorted(val_idx)]), None
+        return split_by_ratio(full, val_split, test_split, seed)
+    for flag, value, instead in (
+        ("--test-split", test_split, f"put test images in {root}/test/<class>/"),
+        ("--label-pattern", label_pattern, "its folders name the classes"),
+    ):
+        if value:
+            raise DataError(
+                f"{flag} applies to data split by ratio; {root} has train/ class folders: {instead}"
+            )
     if not (root / "val").is_dir():
         raise DataError(
             f"{root} has train/ but no val/; add {root}/val/<class>/*, or put the class "
@@ -196,8 +195,10 @@ def load_splits(
     val_split: float = 0.2,
     seed: int = 0,
     on_bad_image: str = "fail",
+    test_split: float = 0.0,
+    label_pattern: str | None = None,
 ) -> Splits:
-    train, val, test = list_splits(root, cfg, val_split, seed)
+    train, val, test = list_splits(root, cfg, val_split, seed, test_split, label_pattern)
     held_out_fingerprint = split_fingerprint(val)
     train.transform = train_transform(cfg, aug)
     val.transform = EvalTransform(cfg)
@@ -219,7 +220,7 @@ def load_splits(
         dataset.targets = [t for _, t in kept]
     ignored = sorted(
         str(p)
-        for p in root.rglob("*")
+        for p in (root.rglob("*") if root.is_dir() else ())  # a manifest lists images only
         if p.is_file() and not p.name.startswith(".") and not is_image_file(p, cfg)
     )
     classes = train.classes
@@ -245,7 +246,7 @@ def run_splits(
             "names another folder (or none) from every other working folder; pass the "
             "images to use instead"
         )
-    train, val, _ = list_splits(data, cfg, config.get("val_split", 0.2), config.get("seed", 0))
+    train, val, _ = list_recorded(data, config, cfg)
     if held_out_fingerprint is not None and split_fingerprint(val) != held_out_fingerprint:
         raise DataError(
             f"{data} no longer gives the validation split that {source} was trained with "
@@ -253,6 +254,14 @@ def run_splits(
             "apart from the training images; pass a folder of images it never trained on"
         )
     return train, val
+
+
+def list_recorded(data: Path, config: dict, cfg: Preprocessing):
+    """list_splits of `data` as the run of `config` listed its data."""
+    return list_splits(
+        data, cfg, config.get("val_split", 0.2), config.get("seed", 0),
+        config.get("test_split", 0.0), config.get("label_pattern"),
+    )  # fmt: skip
 
 
 def recorded_data(config: dict) -> Path | None:
@@ -281,6 +290,8 @@ def held_out_images(
         raise DataError(f"{folder} is the training split of {source}; give held-out images")
     if data is not None and Path(folder).resolve() == data and not (data / "train").is_dir():
         return run_splits(config, cfg, held_out_fingerprint, source)[1]
+    if is_manifest(Path(folder)):  # another manifest: all of its images
+        return manifest_images(Path(folder), cfg)
     return image_folder(Path(folder), cfg)
 
 
@@ -305,7 +316,7 @@ def _held_out_by_fingerprint(
         raise DataError(f"{folder} is the training split of {source}; give held-out images")
     if held_out_fingerprint is not None and not (folder / "train").is_dir():
         try:
-            val = list_splits(folder, cfg, config.get("val_split", 0.2), config.get("seed", 0))[1]
+            val = list_recorded(folder, config, cfg)[1]
         except DataError:
             val = None  # cannot be split as the run split its folder: not that folder
         if val is not None and split_fingerprint(val) == held_out_fingerprint:

@@ -171,8 +171,9 @@ def run_splits(
     """The run's splits: the base data's, with the --extra folders added; on the main
     process, each folder's line and the held-out folder written."""
     splits = load_splits(
-        Path(cfg.data), prep, cfg.augmentation, cfg.val_split, cfg.seed, cfg.on_bad_image
-    )
+        Path(cfg.data), prep, cfg.augmentation, cfg.val_split, cfg.seed, cfg.on_bad_image,
+        cfg.test_split, cfg.label_pattern,
+    )  # fmt: skip
     if not cfg.extra:
         return splits, []
     extras = add_extra(splits, list(cfg.extra), prep, cfg.extra_holdout, cfg.on_bad_image)
