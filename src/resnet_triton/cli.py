@@ -19,6 +19,7 @@ COMMANDS = {
     "fence": ("resnet_triton.serving.fence", "write the proxy's keys and limits (container start)"),
     "classify": ("resnet_triton.client.classify", "classify image files through the ensemble"),
     "explain": ("resnet_triton.explain", "Grad-CAM overlays of a checkpoint on image files"),
+    "predict": ("resnet_triton.predict", "every class's probability, offline (checkpoint/ONNX)"),
     "ui": ("resnet_triton.client.ui", "a web page to try the served model, with Grad-CAM"),
     "pipeline": (
         "resnet_triton.pipeline.command",

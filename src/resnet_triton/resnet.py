@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from resnet_triton.errors import UserError
-from resnet_triton.spec import ModelSpec, SpecError
+from resnet_triton.spec import ModelSpec, SpecError, head_hidden
 
 CHECKPOINT_FORMAT = "resnet-triton/1"
 
@@ -38,9 +38,21 @@ def build_model(spec: ModelSpec, weights: str = "none") -> nn.Module:
         _load_backbone(model, _local_state_dict(Path(weights)), f"{weights}")
     if spec.widths:
         _narrow(model, dict(spec.widths), spec.arch)
-    head = nn.Linear(model.fc.in_features, spec.num_classes)
-    model.fc = nn.Sequential(nn.Dropout(spec.head_dropout), head) if spec.head_dropout else head
+    model.fc = build_head(model.fc.in_features, spec)
     return model
+
+
+def build_head(features: int, spec: ModelSpec) -> nn.Module:
+    """Linear (after Dropout when head_dropout > 0), or an MLP: Linear(features, N), ReLU,
+    Dropout, Linear(N, classes) for an "mlp:N" head."""
+    hidden = head_hidden(spec.head)
+    if hidden:
+        return nn.Sequential(
+            nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(spec.head_dropout),
+            nn.Linear(hidden, spec.num_classes),
+        )  # fmt: skip
+    head = nn.Linear(features, spec.num_classes)
+    return nn.Sequential(nn.Dropout(spec.head_dropout), head) if spec.head_dropout else head
 
 
 def _narrow(model: nn.Module, widths: dict[str, int], arch: str) -> None:

@@ -162,6 +162,9 @@ class ModelSpec:
     labels: tuple[str, ...]
     arch: str = "resnet50"
     head_dropout: float = 0.0  # > 0: the head is Dropout + Linear (changes state_dict keys)
+    # "linear", or "mlp:N": Linear(features, N), ReLU, Dropout(head_dropout), Linear(N,
+    # classes) (head_hidden). Left out of the dict when linear, like widths.
+    head: str = "linear"
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     # The largest batch of images the exported model, a TensorRT profile and every
     # served model take (Triton's max_batch_size).
@@ -192,6 +195,7 @@ class ModelSpec:
         check_choice("architecture", self.arch, ARCHITECTURES)
         if not 0.0 <= self.head_dropout < 1.0:
             raise SpecError(f"head_dropout must lie in [0, 1), got {self.head_dropout}")
+        head_hidden(self.head)
         if len(self.labels) < 2:
             raise SpecError(f"a classifier needs at least 2 labels, got {list(self.labels)}")
         if len(set(self.labels)) != len(self.labels):
@@ -220,13 +224,16 @@ class ModelSpec:
 
     def describe(self) -> str:
         pruned = f", pruned ({len(self.widths)} layer widths)" if self.widths else ""
-        return f"{self.arch}{pruned} with classes {list(self.labels)}"
+        head = f", {self.head} head" if self.head != "linear" else ""
+        return f"{self.arch}{pruned}{head} with classes {list(self.labels)}"
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         del data["widths"]  # left out when stock: older specs keep their bytes and hashes
         if self.widths:
             data["widths"] = dict(self.widths)
+        if self.head == "linear":
+            del data["head"]
         return data
 
     def to_json(self) -> str:
@@ -260,6 +267,16 @@ class ModelSpec:
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
         return cls.from_dict(json.loads(text))
+
+
+def head_hidden(head: str) -> int:
+    """The hidden width of an "mlp:N" head; 0 for "linear". The error names the value."""
+    if head == "linear":
+        return 0
+    kind, _, width = head.partition(":")
+    if kind != "mlp" or not width.isdigit() or int(width) < 1:
+        raise SpecError(f"head must be linear or mlp:N with N >= 1 (e.g. mlp:512), got {head!r}")
+    return int(width)
 
 
 def read_yaml(path: Path, what: str, error: type[Exception] = SpecError):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from resnet_triton.training import config, distributed, loaders, loop
+from resnet_triton.training import distributed, loaders, loop, options
 
 
 def shard_order(dataset, world: int, seed: int, epoch: int) -> list[list[int]]:
@@ -126,7 +126,7 @@ def main(argv: list[str]) -> int:
     own.add_argument("--global-order", type=int, default=0)
     own.add_argument("--no-allreduce", action="store_true")
     flags, rest = own.parse_known_args(argv)
-    cfg = config.config_from_args(config.get_args_parser().parse_args(rest))
+    cfg = options.config_from_args(options.get_args_parser().parse_args(rest))
     if flags.global_order:
         loop.train_loader = global_order_loader(flags.global_order)
     if flags.no_allreduce:

@@ -5,7 +5,8 @@ import pytest
 
 from resnet_triton.data import Augmentation
 from resnet_triton.spec import SpecError
-from resnet_triton.training.config import TrainConfig, config_from_args, get_args_parser, resolve
+from resnet_triton.training.config import TrainConfig, resolve
+from resnet_triton.training.options import config_from_args, get_args_parser
 
 
 def parse(*argv):
@@ -53,13 +54,14 @@ def test_bad_yaml_is_named(tmp_path, yaml_text, message):
     [
         (
             ["--strategy", "half"],
-            "unknown strategy 'half'; choose one of linear-probe, staged, full",
+            "unknown strategy 'half'; choose one of linear-probe, layer4, staged, full",
         ),
         (["--arch", "vgg16"], "unknown architecture 'vgg16'; choose one of resnet18"),
         (["--optimizer", "lion"], "unknown optimizer 'lion'; choose one of adamw, sgd"),
         (
             ["--schedule", "linear"],
-            "unknown schedule 'linear'; choose one of cosine, step, plateau",
+            "unknown schedule 'linear'; choose one of cosine, cosine-restarts, step, "
+            "milestones, plateau",
         ),
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--strategy", "staged", "--epochs", "4", "--stage-epochs", "2", "2"], "leave epochs"),

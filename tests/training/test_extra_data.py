@@ -14,10 +14,11 @@ from resnet_triton.data import DataError
 from resnet_triton.resnet import load_checkpoint
 from resnet_triton.serving.capture import LABELS_LOG, NOT_OURS
 from resnet_triton.spec import Preprocessing, SpecError
-from resnet_triton.training.config import TrainConfig, config_from_args, get_args_parser
+from resnet_triton.training.config import TrainConfig
 from resnet_triton.training.distributed import Context
 from resnet_triton.training.extra_data import HOLDOUT_DIR, is_held_out, list_extra
 from resnet_triton.training.loop import Trainer
+from resnet_triton.training.options import config_from_args, get_args_parser
 
 CLASSES = ["0", "1", "2", "3"]
 TINY = {"resize_size": 36, "crop_size": 32, "workers": 0, "weights": "none", "arch": "resnet18"}

@@ -11,9 +11,10 @@ import torch
 import yaml
 
 from resnet_triton.training import TrainConfig, get_args_parser, precision
-from resnet_triton.training.config import config_from_args, resolve
+from resnet_triton.training.config import resolve
 from resnet_triton.training.distributed import Context
 from resnet_triton.training.loop import Trainer
+from resnet_triton.training.options import config_from_args
 
 TINY = {"arch": "resnet18", "weights": "none", "epochs": 1, "resize_size": 36,
         "crop_size": 32, "workers": 0, "hflip": False, "tensorboard": False}  # fmt: skip

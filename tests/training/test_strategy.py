@@ -33,6 +33,7 @@ def config(**kwargs):
     ("kwargs", "stage", "expected"),
     [
         ({"strategy": "linear-probe"}, 0, HEAD),
+        ({"strategy": "layer4"}, 0, HEAD + LAYER4),
         ({"strategy": "staged"}, 0, HEAD + LAYER4),
         ({"strategy": "staged"}, 1, HEAD + LAYER4 + LAYER3),
         ({"strategy": "staged"}, 2, ALL),
@@ -54,6 +55,7 @@ def test_stages_follow_stage_epochs():
     ("kwargs", "stage", "changes"),
     [
         ({"strategy": "linear-probe"}, 0, {"fc"}),
+        ({"strategy": "layer4"}, 0, {"fc", "layer4"}),
         ({"strategy": "staged"}, 0, {"fc", "layer4"}),
         ({"strategy": "staged"}, 1, {"fc", "layer4", "layer3"}),
         ({"strategy": "full", "freeze_bn": True}, 0, None),

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 
 from resnet_triton.spec import SpecError
-from resnet_triton.training.config import get_args_parser as train_parser
 from resnet_triton.training.config import resolve
 from resnet_triton.training.loop import run
+from resnet_triton.training.options import get_args_parser as train_parser
 
 STUDENT_ARCH = "resnet18"
 

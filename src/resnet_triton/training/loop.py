@@ -8,6 +8,7 @@ Outputs in `cfg.out` (rank 0 writes, the others only compute):
   metrics.json    every epoch (its precision included); config.yaml the resolved configuration
   evaluation.json per-class precision/recall/F1 of the best checkpoint on the
                   test split (val when there is none)
+  augmentation.png training images as augmented, written before the first epoch
   curves.png, confusion_matrix.png
   events.out.tfevents.*  TensorBoard's (tracking.py; --no-tensorboard: none), and
                   with --mlflow URI the same in an MLflow run
@@ -36,15 +37,15 @@ from tqdm import tqdm
 from resnet_triton.resnet import (
     CheckpointError,
     build_model,
-    load_checkpoint,
     read_torch_file,
     save_checkpoint,
 )
 from resnet_triton.spec import ModelSpec, Preprocessing, SpecError
 from resnet_triton.training import (
     distributed,
+    evaluation,
     extra_data,
-    gallery,
+    normalization,
     precision,
     pruning,
     report,
@@ -89,10 +90,13 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         prep = Preprocessing(resize_size=cfg.resize_size, crop_size=cfg.crop_size)
         self.splits, self.extra = extra_data.run_splits(cfg, prep, ctx.is_main, self.log)
+        if cfg.normalize == "data":  # the training split's mean and std, into the spec
+            prep = normalization.from_training_split(self.splits, prep, cfg.augmentation, self.log)
         self.spec = ModelSpec(
             labels=tuple(self.splits.classes),
             arch=cfg.arch,
             head_dropout=cfg.head_dropout,
+            head=cfg.head,
             preprocessing=prep,
         )
         memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -115,6 +119,7 @@ class Trainer:
         if cfg.teacher:
             self.teacher = teacher.load_teacher(cfg.teacher, self.spec, ctx.device)
         self.state = LoopState()
+        self.grad_norms: list[float] = []  # this epoch's, one per optimizer step
         self.net = self.model  # what forward goes through: DDP-wrapped under torchrun
 
     def log(self, message: str) -> None:
@@ -149,7 +154,7 @@ class Trainer:
         if not isinstance(payload, dict) or "training" not in payload:
             raise CheckpointError(f"--resume {path} is not a last.pt written by this trainer")
         saved = ModelSpec.from_dict(payload["spec"])
-        same = ("arch", "labels", "widths")
+        same = ("arch", "labels", "widths", "head")
         if any(getattr(saved, name) != getattr(self.spec, name) for name in same):
             raise CheckpointError(
                 f"--resume {path} is {saved.describe()}; this run is {self.spec.describe()}"
@@ -193,12 +198,13 @@ class Trainer:
                     loss = teacher.blend(loss, logits, taught, cfg)
             self.scaler.scale(loss / cfg.accumulate).backward()
         if stepping:
-            if cfg.clip_grad_norm:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(
-                    [p for p in self.model.parameters() if p.grad is not None],
-                    cfg.clip_grad_norm,
-                )
+            # The norm before clipping (inf: measured, not clipped), logged as grad_norm.
+            self.scaler.unscale_(self.optimizer)
+            norm = nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.grad is not None],
+                cfg.clip_grad_norm or float("inf"),
+            )
+            self.grad_norms.append(float(norm))
             scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -216,7 +222,7 @@ class Trainer:
         strategy.set_train_mode(self.model, cfg, stage)
         self.data.start_epoch(cfg.seed, epoch, self.ctx.rank)
         micro_steps = self.steps_per_epoch * cfg.accumulate  # whole optimizer steps only
-        losses, seen = [], 0
+        losses, seen, self.grad_norms = [], 0, []
         bar = tqdm(
             self.data.loader,
             total=micro_steps,
@@ -235,6 +241,18 @@ class Trainer:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         mean = float(np.mean(losses)) if losses else float("nan")
         return distributed.mean_over_ranks(self.ctx, mean, len(losses)), seen * self.ctx.world_size
+
+    def learning_rates(self) -> dict:
+        """lr_head, lr_backbone (layer4's with --layer-decay) and each other group's rate."""
+        rates = {g["name"]: g["lr"] for g in self.optimizer.param_groups}
+        stages = {f"lr_{n}": r for n, r in rates.items() if n in (*strategy.DEPTH, "stem")}
+        backbone = rates.get("backbone", rates.get("layer4"))
+        return {"lr_head": rates["head"], "lr_backbone": backbone, **stages}
+
+    def grad_norm_figures(self) -> dict:
+        """The epoch's gradient norms (all parameters, before clipping), this rank's steps."""
+        norms = self.grad_norms or [float("nan")]
+        return {"grad_norm": float(np.mean(norms)), "grad_norm_max": float(np.max(norms))}
 
     def evaluate(self, model: nn.Module, dataset) -> np.ndarray:
         """Probabilities for every image of `dataset`, in dataset order, on every rank."""
@@ -260,6 +278,8 @@ class Trainer:
             for line in report.describe_data(self.splits, cfg, ctx):
                 self.log(line)
             self.precision.say()
+            grid = report.augmentation_grid(self.splits.train, self.spec, self.out)
+            self.log(f"augmentation: {grid}, training images as the first epoch draws them")
         if cfg.resume:
             self.resume(Path(cfg.resume))
         with tracking.tracked(cfg, self.out, self.state, ctx.is_main) as tracker:
@@ -285,9 +305,9 @@ class Trainer:
             record = {
                 "epoch": epoch,
                 "stage": stage + 1,
-                "lr_head": self.optimizer.param_groups[0]["lr"],
-                "lr_backbone": self.optimizer.param_groups[-1]["lr"],
+                **self.learning_rates(),
                 "train_loss": train_loss,
+                **self.grad_norm_figures(),
                 "val_loss": float(-np.mean(np.log(picked + 1e-12))),
                 "val_top1": float(np.mean(probs.argmax(1) == targets)),
                 "train_images_per_s": round(images / train_seconds, 1),
@@ -346,48 +366,13 @@ class Trainer:
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         report.plot_curves(self.state.history, self.out / "curves.png")
 
-    def _probabilities(self, model: nn.Module, dataset) -> np.ndarray:
+    def probabilities(self, model: nn.Module, dataset) -> np.ndarray:
         loader = DataLoader(dataset, batch_size=self.micro_batch, num_workers=self.cfg.workers)
         with torch.no_grad():
             return predict(model, loader, self.ctx.device)
 
     def final_evaluation(self) -> dict:
-        """The best checkpoint on the test split (val when there is none)."""
-        split = "test" if self.splits.test is not None else "val"
-        dataset = self.splits.test if self.splits.test is not None else self.splits.val
-        _, model, _ = load_checkpoint(self.out / "checkpoint.pt")
-        model.to(self.ctx.device, memory_format=self.memory_format)
-        probs, targets = self._probabilities(model, dataset), np.array(dataset.targets)
-        result = report.classification_report(targets, probs.argmax(1), list(self.spec.labels))
-        result["split"], result["precision"] = split, self.precision.name  # fp32, bf16, fp16
-        val_probs = probs if split == "val" else self._probabilities(model, self.splits.val)
-        result.update(extra_data.holdout_report(self.extra, self.splits, val_probs, self.log))
-        result["error_analysis"] = gallery.error_analysis(
-            model, self.spec, self.splits.val.samples, val_probs, self.out
-        )
-        if self.teacher is not None:
-            taught = self._probabilities(self.teacher, dataset)
-            result["distillation"] = teacher.comparison(taught, probs, targets, self.cfg, split)
-            self.log(teacher.summary(result["distillation"]))
-        if self.cfg.prune_from:
-            answers = lambda m: self._probabilities(m.to(self.ctx.device), dataset)  # noqa: E731
-            result["pruning"] = pruning.report(self.cfg, self.spec, targets, probs, answers)
-            self.log(pruning.summary(result["pruning"]))
-        result["figures"] = {
-            name: f"{name}.png" for name in ("curves", "confusion_matrix", "mistakes", "examples")
-        }
-        (self.out / "evaluation.json").write_text(json.dumps(result, indent=2))
-        report.plot_confusion(
-            result["confusion_matrix"],
-            list(self.spec.labels),
-            self.out / "confusion_matrix.png",
-            f"{split}: top-1 {result['top1']:.4f}, macro F1 {result['macro_f1']:.4f}",
-        )
-        self.log(
-            f"best epoch {self.state.best['epoch']} on {split}: top-1 {result['top1']:.4f}, "
-            f"macro F1 {result['macro_f1']:.4f} -> {self.out / 'checkpoint.pt'}"
-        )
-        return result
+        return evaluation.final_evaluation(self)
 
 
 def run(cfg: TrainConfig) -> dict:

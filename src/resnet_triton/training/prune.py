@@ -15,9 +15,9 @@ import argparse
 
 from resnet_triton.resnet import checkpoint_spec, read_checkpoint
 from resnet_triton.spec import ARCHITECTURES, ModelSpec, SpecError
-from resnet_triton.training.config import get_args_parser as train_parser
 from resnet_triton.training.config import resolve
 from resnet_triton.training.loop import run
+from resnet_triton.training.options import get_args_parser as train_parser
 
 # Torch-Pruning traces any network, but the spec can only describe what build_model
 # rebuilds from widths: the torchvision ResNets.
@@ -45,6 +45,7 @@ def main(args: argparse.Namespace) -> int:
     defaults = {
         "arch": source.arch,
         "head_dropout": source.head_dropout,
+        "head": source.head,
         "resize_size": source.preprocessing.resize_size,
         "crop_size": source.preprocessing.crop_size,
         "weights": "none",

@@ -35,6 +35,7 @@ def pruned_start(cfg: TrainConfig, spec: ModelSpec, log: Callable[[str], None]):
         ("classes", list(source.labels), list(spec.labels)),
         ("architecture", source.arch, spec.arch),
         ("head dropout", source.head_dropout, spec.head_dropout),
+        ("head", source.head, spec.head),
     ):
         if theirs != ours:
             raise CheckpointError(
@@ -56,14 +57,14 @@ def prune(model: nn.Module, spec: ModelSpec, ratio: float, round_to: int):
     mode). Torch-Pruning narrows `model` itself in place."""
     tp = _torch_pruning()
     model = model.cpu().eval()
-    head = model.fc[-1] if isinstance(model.fc, nn.Sequential) else model.fc
+    head = [m for m in model.fc.modules() if isinstance(m, nn.Linear)]  # an MLP's too
     start = dict(_widths(model))
     pruner = tp.pruner.BasePruner(
         model,
         torch.zeros(1, *spec.preprocessing.input_shape),
         importance=tp.importance.GroupMagnitudeImportance(p=2),
         pruning_ratio=ratio,
-        ignored_layers=[head],  # its outputs are the classes; its inputs follow layer4
+        ignored_layers=head,  # its outputs are the classes; its inputs follow layer4
         round_to=round_to,
     )
     pruner.step()

@@ -86,3 +86,33 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def augmentation_grid(train, spec, out: Path, count: int = 32) -> Path:
+    """<out>/augmentation.png: `count` training images, round-robin over the classes, as
+    the training transform produces them (normalization undone): a crop, flip or colour
+    setting that destroys the classes shows here before hours of training do."""
+    by_class: dict[int, list[int]] = {}
+    for index, target in enumerate(train.targets):
+        by_class.setdefault(target, []).append(index)
+    queues = [iter(indices) for indices in by_class.values()]
+    picked = []
+    while len(picked) < min(count, len(train.targets)):
+        picked += [i for i in (next(q, None) for q in queues) if i is not None]
+    mean = np.array(spec.preprocessing.mean)[:, None, None]
+    std = np.array(spec.preprocessing.std)[:, None, None]
+    columns = 8
+    rows = -(-len(picked[:count]) // columns)
+    figure = Figure(figsize=(columns * 1.4, rows * 1.55))
+    for n, index in enumerate(picked[:count]):
+        tensor, target = train[index]
+        pixels = np.clip(tensor.numpy() * std + mean, 0, 1).transpose(1, 2, 0)
+        ax = figure.add_subplot(rows, columns, n + 1)
+        ax.imshow(pixels)
+        ax.set_title(train.classes[target], fontsize=8)
+        ax.axis("off")
+    figure.suptitle(f"training augmentation ({spec.preprocessing.crop_size} px)", fontsize=10)
+    figure.tight_layout()
+    path = out / "augmentation.png"
+    figure.savefig(path, dpi=80)
+    return path

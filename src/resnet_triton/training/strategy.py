@@ -26,6 +26,8 @@ def trainable_blocks(cfg: TrainConfig, stage: int) -> tuple[str, ...] | None:
     """Top-level children that train besides the head; None means all of them."""
     if cfg.strategy == "linear-probe":
         return ()
+    if cfg.strategy == "layer4":
+        return ("layer4",)
     if cfg.strategy == "staged":
         return STAGES[stage]
     return None
@@ -58,23 +60,41 @@ def set_train_mode(model: nn.Module, cfg: TrainConfig, stage: int) -> None:
                 module.eval()
 
 
+# The backbone from the top down: layer-wise decay gives each its own rate.
+DEPTH = {"layer4": 0, "layer3": 1, "layer2": 2, "layer1": 3}  # anything else: the stem, 4
+
+
+def part_of(name: str, cfg: TrainConfig) -> tuple[str, float]:
+    """(group name, learning rate) of parameter `name`: the head at --head-lr; the backbone
+    at --lr, or with --layer-decay d each stage at lr x d^depth (layer4 0 ... the stem 4)."""
+    child = name.split(".", 1)[0]
+    if child == HEAD:
+        return "head", cfg.head_learning_rate
+    if cfg.layer_decay == 1.0:
+        return "backbone", cfg.lr
+    depth = DEPTH.get(child, 4)
+    return (child if child in DEPTH else "stem"), cfg.lr * cfg.layer_decay**depth
+
+
 def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """Head and backbone at their own learning rates; no weight decay on norms and biases.
+    """Head and backbone (or each backbone stage, with --layer-decay) at their own learning
+    rates; no weight decay on norms and biases. Groups run from the head down.
 
     Every parameter is in a group from the start: frozen ones have no
     gradient, so optimizers skip them until a later stage unfreezes them.
     """
-    groups = {
-        (part, decay): {"params": [], "lr": lr, "weight_decay": cfg.weight_decay if decay else 0.0}
-        for part, lr in (("head", cfg.head_learning_rate), ("backbone", cfg.lr))
-        for decay in (True, False)
-    }
+    groups: dict[tuple[str, bool], dict] = {}
     for name, param in model.named_parameters():
-        part = "head" if name.startswith(f"{HEAD}.") else "backbone"
+        part, lr = part_of(name, cfg)
         decay = param.ndim > 1  # conv and linear weights; norm weights and biases are 1-D
-        groups[(part, decay)]["params"].append(param)
+        group = groups.setdefault(
+            (part, decay), {"params": [], "lr": lr, "weight_decay": cfg.weight_decay * decay}
+        )
+        group["params"].append(param)
+    order = ["head", "backbone", *DEPTH, "stem"]
     return [
-        {"name": f"{part}{'' if decay else '_no_decay'}", **group}
-        for (part, decay), group in groups.items()
-        if group["params"]
+        {"name": f"{part}{'' if decay else '_no_decay'}", **groups[(part, decay)]}
+        for part in order
+        for decay in (True, False)
+        if (part, decay) in groups
     ]

@@ -37,8 +37,9 @@ SCALARS = {
     "train_loss": "loss/train", "val_loss": "loss/val", "val_top1": "top1/val",
     "lr_head": "lr/head", "lr_backbone": "lr/backbone", "loss_scale": "amp/loss_scale",
     "train_images_per_s": "throughput/train_images_per_s",
+    "grad_norm": "grad/norm_mean", "grad_norm_max": "grad/norm_max",
 }  # fmt: skip
-FIGURES = ("curves", "confusion_matrix", "mistakes", "examples")
+FIGURES = ("curves", "confusion_matrix", "mistakes", "examples", "augmentation")
 ARTIFACTS = ("metrics.json", "evaluation.json", "config.yaml", "checkpoint.pt")
 EXPERIMENT = "resnet-triton"
 
