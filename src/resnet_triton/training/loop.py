@@ -250,8 +250,9 @@ class Trainer:
         return {"lr_head": rates["head"], "lr_backbone": backbone, **stages}
 
     def grad_norm_figures(self) -> dict:
-        """The epoch's gradient norms (all parameters, before clipping), this rank's steps."""
-        norms = self.grad_norms or [float("nan")]
+        """The epoch's gradient norms (all parameters, before clipping), this rank's steps;
+        not those of fp16 steps that overflowed, which GradScaler skipped."""
+        norms = [n for n in self.grad_norms if np.isfinite(n)] or [float("nan")]
         return {"grad_norm": float(np.mean(norms)), "grad_norm_max": float(np.max(norms))}
 
     def evaluate(self, model: nn.Module, dataset) -> np.ndarray:
@@ -279,7 +280,7 @@ class Trainer:
                 self.log(line)
             self.precision.say()
             grid = report.augmentation_grid(self.splits.train, self.spec, self.out)
-            self.log(f"augmentation: {grid}, training images as the first epoch draws them")
+            self.log(f"augmentation: {grid}, training images as the augmentation draws them")
         if cfg.resume:
             self.resume(Path(cfg.resume))
         with tracking.tracked(cfg, self.out, self.state, ctx.is_main) as tracker:
