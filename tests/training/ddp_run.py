@@ -98,7 +98,8 @@ class RecordingTrainer(loop.Trainer):
         base = type(train)
 
         def getitem(dataset, index):
-            reads[max(reads)].append(int(index))
+            if reads:  # not before the first epoch: rank 0's augmentation grid
+                reads[max(reads)].append(int(index))
             return base.__getitem__(dataset, index)
 
         # Dunder lookup goes through the type, so the split gets a recording subclass.
