@@ -1,5 +1,6 @@
 """Two replicas behind the balancer of deploy/docker/replicas.yml: one is killed while
-clients send, and every request they sent is answered."""
+clients send, and every request they sent is answered (but a reply the killed replica had
+begun to send, which nginx logs and cannot resend)."""
 
 import re
 from collections import Counter
@@ -37,11 +38,16 @@ def test_a_killed_replica_loses_no_request(protocol, cpu_image, demo_run, compos
     assert killed.returncode == 0, killed.stderr
     errors = Counter(outcome for outcome in outcomes if outcome is not None)
     assert len(outcomes) == len(images) == 360
-    assert errors == Counter(), errors  # every request the clients sent was answered
+    logs = project("logs", "--no-color", "balancer").stdout.splitlines()
+    # Every request the clients sent was answered, but for a reply the killed replica had
+    # begun to send: nginx had relayed part of it and cannot send it again (lb.conf). Each
+    # such loss has nginx's error line for it, "while reading upstream" (the reply's body;
+    # a failure before any of it is retried). Seen once in CI, 2026-12-07 (gRPC, RST_STREAM).
+    relayed = [line for line in logs if "[error]" in line and "while reading upstream" in line]
+    assert sum(errors.values()) <= len(relayed), (errors, relayed)
     # Seen by the balancer: each client request answered once (status 200), some after
     # the balancer resent them to the other replica ("502, 200"; gRPC bodies too, read
     # in full first: lb.conf's mirror), and none failed back to the client.
-    logs = project("logs", "--no-color", "balancer").stdout.splitlines()
     attempts = [m.groups() for m in map(ATTEMPTS.search, logs) if m]
     answered = [a for a in attempts if a[0] == "200"]
     assert [a for a in attempts if a[0] != "200"] == []
@@ -54,4 +60,5 @@ def test_a_killed_replica_loses_no_request(protocol, cpu_image, demo_run, compos
     }
     assert len(served_by) == 2
     print(f"{protocol}: {len(answered)} answered with no client retry, "
-          f"{len(retried_by_balancer)} after a retry by the balancer")  # fmt: skip
+          f"{len(retried_by_balancer)} after a retry by the balancer, "
+          f"{sum(errors.values())} lost mid-reply")  # fmt: skip
