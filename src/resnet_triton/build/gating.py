@@ -81,7 +81,7 @@ def torch_gates(opts: BuildOptions, plan: Plan, images: GateImages):
         path = torch_format.export(plan.model, plan.spec, work / torch_format.filename,
                                    opts.checkpoint)  # fmt: skip
         print(f"exported {path}", flush=True)
-        runner = torch_artifacts.FileRunner(path, torch_format)
+        runner = torch_artifacts.file_runner(path, torch_format)
         gated.append((path, run_gate(name, runner, reference, plan.spec, work)))
     return gated
 

@@ -7,7 +7,7 @@ uint8 pixels (N, 3, crop, crop) in, softmax probabilities (N, num_classes) out, 
   torch-export  model.pt2: the torch.export program (torch.export.save), TorchScript's
                 successor, with a dynamic batch dimension
 
-Each is read back from its file and run by a Polygraphy runner (FileRunner), so a gate
+Each is read back from its file and run by a Polygraphy runner (file_runner), so a gate
 measures the file that was written, not the module it was written from.
 
 TorchScript's forward takes one tensor argument named after `spec.names.pixels`: the
@@ -20,21 +20,17 @@ program written here is its portable source, gated, with no config rendered for 
 from __future__ import annotations
 
 import inspect
-import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from polygraphy.backend.base import BaseRunner
-from polygraphy.common import TensorMetadata
 from torch import nn
 
 from resnet_triton.build.export import ServedModel
 from resnet_triton.build.manifest import file_sha256
+from resnet_triton.build.verify import TorchRunner
 from resnet_triton.errors import UserError
 from resnet_triton.spec import ModelSpec
 
@@ -135,33 +131,8 @@ FORMATS = {
 }
 
 
-class FileRunner(BaseRunner):
-    """A PyTorch file run on the CPU as it was saved: loaded on first activation, fed by
-    the spec's input name."""
-
-    def __init__(self, path: Path, torch_format: TorchFormat):
-        super().__init__(name=torch_format.name, prefix="torch-file-runner")
-        self.path = path
-        self.format = torch_format
-        self.module: nn.Module | None = None
-        self.spec: ModelSpec | None = None
-
-    def activate_impl(self):
-        if self.module is None:
-            self.module, self.spec = self.format.load(self.path)
-
-    def get_input_metadata_impl(self):
-        meta = TensorMetadata()
-        meta.add(self.spec.names.pixels, np.uint8, (-1, *self.spec.preprocessing.input_shape))
-        return meta
-
-    @torch.no_grad()
-    def infer_impl(self, feed_dict):
-        pixels = torch.from_numpy(np.ascontiguousarray(feed_dict[self.spec.names.pixels]))
-        start = time.perf_counter()
-        scores = self.module(pixels).float().numpy()  # (N, num_classes)
-        self.inference_time = time.perf_counter() - start
-        return OrderedDict({self.spec.names.scores: scores})
-
-    def deactivate_impl(self):
-        pass
+def file_runner(path: Path, torch_format: TorchFormat) -> TorchRunner:
+    """The file at `path` read back and run on the CPU as it was saved, fed by the spec's
+    input name."""
+    module, spec = torch_format.load(path)
+    return TorchRunner(module, spec, name=torch_format.name, served=True)

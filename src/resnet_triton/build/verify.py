@@ -119,11 +119,20 @@ POLICIES = {
 
 
 class TorchRunner(BaseRunner):
-    """PyTorch on CPU or CUDA (Polygraphy's PytRunner assumes CUDA)."""
+    """PyTorch on CPU or CUDA (Polygraphy's PytRunner assumes CUDA): the checkpoint's
+    network wrapped as served, or (`served`) a module that already is one, such as a
+    TorchScript or torch.export file read back (torch_artifacts.file_runner)."""
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, device: str = "cpu"):
-        super().__init__(name="pytorch", prefix="pytorch-runner")
-        self.model = ServedModel(model, spec).eval().to(device)
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        device: str = "cpu",
+        name: str = "pytorch",
+        served: bool = False,
+    ):
+        super().__init__(name=name, prefix=f"{name}-runner")
+        self.model = model if served else ServedModel(model, spec).eval().to(device)
         self.spec = spec
         self.device = device
 
