@@ -92,7 +92,12 @@ rollout: setup
 rollback: setup
 	$(BIN)/resnet-triton rollback --images $(HOLDOUT)
 
+# A full run keeps its models, repositories and images on disk until it ends (it removes
+# them when green): refused at once, not 20 minutes in, where that space is not free.
+TEST_DISK_GIB ?= 8
 test: setup docker-tools browser lint
+	@tmp=$${TMPDIR:-/tmp}; free=$$(df -Pk "$$tmp" | awk 'NR == 2 {print int($$4 / 1048576)}'); \
+	[ "$$free" -ge $(TEST_DISK_GIB) ] || { echo "error: the test suite needs about $(TEST_DISK_GIB) GiB free in $$tmp (TMPDIR) for its models, repositories and images; $$free GiB is free (TEST_DISK_GIB= to override)"; exit 1; }
 	$(BIN)/python -m pytest
 
 # The web page's test drives Debian's chromium through Playwright (never `playwright install`).

@@ -12,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -55,6 +56,22 @@ SKLEARN_IMAGES = Path(sklearn.__file__).parent / "datasets" / "images"
 # The integration model: the digits at a small input size, so that training
 # takes seconds; serving code reads every size from the spec.
 SMALL = {"resize_size": 72, "crop_size": 64}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_tmpdir(tmp_path_factory):
+    """TMPDIR for the session and every process it starts (torchrun's logs, rollout's
+    locks, Chromium's profiles), inside pytest's base folder, which a green run removes
+    (pyproject.toml: tmp_path_retention_policy): nothing is left in /tmp."""
+    folder = str(tmp_path_factory.mktemp("tmp"))
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = folder
+    yield
+    if saved[0] is None:
+        del os.environ["TMPDIR"]
+    else:
+        os.environ["TMPDIR"] = saved[0]
+    tempfile.tempdir = saved[1]
 
 
 @pytest.fixture(scope="session")
