@@ -176,8 +176,11 @@ def test_the_loop_from_live_traffic_to_a_promoted_model(
         f"--images={v2 / 'holdout'}", *CANARY,
     )  # fmt: skip
     assert code == 0, err + out
+    assert "takes 25% of the requests (nginx weight 2, each of 2 replicas 3)" in out
     assert "canary analysis: every rule passed" in out, out
-    assert [r.error for r, _ in sent if not r.ok] == []
+    assert [r.error for r, _ in sent if not r.ok] == []  # clients that never retry
+    versions = {r.model_version for r, _ in sent}
+    assert versions == {"1", "2"}, versions
     assert {r.model_version for r, after in sent if after} == {"2"}
     assert set(replicas(fleet).values()) == {str(kept / "2")}
 
