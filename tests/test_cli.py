@@ -100,3 +100,12 @@ def test_the_stage_folders_hold_thin_entry_points(script, command):
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: resnet-triton {command} ")
+
+
+def test_the_client_commands_start_without_a_warning():
+    """tritonclient 2.51's shared-memory module warns that pkg_resources is deprecated
+    when imported; the client keeps that off the user's terminal (client/shm.py)."""
+    result = subprocess.run([sys.executable, "-m", "resnet_triton", "classify", "--help"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0 and result.stdout.startswith("usage: resnet-triton classify")
+    assert result.stderr == ""

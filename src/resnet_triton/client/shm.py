@@ -16,18 +16,24 @@ from __future__ import annotations
 
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import (
     InferenceServerException,
     serialize_byte_tensor,
     serialized_byte_size,
 )
+
+# tritonclient 2.51 imports pkg_resources here (pyproject.toml pins setuptools<81 for it);
+# its deprecation warning would greet every CLI user on stderr.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+    import tritonclient.utils.shared_memory as shm
 
 from resnet_triton.client.failures import REQUEST_ERRORS
 from resnet_triton.client.protocol import ClientError
