@@ -338,3 +338,38 @@ def test_the_documented_commands_parse_as_typed():
     regex = label_regex(configs[1].label_pattern)
     assert regex.search("great_pyrenees_173.jpg")["label"] == "great_pyrenees"
     assert regex.search("Abyssinian_100.jpg")["label"] == "Abyssinian"
+
+
+def test_int8_calibrates_on_a_manifest_and_never_on_the_runs_held_out_images(
+    manifest_run, tmp_path, capsys
+):
+    """`build --calibration MANIFEST`: another manifest calibrates on every image it lists;
+    the run's own manifest gives its training split, as no --calibration does; a bad line
+    is refused through the CLI, naming the line and the flag, before anything is built."""
+    run = manifest_run
+    checkpoint = run.out / "checkpoint.pt"
+    spec, _, payload = load_checkpoint(checkpoint)
+    own = calibration_set(spec, payload, checkpoint, run.out.parent / "digits.csv", 40)
+    assert own == calibration_set(spec, payload, checkpoint, None, 40)
+    assert len(own) == 40 and set(own) <= set(run.split["train"])
+
+    lines = ["path,label"]
+    for image in run.split["test"]:  # 20 images the run never trained on, copied
+        copy = tmp_path / "cal" / Path(image).parent.name / Path(image).name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, copy)
+        lines.append(f"{copy.relative_to(tmp_path)},{copy.parent.name}")
+    other = write_csv(tmp_path / "other.csv", lines)
+    listed = [str(tmp_path / line.split(",")[0]) for line in lines[1:]]
+    assert sorted(calibration_set(spec, payload, checkpoint, other, 20)) == sorted(listed)
+
+    write_csv(other, [*lines, "cal/3/missing.png,3"])
+    flags = ["--checkpoint", str(checkpoint), "--repository", str(tmp_path / "repo"),
+             "--work-dir", str(tmp_path / "work"), "--precision=int8",
+             "--calibration", str(other)]  # fmt: skip
+    assert cli.main(["build", *flags]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {other} line 22: cal/3/missing.png does not exist "
+        "(--calibration DIR or MANIFEST: images for INT8)\n"
+    )
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "work").exists()

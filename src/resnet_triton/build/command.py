@@ -297,8 +297,9 @@ def _image_options(group, d: BuildOptions) -> None:
     group.add_argument(
         "--calibration",
         type=Path,
-        help="INT8 calibration ImageFolder (default: the training split of the checkpoint's "
-        "training data)",
+        help="INT8 calibration images: a folder, or a manifest (.csv, .jsonl) whose every "
+        "image calibrates (default, and for the run's own data: the training split of the "
+        "checkpoint's training data)",
     )
     group.add_argument("--calibration-images", type=int, default=d.calibration_images)
     group.add_argument(

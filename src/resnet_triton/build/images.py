@@ -17,8 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from resnet_triton.build.manifest import content_hash, files_sha256
-from resnet_triton.data import DataError, held_out_images, image_folder, run_splits
+from resnet_triton.data import (
+    DataError,
+    held_out_images,
+    image_folder,
+    recorded_data,
+    run_splits,
+)
 from resnet_triton.errors import UserError
+from resnet_triton.listing import is_manifest, manifest_images
 from resnet_triton.preprocess import pixels_from_files
 from resnet_triton.spec import ModelSpec
 
@@ -65,15 +72,22 @@ def held_out_set(spec: ModelSpec, payload: dict, source: Path, images: Path | No
 def calibration_set(
     spec: ModelSpec, payload: dict, source: Path, calibration: Path | None, count: int
 ) -> list[str]:
-    """`count` INT8 calibration images: of `calibration`, else of the run's training split."""
+    """`count` INT8 calibration images: of `calibration` (a folder, or every image of a
+    manifest), else of the run's training split, which the run's own data folder or
+    manifest also gives: its held-out and test images never calibrate."""
     config, fingerprint = payload.get("config", {}), payload.get("held_out")
+    recorded = recorded_data(config)
+    own = (calibration is not None and recorded is not None and recorded.is_absolute()
+           and calibration.resolve() == recorded.resolve())  # fmt: skip
     try:
-        if calibration is None:
+        if calibration is None or own:
             dataset = run_splits(config, spec.preprocessing, fingerprint, str(source))[0]
+        elif is_manifest(calibration):
+            dataset = manifest_images(calibration, spec.preprocessing)
         else:
             dataset = image_folder(calibration, spec.preprocessing)
     except DataError as exc:
-        raise UserError(f"{exc} (--calibration DIR: training images for INT8)") from None
+        raise UserError(f"{exc} (--calibration DIR or MANIFEST: images for INT8)") from None
     paths = ImageSet.of(dataset).spread(count).paths
     if len(paths) < count:
         raise UserError(
