@@ -94,7 +94,9 @@ rollback: setup
 
 # A full run keeps its models, repositories and images on disk until it ends (it removes
 # them when green): refused at once, not 20 minutes in, where that space is not free.
-TEST_DISK_GIB ?= 8
+# Measured on 2026-12-07: the disk's use rose 4.5 GiB over a run with the image cached;
+# the engine's folder, images and cache, holds 3.7 GiB more that a clean machine builds.
+TEST_DISK_GIB ?= 9
 test: setup docker-tools browser lint
 	@tmp=$${TMPDIR:-/tmp}; free=$$(df -Pk "$$tmp" | awk 'NR == 2 {print int($$4 / 1048576)}'); \
 	[ "$$free" -ge $(TEST_DISK_GIB) ] || { echo "error: the test suite needs about $(TEST_DISK_GIB) GiB free in $$tmp (TMPDIR) for its models, repositories and images; $$free GiB is free (TEST_DISK_GIB= to override)"; exit 1; }
