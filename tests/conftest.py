@@ -64,14 +64,10 @@ def session_tmpdir(tmp_path_factory):
     locks, Chromium's profiles), inside pytest's base folder, which a green run removes
     (pyproject.toml: tmp_path_retention_policy): nothing is left in /tmp."""
     folder = str(tmp_path_factory.mktemp("tmp"))
-    saved = os.environ.get("TMPDIR"), tempfile.tempdir
-    os.environ["TMPDIR"] = tempfile.tempdir = folder
-    yield
-    if saved[0] is None:
-        del os.environ["TMPDIR"]
-    else:
-        os.environ["TMPDIR"] = saved[0]
-    tempfile.tempdir = saved[1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", folder)
+        patch.setattr(tempfile, "tempdir", folder)
+        yield
 
 
 @pytest.fixture(scope="session")

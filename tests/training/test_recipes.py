@@ -5,6 +5,7 @@ one `resnet-triton train` run whose MLP head is built to ONNX, gated and served 
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from resnet_triton.predict import Predictor
 from resnet_triton.resnet import build_model, load_checkpoint
 from resnet_triton.spec import ModelSpec, SpecError
 from resnet_triton.training.config import TrainConfig, resolve
+from resnet_triton.training.loop import Trainer
 from resnet_triton.training.optim import FocalLoss, Schedule
 from resnet_triton.training.strategy import parameter_groups
 
@@ -105,6 +107,15 @@ def recipe_run(few_digits, tmp_path_factory):
             "--clip-grad-norm=5"]  # fmt: skip
     assert cli.main(argv) == 0
     return out
+
+
+def test_gradient_norms_leave_out_the_fp16_steps_that_overflowed():
+    """GradScaler skips a step whose fp16 gradients overflowed (CUDA only); its norm, inf or
+    nan, is left out of the epoch's figures instead of making them inf."""
+    norms = SimpleNamespace(grad_norms=[1.0, math.inf, 3.0, math.nan])
+    assert Trainer.grad_norm_figures(norms) == {"grad_norm": 2.0, "grad_norm_max": 3.0}
+    figures = Trainer.grad_norm_figures(SimpleNamespace(grad_norms=[math.inf]))
+    assert all(math.isnan(value) for value in figures.values())  # no finite step: nan
 
 
 def test_one_run_takes_every_recipe_and_logs_gradient_norms(recipe_run):
